@@ -1,0 +1,570 @@
+//! The Kafka envelope: Debezium-compatible JSON, documented in
+//! `docs/envelope.md`.
+//!
+//! Value of a record (schemas-disabled Debezium layout plus a `lablake` block):
+//!
+//! ```json
+//! {"before":null,"after":{"id":1,"name":"x"},"op":"c","ts_ms":1700000000123,
+//!  "source":{"version":"0.1.0","connector":"mysql","name":"main","ts_ms":1700000000000,
+//!            "db":"lab_acme","table":"orders","server_id":1,"gtid":"0-1-7",
+//!            "file":"binlog.000001","pos":1234,"row":0,"tenant":"acme",
+//!            "position":"0000000001:00000000000000001234:000000"},
+//!  "transaction":{"id":"0-1-7"},
+//!  "lablake":{"v":1,"tenant":"acme","schema":"9f…","columns":[["id","int64",false],["name","string",true]],"pk":["id"]}}
+//! ```
+//!
+//! Key of a record: a JSON object of the primary-key columns, `{"id":1}`.
+//!
+//! Values are encoded so they decode back *exactly* given the column type in
+//! `lablake.columns`; see [`encode_value`].
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{ChangeEvent, Column, ColumnType, Date, DateTime, ModelError, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value};
+
+/// Envelope format version written in `lablake.v`.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Encodes the record value of a change into `out` (appending).
+pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"before\":");
+    encode_row(&event.schema, event.before.as_deref(), out);
+    out.extend_from_slice(b",\"after\":");
+    encode_row(&event.schema, event.after.as_deref(), out);
+    out.extend_from_slice(b",\"op\":\"");
+    out.extend_from_slice(event.op.code().as_bytes());
+    out.extend_from_slice(b"\",\"ts_ms\":");
+    push_display(out, event.ts_ms);
+    let s = &event.source;
+    out.extend_from_slice(b",\"source\":{\"version\":\"");
+    out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    out.extend_from_slice(b"\",\"connector\":");
+    push_str(out, &s.connector);
+    out.extend_from_slice(b",\"name\":");
+    push_str(out, &s.name);
+    out.extend_from_slice(b",\"ts_ms\":");
+    push_display(out, s.ts_ms);
+    out.extend_from_slice(b",\"db\":");
+    push_str(out, &event.table.database);
+    out.extend_from_slice(b",\"table\":");
+    push_str(out, &event.table.table);
+    out.extend_from_slice(b",\"server_id\":");
+    push_display(out, s.server_id);
+    out.extend_from_slice(b",\"gtid\":");
+    match &s.gtid {
+        Some(g) => push_str(out, g),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"file\":");
+    push_str(out, &s.file);
+    out.extend_from_slice(b",\"pos\":");
+    push_display(out, s.pos);
+    out.extend_from_slice(b",\"row\":");
+    push_display(out, s.row);
+    out.extend_from_slice(b",\"tenant\":");
+    push_str(out, &event.table.tenant);
+    out.extend_from_slice(b",\"position\":");
+    push_str(out, s.position.as_str());
+    out.extend_from_slice(b"},\"transaction\":");
+    match &s.gtid {
+        Some(g) => {
+            out.extend_from_slice(b"{\"id\":");
+            push_str(out, g);
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"lablake\":{\"v\":");
+    push_display(out, ENVELOPE_VERSION);
+    out.extend_from_slice(b",\"tenant\":");
+    push_str(out, &event.table.tenant);
+    out.extend_from_slice(b",\"schema\":\"");
+    out.extend_from_slice(event.schema.fingerprint().as_bytes());
+    out.extend_from_slice(b"\",\"columns\":[");
+    for (i, c) in event.schema.columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        push_str(out, &c.name);
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(c.ty.to_string().as_bytes());
+        out.extend_from_slice(if c.nullable { b"\",true]" } else { b"\",false]" });
+    }
+    out.extend_from_slice(b"],\"pk\":[");
+    for (i, k) in event.schema.primary_key.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(out, &event.schema.columns[*k].name);
+    }
+    out.extend_from_slice(b"]}}");
+}
+
+/// Encodes the record key of a change: a JSON object of the primary key.
+pub fn encode_key(event: &ChangeEvent, out: &mut Vec<u8>) {
+    out.push(b'{');
+    if let Some(row) = event.key_row() {
+        for (n, i) in event.schema.primary_key.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            let c = &event.schema.columns[*i];
+            push_str(out, &c.name);
+            out.push(b':');
+            encode_value(&c.ty, &row[*i], out);
+        }
+    }
+    out.push(b'}');
+}
+
+fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
+    let Some(row) = row else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'{');
+    for (i, (c, v)) in schema.columns.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_str(out, &c.name);
+        out.push(b':');
+        encode_value(&c.ty, v, out);
+    }
+    out.push(b'}');
+}
+
+/// Encodes one value as JSON:
+///
+/// | type | JSON |
+/// |---|---|
+/// | int*, uint*, year | number |
+/// | float | number: the exact `f64` widening of the `f32` |
+/// | double | number; `"NaN"`, `"Infinity"`, `"-Infinity"` as strings |
+/// | decimal | string, every digit (`"-12.3400"`) |
+/// | date | `"YYYY-MM-DD"` (zero dates kept as `"0000-00-00"`) |
+/// | time | number: signed microseconds (Debezium `MicroTime`) |
+/// | datetime | `"YYYY-MM-DDTHH:MM:SS.ffffff"` |
+/// | timestamp | `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (UTC) |
+/// | string, enum, set, json | string (SET labels comma-separated; JSON as its text) |
+/// | bytes, bit | base64 string |
+pub fn encode_value(ty: &ColumnType, v: &Value, out: &mut Vec<u8>) {
+    let _ = ty;
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Int(i) => push_display(out, i),
+        Value::UInt(u) => push_display(out, u),
+        Value::Year(y) => push_display(out, y),
+        Value::Time(t) => push_display(out, t),
+        Value::Float(f) => push_f64(out, f64::from(*f)),
+        Value::Double(d) => push_f64(out, *d),
+        Value::Decimal(s) | Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s) => push_str(out, s),
+        Value::Date(d) => {
+            out.push(b'"');
+            push_display(out, d);
+            out.push(b'"');
+        }
+        Value::DateTime(dt) => {
+            out.push(b'"');
+            push_display(out, dt);
+            out.push(b'"');
+        }
+        Value::Timestamp(us) => {
+            out.push(b'"');
+            push_display(out, DateTime::from_micros_since_epoch(*us));
+            out.extend_from_slice(b"Z\"");
+        }
+        Value::Bytes(b) | Value::Bit(b) => {
+            out.push(b'"');
+            let start = out.len();
+            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+            let n = B64.encode_slice(b, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + n);
+            out.push(b'"');
+        }
+    }
+}
+
+fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = write!(out, "{v}");
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escaping into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn push_f64(out: &mut Vec<u8>, d: f64) {
+    if d.is_finite() {
+        let _ = serde_json::to_writer(&mut *out, &d);
+    } else if d.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if d > 0.0 {
+        out.extend_from_slice(b"\"Infinity\"");
+    } else {
+        out.extend_from_slice(b"\"-Infinity\"");
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow)]
+    after: Option<&'a RawValue>,
+    op: &'a str,
+    ts_ms: i64,
+    #[serde(borrow)]
+    source: RawSource<'a>,
+    #[serde(borrow)]
+    lablake: RawMeta<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawSource<'a> {
+    connector: String,
+    name: String,
+    ts_ms: i64,
+    db: String,
+    table: String,
+    #[serde(default)]
+    server_id: u32,
+    gtid: Option<String>,
+    #[serde(default)]
+    file: String,
+    #[serde(default)]
+    pos: u64,
+    #[serde(default)]
+    row: u32,
+    #[serde(borrow)]
+    position: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RawMeta<'a> {
+    v: u32,
+    tenant: String,
+    #[serde(borrow)]
+    schema: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    columns: Vec<(std::borrow::Cow<'a, str>, &'a str, bool)>,
+    #[serde(borrow)]
+    pk: Vec<std::borrow::Cow<'a, str>>,
+}
+
+/// Decodes envelopes, reusing the parsed schema while its fingerprint stays
+/// the same (so a stream of one table does not re-allocate its schema).
+#[derive(Default)]
+pub struct Decoder {
+    last: Option<(String, Arc<TableSchema>)>,
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes a record value. Never panics; any malformed input is an
+    /// [`ModelError::InvalidEnvelope`] or [`ModelError::InvalidValue`].
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<ChangeEvent, ModelError> {
+        let raw: RawEnvelope<'_> =
+            serde_json::from_slice(bytes).map_err(|e| ModelError::InvalidEnvelope(e.to_string()))?;
+        if raw.lablake.v != ENVELOPE_VERSION {
+            return Err(ModelError::InvalidEnvelope(format!("unsupported envelope version {}", raw.lablake.v)));
+        }
+        let op = Op::from_code(raw.op).ok_or_else(|| ModelError::InvalidEnvelope(format!("unknown op `{}`", raw.op)))?;
+        let schema = match &self.last {
+            Some((fp, s)) if fp.as_str() == raw.lablake.schema => s.clone(),
+            _ => {
+                let s = schema_of(&raw.lablake)?;
+                if s.fingerprint() != raw.lablake.schema {
+                    return Err(ModelError::InvalidEnvelope("schema fingerprint does not match its columns".into()));
+                }
+                self.last = Some((raw.lablake.schema.to_string(), s.clone()));
+                s
+            }
+        };
+        let before = decode_row(&schema, raw.before)?;
+        let after = decode_row(&schema, raw.after)?;
+        let needs = match op {
+            Op::Create | Op::Read => after.is_some(),
+            Op::Update => after.is_some(),
+            Op::Delete => before.is_some(),
+        };
+        if !needs {
+            return Err(ModelError::InvalidEnvelope(format!("op `{}` without its row image", raw.op)));
+        }
+        let s = raw.source;
+        Ok(ChangeEvent {
+            table: TableId { tenant: raw.lablake.tenant, database: s.db, table: s.table },
+            op,
+            schema,
+            before,
+            after,
+            source: SourceInfo {
+                connector: s.connector,
+                name: s.name,
+                server_id: s.server_id,
+                file: s.file,
+                pos: s.pos,
+                row: s.row,
+                gtid: s.gtid,
+                ts_ms: s.ts_ms,
+                position: SourcePosition::from_sort_key(s.position.into_owned()),
+            },
+            ts_ms: raw.ts_ms,
+        })
+    }
+}
+
+fn schema_of(meta: &RawMeta<'_>) -> Result<Arc<TableSchema>, ModelError> {
+    let mut columns = Vec::with_capacity(meta.columns.len());
+    for (name, ty, nullable) in &meta.columns {
+        columns.push(Column { name: name.to_string(), ty: ty.parse()?, nullable: *nullable });
+    }
+    let mut primary_key = Vec::with_capacity(meta.pk.len());
+    for k in &meta.pk {
+        let i = columns
+            .iter()
+            .position(|c| c.name == k.as_ref())
+            .ok_or_else(|| ModelError::InvalidEnvelope(format!("primary key column `{k}` is not a column")))?;
+        primary_key.push(i);
+    }
+    Ok(TableSchema::new(columns, primary_key))
+}
+
+fn decode_row(schema: &TableSchema, raw: Option<&RawValue>) -> Result<Option<Vec<Value>>, ModelError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(raw.get()).map_err(|e| ModelError::InvalidEnvelope(e.to_string()))?;
+    let mut row = Vec::with_capacity(schema.columns.len());
+    for c in &schema.columns {
+        let v = map.get(&c.name).ok_or_else(|| ModelError::InvalidValue {
+            column: c.name.clone(),
+            reason: "missing from row image".into(),
+        })?;
+        row.push(decode_value(c, v)?);
+    }
+    Ok(Some(row))
+}
+
+/// Decodes one JSON value of a column; the inverse of [`encode_value`].
+pub fn decode_value(c: &Column, v: &serde_json::Value) -> Result<Value, ModelError> {
+    let bad = |reason: &str| ModelError::InvalidValue { column: c.name.clone(), reason: reason.to_owned() };
+    if v.is_null() {
+        return Ok(Value::Null);
+    }
+    Ok(match &c.ty {
+        ColumnType::Int { unsigned: false, .. } => Value::Int(v.as_i64().ok_or_else(|| bad("not a signed integer"))?),
+        ColumnType::Int { unsigned: true, .. } => Value::UInt(v.as_u64().ok_or_else(|| bad("not an unsigned integer"))?),
+        ColumnType::Year => {
+            Value::Year(v.as_u64().and_then(|y| u16::try_from(y).ok()).ok_or_else(|| bad("not a year"))?)
+        }
+        ColumnType::Time => Value::Time(v.as_i64().ok_or_else(|| bad("not microseconds"))?),
+        ColumnType::Float => Value::Float(decode_f64(v).ok_or_else(|| bad("not a number"))? as f32),
+        ColumnType::Double => Value::Double(decode_f64(v).ok_or_else(|| bad("not a number"))?),
+        ColumnType::Decimal { .. } => {
+            let s = v.as_str().ok_or_else(|| bad("decimal is not a string"))?;
+            if !is_decimal(s) {
+                return Err(bad("not a decimal"));
+            }
+            Value::Decimal(s.to_owned())
+        }
+        ColumnType::Date => Value::Date(parse_date(v.as_str().ok_or_else(|| bad("date is not a string"))?).ok_or_else(|| bad("bad date"))?),
+        ColumnType::DateTime => Value::DateTime(
+            parse_datetime(v.as_str().ok_or_else(|| bad("datetime is not a string"))?).ok_or_else(|| bad("bad datetime"))?,
+        ),
+        ColumnType::Timestamp => {
+            let s = v.as_str().ok_or_else(|| bad("timestamp is not a string"))?;
+            let dt = s.strip_suffix('Z').and_then(parse_datetime).ok_or_else(|| bad("bad timestamp"))?;
+            Value::Timestamp(dt.micros_since_epoch().ok_or_else(|| bad("bad timestamp"))?)
+        }
+        ColumnType::String => Value::String(as_string(v).ok_or_else(|| bad("not a string"))?),
+        ColumnType::Enum => Value::Enum(as_string(v).ok_or_else(|| bad("not a string"))?),
+        ColumnType::Set => Value::Set(as_string(v).ok_or_else(|| bad("not a string"))?),
+        ColumnType::Json => {
+            let s = as_string(v).ok_or_else(|| bad("not a string"))?;
+            Value::Json(s)
+        }
+        ColumnType::Bytes | ColumnType::Bit { .. } => {
+            let s = v.as_str().ok_or_else(|| bad("not base64"))?;
+            let b = B64.decode(s).map_err(|_| bad("not base64"))?;
+            if matches!(c.ty, ColumnType::Bit { .. }) { Value::Bit(b) } else { Value::Bytes(b) }
+        }
+    })
+}
+
+fn as_string(v: &serde_json::Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+fn decode_f64(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `-?digits(.digits)?`
+pub fn is_decimal(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit()) && (!s.contains('.') || !frac.is_empty())
+}
+
+fn num<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
+    if s.len() == len && s.bytes().all(|b| b.is_ascii_digit()) { s.parse().ok() } else { None }
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(s: &str) -> Option<Date> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    Some(Date { year: num(&s[0..4], 4)?, month: num(&s[5..7], 2)?, day: num(&s[8..10], 2)? })
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS.ffffff`.
+pub fn parse_datetime(s: &str) -> Option<DateTime> {
+    let b = s.as_bytes();
+    if b.len() != 26 || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' {
+        return None;
+    }
+    let dt = DateTime {
+        date: parse_date(&s[0..10])?,
+        hour: num(&s[11..13], 2)?,
+        minute: num(&s[14..16], 2)?,
+        second: num(&s[17..19], 2)?,
+        micros: num(&s[20..26], 6)?,
+    };
+    (dt.hour < 24 && dt.minute < 60 && dt.second < 60).then_some(dt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_event() -> ChangeEvent {
+        let cols = [
+            ("id", "uint64", false),
+            ("i8", "int8", true),
+            ("f", "float", true),
+            ("d", "double", true),
+            ("dec", "decimal(65,30)", true),
+            ("dt", "date", true),
+            ("tm", "time", true),
+            ("dtm", "datetime", true),
+            ("ts", "timestamp", true),
+            ("y", "year", true),
+            ("s", "string", true),
+            ("b", "bytes", true),
+            ("e", "enum", true),
+            ("st", "set", true),
+            ("bit", "bit(9)", true),
+            ("j", "json", true),
+        ];
+        let schema = TableSchema::new(
+            cols.iter()
+                .map(|(n, t, nl)| Column { name: (*n).into(), ty: t.parse().unwrap(), nullable: *nl })
+                .collect(),
+            vec![0],
+        );
+        let row = vec![
+            Value::UInt(u64::MAX),
+            Value::Int(-128),
+            Value::Float(0.1),
+            Value::Double(-1.0e-300),
+            Value::Decimal("-12345678901234567890123456789012345.123456789012345678901234567890".into()),
+            Value::Date(Date { year: 0, month: 0, day: 0 }),
+            Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000),
+            Value::DateTime(DateTime { date: Date { year: 9999, month: 12, day: 31 }, hour: 23, minute: 59, second: 59, micros: 999_999 }),
+            Value::Timestamp(1_700_000_000_123_456),
+            Value::Year(2155),
+            Value::String("héllo \"wörld\"\n\u{1F600}".into()),
+            Value::Bytes(vec![0, 255, 1, 2]),
+            Value::Enum("high".into()),
+            Value::Set("a,c".into()),
+            Value::Bit(vec![1, 0xff]),
+            Value::Json("{\"k\":[1,2.5,null]}".into()),
+        ];
+        ChangeEvent {
+            table: TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() },
+            op: Op::Update,
+            schema,
+            before: Some(row.iter().map(|v| if matches!(v, Value::UInt(_)) { v.clone() } else { Value::Null }).collect()),
+            after: Some(row),
+            source: SourceInfo {
+                connector: "mysql".into(),
+                name: "main".into(),
+                server_id: 7,
+                file: "binlog.000003".into(),
+                pos: 4242,
+                row: 3,
+                gtid: Some("0-1-99".into()),
+                ts_ms: 1_700_000_000_000,
+                position: SourcePosition::mysql(3, 4242, 3),
+            },
+            ts_ms: 1_700_000_000_500,
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_every_type_exactly() {
+        let e = sample_event();
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        let parsed: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(parsed["op"], "u");
+        assert_eq!(parsed["source"]["db"], "lab_acme");
+        let mut dec = Decoder::new();
+        let back = dec.decode(&buf).unwrap();
+        assert_eq!(back, e);
+        // Second decode reuses the cached schema and is still equal.
+        assert_eq!(dec.decode(&buf).unwrap(), e);
+        let mut key = Vec::new();
+        encode_key(&e, &mut key);
+        assert_eq!(key, br#"{"id":18446744073709551615}"#);
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors_not_panics() {
+        let e = sample_event();
+        let mut buf = Vec::new();
+        encode(&e, &mut buf);
+        let mut dec = Decoder::new();
+        for cut in [0, 1, 10, buf.len() / 2, buf.len() - 1] {
+            assert!(dec.decode(&buf[..cut]).is_err());
+        }
+        let text = String::from_utf8(buf).unwrap();
+        for (from, to) in [("\"op\":\"u\"", "\"op\":\"x\""), ("\"uint64\"", "\"uint65\""), ("\"high\"", "17"), ("\"v\":1", "\"v\":2")] {
+            let bad = text.replacen(from, to, 1);
+            assert!(dec.decode(bad.as_bytes()).is_err(), "{from} -> {to}");
+        }
+        assert!(dec.decode(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn decimal_and_time_parsers_are_strict() {
+        assert!(is_decimal("0") && is_decimal("-1.50") && !is_decimal("1.") && !is_decimal("") && !is_decimal("1e5"));
+        assert!(parse_datetime("2024-01-01T00:00:00.000000").is_some());
+        assert!(parse_datetime("2024-01-01T24:00:00.000000").is_none());
+        assert!(parse_date("2024-1-01").is_none());
+    }
+}

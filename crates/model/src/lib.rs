@@ -1,0 +1,25 @@
+//! The Lablake data model: what a row change *is*, independent of where it
+//! came from or where it goes.
+//!
+//! This crate does no I/O and has no async runtime. Everything here is pure and
+//! deterministic so the same code runs in the source connectors, the curation
+//! consumers, tests and benchmarks.
+//!
+//! * [`value`] — an exact value model ([`Value`]) and column types ([`ColumnType`]).
+//! * [`event`] — a row change ([`ChangeEvent`]) with its tenant, table, position.
+//! * [`envelope`] — the documented, Debezium-compatible JSON envelope on Kafka.
+//! * [`tenant`] — table selection and tenant resolution rules.
+//! * [`topic`] — per-tenant Kafka topic naming.
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod position;
+pub mod tenant;
+pub mod topic;
+pub mod value;
+
+pub use error::ModelError;
+pub use event::{ChangeEvent, Op, SourceInfo, TableId};
+pub use position::SourcePosition;
+pub use value::{Column, ColumnType, Date, DateTime, TableSchema, Value};
