@@ -1,1 +1,326 @@
-//! placeholder
+//! Shared harness of the end-to-end tests.
+//!
+//! Every address comes from the environment (`dev/services env` prints them;
+//! `docker/compose.env` gives the compose stack's), with the local defaults.
+//! Each test uses its own tenants, topic prefix, consumer group and DynamoDB
+//! table, so tests can share the services and run in parallel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, RecordBatch};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use lablake_lake::{Lake, LakeConfig};
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+
+/// A service address from the environment, or its local default.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn mysql_url() -> String {
+    env_or("LABLAKE_MYSQL_URL", "mysql://lablake:lablake@127.0.0.1:23306")
+}
+pub fn kafka_brokers() -> String {
+    env_or("LABLAKE_KAFKA_BROKERS", "127.0.0.1:29092")
+}
+pub fn s3_endpoint() -> String {
+    env_or("LABLAKE_S3_ENDPOINT", "http://127.0.0.1:25000")
+}
+pub fn s3_bucket() -> String {
+    env_or("LABLAKE_S3_BUCKET", "lablake")
+}
+pub fn dynamodb_endpoint() -> String {
+    env_or("LABLAKE_DYNAMODB_ENDPOINT", "http://127.0.0.1:25000")
+}
+
+/// Sets the AWS variables the local services accept, when unset.
+pub fn aws_defaults() {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            unsafe_set_env(k, v);
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn unsafe_set_env(k: &str, v: &str) {
+    // SAFETY: called at test start-up with the same constant values from every
+    // test; nothing reads these variables concurrently in a way that races.
+    unsafe { std::env::set_var(k, v) }
+}
+
+/// A short random lowercase id.
+pub fn rand_id(len: usize) -> String {
+    let mut r = rand::rng();
+    (0..len).map(|_| (b'a' + r.random_range(0..26u8)) as char).collect()
+}
+
+/// The `lablake` binary built next to the test executable.
+pub fn lablake_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("LABLAKE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> → target/debug/lablake
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    dir.join("lablake")
+}
+
+/// One test's isolated world: names, config file, running pipeline.
+pub struct World {
+    pub id: String,
+    pub tenants: Vec<String>,
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub pool: mysql_async::Pool,
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl World {
+    /// Creates `n` tenants (databases `lab_<tenant>`), runs `ddl` in each,
+    /// and writes a config that starts reading at the current binlog position.
+    pub async fn new(n: usize, ddl: &[&str], extra_config: &str) -> anyhow::Result<World> {
+        aws_defaults();
+        let id = rand_id(8);
+        let tenants: Vec<String> = (0..n).map(|i| format!("t{id}{i}")).collect();
+        let pool = mysql_async::Pool::new(mysql_url().as_str());
+        let mut conn = pool.get_conn().await.context("connecting to MariaDB (is `dev/services up` running?)")?;
+        for t in &tenants {
+            conn.query_drop(format!("CREATE DATABASE lab_{t}")).await?;
+            for stmt in ddl {
+                conn.query_drop(format!("USE lab_{t}")).await?;
+                conn.query_drop(*stmt).await?;
+            }
+        }
+        let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
+        let row = row.context("binary logging is off")?;
+        let file: String = row.get(0).context("no binlog file")?;
+        let pos: u64 = row.get(1).context("no binlog position")?;
+        drop(conn);
+        let dir = tempfile::tempdir()?;
+        let prefix = format!("lt{id}");
+        let config_path = dir.path().join("lablake.toml");
+        let include: Vec<String> = tenants.iter().map(|t| format!("\"lab_{t}.*\"")).collect();
+        let config = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+topic_prefix = "{prefix}"
+partitions = 2
+
+[lake]
+bucket = "{bucket}"
+endpoint = "{s3}"
+allow_http = true
+
+[checkpoint]
+table = "lablake_test_{id}"
+endpoint = "{ddb}"
+
+[curate]
+group = "g{id}"
+discovery_interval = "500ms"
+
+[curate.batch]
+max_rows = 5000
+max_age = "30s"
+idle_flush = "500ms"
+
+[[sources]]
+name = "main"
+url = "{mysql}"
+server_id = {server_id}
+include = [{include}]
+tenant = {{ kind = "schema", pattern = "lab_{{tenant}}" }}
+start = {{ file = "{file}", pos = {pos} }}
+{extra_config}
+"#,
+            brokers = kafka_brokers(),
+            bucket = s3_bucket(),
+            s3 = s3_endpoint(),
+            ddb = dynamodb_endpoint(),
+            mysql = mysql_url(),
+            server_id = 1000 + rand::rng().random_range(0..1_000_000u32),
+            include = include.join(", "),
+        );
+        std::fs::write(&config_path, config)?;
+        let log_path = dir.path().join("lablake.log");
+        Ok(World { id, tenants, prefix, dir, config_path, pool, child: None, log_path })
+    }
+
+    /// Starts `lablake run`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let child = Command::new(lablake_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("LABLAKE_LOG", "info,lablake=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the pipeline.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs the pipeline and waits for it to exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                bail!("lablake did not stop within 60 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fails if the pipeline exited on its own.
+    pub fn assert_running(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.child.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            bail!("lablake exited with {status}; log:\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn lake(&self) -> anyhow::Result<Lake> {
+        Ok(Lake::new(LakeConfig {
+            bucket: s3_bucket(),
+            bucket_per_tenant: None,
+            endpoint: Some(s3_endpoint()),
+            region: "us-east-1".into(),
+            allow_http: true,
+            zstd_level: 3,
+        })?)
+    }
+
+    /// Every curated row of a tenant's table, each as column → display string,
+    /// in file order.
+    pub async fn curated_rows(&self, tenant: &str, table: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        let lake = self.lake()?;
+        let prefix = format!("{tenant}/curated/lab_{tenant}/{table}/");
+        let mut rows = Vec::new();
+        for key in lake.list(tenant, &prefix).await? {
+            let bytes = lake.get(tenant, &key).await?;
+            for batch in lablake_lake::decode_parquet(bytes)? {
+                rows.extend(batch_rows(&batch)?);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Latest state per primary key (`pk` column) from curated rows:
+    /// deduplicated by (pk, _position), newest position wins, deletes removed.
+    pub async fn curated_state(&self, tenant: &str, table: &str, pk: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for row in self.curated_rows(tenant, table).await? {
+            let k = row.get(pk).cloned().context("row without key")?;
+            let newer = latest.get(&k).is_none_or(|old| old["_position"] < row["_position"]);
+            if newer {
+                latest.insert(k, row);
+            }
+        }
+        latest.retain(|_, r| r["_op"] != "d");
+        for r in latest.values_mut() {
+            r.retain(|c, _| !c.starts_with('_'));
+        }
+        Ok(latest)
+    }
+
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Rows of a record batch as column → display string (binary as hex, nulls as `NULL`).
+pub fn batch_rows(batch: &RecordBatch) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let opts = FormatOptions::default()
+        .with_null("NULL")
+        .with_timestamp_format(Some("%Y-%m-%dT%H:%M:%S%.6f"))
+        .with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.6f"));
+    let schema = batch.schema();
+    let mut formatters = Vec::new();
+    for col in batch.columns() {
+        formatters.push(ArrayFormatter::try_new(col.as_ref(), &opts)?);
+    }
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let mut row = BTreeMap::new();
+        for (j, f) in schema.fields().iter().enumerate() {
+            let col = batch.column(j);
+            let v = if col.is_null(i) {
+                "NULL".to_owned()
+            } else if let Some(b) = col.as_any().downcast_ref::<arrow::array::BinaryArray>() {
+                b.value(i).iter().map(|x| format!("{x:02X}")).collect()
+            } else {
+                formatters[j].value(i).to_string()
+            };
+            row.insert(f.name().clone(), v);
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Source rows of `SELECT <exprs> FROM lab_<tenant>.<table>` keyed by the first expression.
+pub async fn source_rows(
+    pool: &mysql_async::Pool,
+    tenant: &str,
+    table: &str,
+    exprs: &[(&str, &str)],
+) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut conn = pool.get_conn().await?;
+    conn.query_drop("SET time_zone = '+00:00'").await?;
+    let select: Vec<String> = exprs.iter().map(|(_, e)| format!("CAST({e} AS CHAR)")).collect();
+    let q = format!("SELECT {} FROM lab_{tenant}.{table}", select.join(", "));
+    let rows: Vec<mysql_async::Row> = conn.query(q).await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let mut m = BTreeMap::new();
+        for (i, (name, _)) in exprs.iter().enumerate() {
+            let v: Option<String> = r.get_opt(i).and_then(|x| x.ok()).unwrap_or(None);
+            m.insert((*name).to_owned(), v.unwrap_or_else(|| "NULL".into()));
+        }
+        let k = m[exprs[0].0].clone();
+        out.insert(k, m);
+    }
+    Ok(out)
+}

@@ -1,1 +1,31 @@
-//! placeholder
+//! The Kafka bus.
+//!
+//! * [`ChangeProducer`] writes [`ChangeEvent`](lablake_model::ChangeEvent)s to
+//!   their tenant's topic (`<prefix>.<tenant>.<db>.<table>`, created on demand),
+//!   keyed by primary key, with an idempotent producer (`acks=all`,
+//!   `enable.idempotence=true`), so one row's changes stay ordered in one
+//!   partition and a retried send never duplicates a record.
+//! * [`ack_queue`] keeps deliveries and source positions in send order. A
+//!   position comes out of [`AckReceiver::next`] only after Kafka acknowledged
+//!   **every** record sent before it — this is what the source checkpoints, so
+//!   an upstream position is never acknowledged before Kafka has the data.
+//! * [`ChangeConsumer`] reads tenant topics from explicit offsets (the
+//!   curation stage owns its offsets in DynamoDB, not in Kafka).
+//! * Dead-letter records go to `<prefix>-dlq.<tenant>` with the reason and
+//!   origin in headers ([`ChangeProducer::send_dead_letter`]).
+//!
+//! The queue between sender and acknowledger is bounded: when Kafka is slow
+//! the source blocks, memory does not grow.
+
+mod ack;
+mod config;
+mod consumer;
+mod error;
+mod producer;
+
+pub use ack::{AckReceiver, AckSender, ack_queue};
+pub use config::BusConfig;
+pub use consumer::{ChangeConsumer, Record};
+pub use error::BusError;
+pub use producer::{ChangeProducer, DeadLetter, header};
+pub use rdkafka::producer::DeliveryFuture;

@@ -1,1 +1,181 @@
-fn main() {}
+//! `lablake`: run the CDC pipeline, or one stage of it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lablake::config::{Config, LogFormat};
+use lablake::curator::Curator;
+use lablake::{metrics, source, status};
+use lablake_checkpoint::DynamoStore;
+use lablake_lake::Lake;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+#[derive(Parser)]
+#[command(name = "lablake", version, about = "Change-data-capture from MySQL/MariaDB to per-tenant Kafka topics and a curated Parquet lake")]
+struct Cli {
+    /// Configuration file (TOML). `LABLAKE__SECTION__KEY` variables override it.
+    #[arg(long, short, env = "LABLAKE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every configured source and the curator in one process.
+    Run {
+        /// Shard name of the curator's lease.
+        #[arg(long, default_value = "0")]
+        shard: String,
+    },
+    /// Runs the sources only (binlog → Kafka).
+    Source {
+        /// Only this source (default: all configured).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Runs the curator only (Kafka → curated Parquet).
+    Curate {
+        #[arg(long, default_value = "0")]
+        shard: String,
+    },
+    /// Prints per tenant and table what is curated and how far behind.
+    Status {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Also read the curated files and count live rows (de-duplicated by key and position).
+        #[arg(long)]
+        lake: bool,
+    },
+    /// Validates the configuration and exits.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_tracing(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command, cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lablake failed");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LABLAKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == LogFormat::Json { b.json().init() } else { b.init() }
+}
+
+async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
+    if let Command::CheckConfig = command {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let store = Arc::new(DynamoStore::connect(&cfg.checkpoint).await.context("connecting to DynamoDB")?);
+    if let Command::Status { tenant, json, lake } = command {
+        let rows = status::collect(store.as_ref(), tenant.as_deref()).await?;
+        if lake {
+            let l = Lake::new(cfg.lake.clone())?;
+            let mut out = Vec::new();
+            for r in rows.iter().filter(|r| r.table != "*") {
+                let t = lablake_model::TableId { tenant: r.tenant.clone(), database: r.database.clone(), table: r.table.clone() };
+                out.push(status::lake_table(&l, &t).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print!("{}", status::render(&rows, (metrics::now_secs() * 1000.0) as i64));
+        }
+        return Ok(());
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: draining in-flight batches");
+        let _ = stop_tx.send(true);
+    });
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let (run_sources, run_curator, only, shard) = match command {
+        Command::Run { shard } => (true, true, None, shard),
+        Command::Source { name } => (true, false, name, String::new()),
+        Command::Curate { shard } => (false, true, None, shard),
+        Command::Status { .. } | Command::CheckConfig => unreachable!("handled above"),
+    };
+    if run_sources {
+        let mut any = false;
+        for scfg in cfg.sources.clone() {
+            let name = scfg.name.clone();
+            if only.as_ref().is_some_and(|o| o != &name) {
+                continue;
+            }
+            any = true;
+            let (bus, store, stop) = (cfg.kafka.clone(), store.clone(), stop_rx.clone());
+            tasks.spawn(async move { source::run_source(&name, scfg, &bus, store, stop).await });
+        }
+        if !any {
+            anyhow::bail!("no source to run: configure [[sources]]");
+        }
+    }
+    if run_curator {
+        let curator = Curator {
+            bus: cfg.kafka.clone(),
+            curate: cfg.curate.clone(),
+            lake: Lake::new(cfg.lake.clone())?,
+            store: store.clone(),
+            shard,
+        };
+        let stop = stop_rx.clone();
+        tasks.spawn(async move { curator.run(stop).await });
+    }
+    // The first task to fail stops the process (a supervisor restarts it; all
+    // state is in the checkpoints, so a restart loses and duplicates nothing).
+    while let Some(res) = tasks.join_next().await {
+        res.context("task panicked")??;
+    }
+    Ok(())
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! Curation: turns change events into typed Arrow record batches (the
+//! *curated* layout) and decides when a batch closes. Pure: no I/O.
+//!
+//! # Curated layout
+//!
+//! Every source column, typed (see [`arrow_type`]), all nullable, followed by
+//! the CDC metadata columns:
+//!
+//! | column | type | meaning |
+//! |---|---|---|
+//! | `_op` | utf8 | `c` insert, `u` update, `d` delete (row values are the before image), `r` snapshot read |
+//! | `_position` | utf8 | sortable source position; `(primary key, _position)` identifies a change |
+//! | `_commit_ts` | timestamp(µs, UTC) | source commit time |
+//! | `_gtid` | utf8 | transaction GTID, when known |
+//! | `_source` | utf8 | configured source name |
+//! | `_kafka_partition` | int32 | Kafka partition of the record |
+//! | `_kafka_offset` | int64 | Kafka offset of the record |
+//!
+//! The latest state of a row is the change with the greatest `_position` for
+//! its key; it is deleted when that change has `_op = 'd'`.
+
+mod batch;
+mod policy;
+
+pub use batch::{BatchBuilder, CurateError, arrow_type, curated_schema, meta};
+pub use policy::{BatchPolicy, CloseReason, OpenBatch};

@@ -1,1 +1,241 @@
-//! placeholder
+//! The curated lake on an S3-compatible object store.
+//!
+//! # Guarantees
+//!
+//! * **Deterministic keys.** A batch's key is a function of its table and its
+//!   Kafka offset range only ([`curated_key`]), so a retried batch targets the
+//!   same key.
+//! * **Create-only writes.** [`Lake::put_create`] uses a conditional create
+//!   (`If-None-Match: *`); an existing object is never overwritten. Finding the
+//!   key already present is reported as [`PutOutcome::AlreadyExists`] — the
+//!   batch was made durable by an earlier attempt.
+//! * **Tenant isolation.** Every key starts with `<tenant>/`, and a bucket per
+//!   tenant can be configured (`bucket_per_tenant = "lablake-{tenant}"`).
+//! * A put returns only after the store acknowledged the whole object; only
+//!   then may the Kafka offsets of the batch be checkpointed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use lablake_model::{Date, TableId};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Errors of the lake.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LakeError {
+    #[error("invalid lake configuration `{key}`: {reason}")]
+    Config { key: String, reason: String },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// Where curated files go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// Bucket for all tenants (keys are prefixed with the tenant).
+    pub bucket: String,
+    /// A bucket per tenant instead, e.g. `lablake-{tenant}`.
+    #[serde(default)]
+    pub bucket_per_tenant: Option<String>,
+    /// S3 endpoint override (MinIO, moto), e.g. `http://127.0.0.1:25000`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// AWS region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Allow plain HTTP endpoints (local test services only).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Zstd level of Parquet pages.
+    #[serde(default = "default_zstd")]
+    pub zstd_level: i32,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_zstd() -> i32 {
+    3
+}
+
+/// Result of a create-only put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The key existed already (an earlier attempt made it durable).
+    AlreadyExists,
+}
+
+/// The deterministic key of a curated batch:
+/// `<tenant>/curated/<db>/<table>/dt=YYYY-MM-DD/<topic>-p<partition>-<first>-<last>.parquet`
+/// with zero-padded partition and offsets so keys sort by offset.
+pub fn curated_key(table: &TableId, date: Date, topic: &str, partition: i32, first: i64, last: i64) -> String {
+    format!(
+        "{}/curated/{}/{}/dt={date}/{topic}-p{partition:05}-{first:020}-{last:020}.parquet",
+        table.tenant,
+        path_segment(&table.database),
+        path_segment(&table.table)
+    )
+}
+
+/// The prefix of a tenant's curated table.
+pub fn curated_prefix(table: &TableId) -> String {
+    format!("{}/curated/{}/{}/", table.tenant, path_segment(&table.database), path_segment(&table.table))
+}
+
+fn path_segment(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+}
+
+/// Encodes a batch as Parquet (zstd), with `metadata` as key-value metadata.
+/// Deterministic: the same batch always gives the same bytes.
+pub fn encode_parquet(batch: &RecordBatch, zstd_level: i32) -> Result<Bytes, LakeError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut buf = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+    let mut w = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    w.close()?;
+    Ok(Bytes::from(buf))
+}
+
+/// Decodes a Parquet file into record batches.
+pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, LakeError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    reader.map(|b| b.map_err(|e| LakeError::Parquet(e.into()))).collect()
+}
+
+/// A handle on the lake's object store(s).
+#[derive(Clone)]
+pub struct Lake {
+    config: LakeConfig,
+    stores: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+}
+
+impl Lake {
+    /// Validates the configuration; buckets are opened lazily. Credentials
+    /// come from the standard `AWS_*` environment variables.
+    pub fn new(config: LakeConfig) -> Result<Self, LakeError> {
+        if config.bucket.is_empty() {
+            return Err(LakeError::Config { key: "bucket".into(), reason: "must not be empty".into() });
+        }
+        if let Some(p) = &config.bucket_per_tenant
+            && !p.contains("{tenant}")
+        {
+            return Err(LakeError::Config { key: "bucket_per_tenant".into(), reason: "must contain `{tenant}`".into() });
+        }
+        if let Some(e) = &config.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(LakeError::Config { key: "endpoint".into(), reason: "must be an http:// or https:// URL".into() });
+            }
+            if e.starts_with("http://") && !config.allow_http {
+                return Err(LakeError::Config {
+                    key: "endpoint".into(),
+                    reason: "plain http needs `allow_http = true`".into(),
+                });
+            }
+        }
+        Ok(Lake { config, stores: Arc::new(Mutex::new(HashMap::new())) })
+    }
+
+    pub fn config(&self) -> &LakeConfig {
+        &self.config
+    }
+
+    /// The bucket holding a tenant's files.
+    pub fn bucket_of(&self, tenant: &str) -> String {
+        match &self.config.bucket_per_tenant {
+            Some(p) => p.replace("{tenant}", tenant),
+            None => self.config.bucket.clone(),
+        }
+    }
+
+    /// The object store of a tenant's bucket.
+    pub fn store_for(&self, tenant: &str) -> Result<Arc<dyn ObjectStore>, LakeError> {
+        let bucket = self.bucket_of(tenant);
+        let mut stores = self.stores.lock().map_err(|_| LakeError::Config { key: "bucket".into(), reason: "poisoned".into() })?;
+        if let Some(s) = stores.get(&bucket) {
+            return Ok(s.clone());
+        }
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(&bucket).with_region(&self.config.region);
+        if let Some(e) = &self.config.endpoint {
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        b = b.with_allow_http(self.config.allow_http);
+        let store: Arc<dyn ObjectStore> = Arc::new(b.build()?);
+        stores.insert(bucket, store.clone());
+        Ok(store)
+    }
+
+    /// Writes `bytes` at `key` in the tenant's bucket unless the key exists.
+    pub async fn put_create(&self, tenant: &str, key: &str, bytes: Bytes) -> Result<PutOutcome, LakeError> {
+        let store = self.store_for(tenant)?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match store.put_opts(&Path::from(key), PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads an object.
+    pub async fn get(&self, tenant: &str, key: &str) -> Result<Bytes, LakeError> {
+        let store = self.store_for(tenant)?;
+        Ok(store.get(&Path::from(key)).await?.bytes().await?)
+    }
+
+    /// Lists keys under a prefix of the tenant's bucket, sorted.
+    pub async fn list(&self, tenant: &str, prefix: &str) -> Result<Vec<String>, LakeError> {
+        use futures::TryStreamExt;
+        let store = self.store_for(tenant)?;
+        let p = Path::from(prefix.trim_end_matches('/'));
+        let mut keys: Vec<String> = store.list(Some(&p)).map_ok(|m| m.location.to_string()).try_collect().await?;
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_deterministic_and_sort_by_offset() {
+        let t = TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() };
+        let d = Date { year: 2026, month: 11, day: 27 };
+        let a = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 0, 99);
+        let b = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 100, 1000);
+        assert_eq!(a, "acme/curated/lab_acme/results/dt=2026-11-27/lablake.acme.lab_acme.results-p00001-00000000000000000000-00000000000000000099.parquet");
+        assert!(a < b);
+        assert!(a.starts_with(&curated_prefix(&t)));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let base = LakeConfig { bucket: "b".into(), bucket_per_tenant: None, endpoint: None, region: "us-east-1".into(), allow_http: false, zstd_level: 3 };
+        assert!(Lake::new(base.clone()).is_ok());
+        let e = Lake::new(LakeConfig { endpoint: Some("http://x".into()), ..base.clone() }).err().unwrap();
+        assert!(e.to_string().contains("endpoint"));
+        let e = Lake::new(LakeConfig { endpoint: Some("ftp://x".into()), allow_http: true, ..base.clone() }).err().unwrap();
+        assert!(e.to_string().contains("endpoint"));
+        let e = Lake::new(LakeConfig { bucket_per_tenant: Some("x".into()), ..base.clone() }).err().unwrap();
+        assert!(e.to_string().contains("bucket_per_tenant"));
+        let l = Lake::new(LakeConfig { bucket_per_tenant: Some("lablake-{tenant}".into()), ..base }).unwrap();
+        assert_eq!(l.bucket_of("acme"), "lablake-acme");
+    }
+}

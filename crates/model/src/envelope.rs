@@ -25,7 +25,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{ChangeEvent, Column, ColumnType, Date, DateTime, ModelError, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value};
+use crate::{
+    ChangeEvent, Column, ColumnType, Date, DateTime, ModelError, Op, SourceInfo, SourcePosition, TableId, TableSchema,
+    Value,
+};
 
 /// Envelope format version written in `lablake.v`.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -279,7 +282,8 @@ impl Decoder {
         if raw.lablake.v != ENVELOPE_VERSION {
             return Err(ModelError::InvalidEnvelope(format!("unsupported envelope version {}", raw.lablake.v)));
         }
-        let op = Op::from_code(raw.op).ok_or_else(|| ModelError::InvalidEnvelope(format!("unknown op `{}`", raw.op)))?;
+        let op =
+            Op::from_code(raw.op).ok_or_else(|| ModelError::InvalidEnvelope(format!("unknown op `{}`", raw.op)))?;
         let schema = match &self.last {
             Some((fp, s)) if fp.as_str() == raw.lablake.schema => s.clone(),
             _ => {
@@ -366,7 +370,9 @@ pub fn decode_value(c: &Column, v: &serde_json::Value) -> Result<Value, ModelErr
     }
     Ok(match &c.ty {
         ColumnType::Int { unsigned: false, .. } => Value::Int(v.as_i64().ok_or_else(|| bad("not a signed integer"))?),
-        ColumnType::Int { unsigned: true, .. } => Value::UInt(v.as_u64().ok_or_else(|| bad("not an unsigned integer"))?),
+        ColumnType::Int { unsigned: true, .. } => {
+            Value::UInt(v.as_u64().ok_or_else(|| bad("not an unsigned integer"))?)
+        }
         ColumnType::Year => {
             Value::Year(v.as_u64().and_then(|y| u16::try_from(y).ok()).ok_or_else(|| bad("not a year"))?)
         }
@@ -380,9 +386,12 @@ pub fn decode_value(c: &Column, v: &serde_json::Value) -> Result<Value, ModelErr
             }
             Value::Decimal(s.to_owned())
         }
-        ColumnType::Date => Value::Date(parse_date(v.as_str().ok_or_else(|| bad("date is not a string"))?).ok_or_else(|| bad("bad date"))?),
+        ColumnType::Date => Value::Date(
+            parse_date(v.as_str().ok_or_else(|| bad("date is not a string"))?).ok_or_else(|| bad("bad date"))?,
+        ),
         ColumnType::DateTime => Value::DateTime(
-            parse_datetime(v.as_str().ok_or_else(|| bad("datetime is not a string"))?).ok_or_else(|| bad("bad datetime"))?,
+            parse_datetime(v.as_str().ok_or_else(|| bad("datetime is not a string"))?)
+                .ok_or_else(|| bad("bad datetime"))?,
         ),
         ColumnType::Timestamp => {
             let s = v.as_str().ok_or_else(|| bad("timestamp is not a string"))?;
@@ -425,7 +434,10 @@ fn decode_f64(v: &serde_json::Value) -> Option<f64> {
 pub fn is_decimal(s: &str) -> bool {
     let s = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    !int.is_empty() && int.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit()) && (!s.contains('.') || !frac.is_empty())
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && (!s.contains('.') || !frac.is_empty())
 }
 
 fn num<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
@@ -481,9 +493,7 @@ mod tests {
             ("j", "json", true),
         ];
         let schema = TableSchema::new(
-            cols.iter()
-                .map(|(n, t, nl)| Column { name: (*n).into(), ty: t.parse().unwrap(), nullable: *nl })
-                .collect(),
+            cols.iter().map(|(n, t, nl)| Column { name: (*n).into(), ty: t.parse().unwrap(), nullable: *nl }).collect(),
             vec![0],
         );
         let row = vec![
@@ -494,7 +504,13 @@ mod tests {
             Value::Decimal("-12345678901234567890123456789012345.123456789012345678901234567890".into()),
             Value::Date(Date { year: 0, month: 0, day: 0 }),
             Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000),
-            Value::DateTime(DateTime { date: Date { year: 9999, month: 12, day: 31 }, hour: 23, minute: 59, second: 59, micros: 999_999 }),
+            Value::DateTime(DateTime {
+                date: Date { year: 9999, month: 12, day: 31 },
+                hour: 23,
+                minute: 59,
+                second: 59,
+                micros: 999_999,
+            }),
             Value::Timestamp(1_700_000_000_123_456),
             Value::Year(2155),
             Value::String("héllo \"wörld\"\n\u{1F600}".into()),
@@ -508,7 +524,9 @@ mod tests {
             table: TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() },
             op: Op::Update,
             schema,
-            before: Some(row.iter().map(|v| if matches!(v, Value::UInt(_)) { v.clone() } else { Value::Null }).collect()),
+            before: Some(
+                row.iter().map(|v| if matches!(v, Value::UInt(_)) { v.clone() } else { Value::Null }).collect(),
+            ),
             after: Some(row),
             source: SourceInfo {
                 connector: "mysql".into(),
@@ -553,7 +571,9 @@ mod tests {
             assert!(dec.decode(&buf[..cut]).is_err());
         }
         let text = String::from_utf8(buf).unwrap();
-        for (from, to) in [("\"op\":\"u\"", "\"op\":\"x\""), ("\"uint64\"", "\"uint65\""), ("\"high\"", "17"), ("\"v\":1", "\"v\":2")] {
+        for (from, to) in
+            [("\"op\":\"u\"", "\"op\":\"x\""), ("\"uint64\"", "\"uint65\""), ("\"high\"", "17"), ("\"v\":1", "\"v\":2")]
+        {
             let bad = text.replacen(from, to, 1);
             assert!(dec.decode(bad.as_bytes()).is_err(), "{from} -> {to}");
         }

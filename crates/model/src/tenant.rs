@@ -32,7 +32,10 @@ impl TenantRule {
             reason: "must contain `{tenant}` once".into(),
         })?;
         if suffix.contains("{tenant}") {
-            return Err(ModelError::InvalidRule { rule: pattern.to_owned(), reason: "`{tenant}` appears twice".into() });
+            return Err(ModelError::InvalidRule {
+                rule: pattern.to_owned(),
+                reason: "`{tenant}` appears twice".into(),
+            });
         }
         Ok(TenantRule::SchemaPattern { prefix: prefix.to_owned(), suffix: suffix.to_owned() })
     }
@@ -67,9 +70,9 @@ impl TenantRule {
 pub fn validate_tenant(t: &str) -> Result<(), String> {
     let ok = !t.is_empty()
         && t.len() <= 63
-        && t.bytes().enumerate().all(|(i, b)| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'_' || b == b'-'))
-        });
+        && t.bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'_' || b == b'-')));
     if ok { Ok(()) } else { Err("tenant name must match [a-z0-9][a-z0-9_-]{0,62}".into()) }
 }
 
@@ -87,8 +90,7 @@ impl TableFilter {
         let build = |patterns: &[String], default_all: bool| -> Result<GlobSet, ModelError> {
             let mut b = GlobSetBuilder::new();
             for p in patterns {
-                let g = Glob::new(p)
-                    .map_err(|e| ModelError::InvalidRule { rule: p.clone(), reason: e.to_string() })?;
+                let g = Glob::new(p).map_err(|e| ModelError::InvalidRule { rule: p.clone(), reason: e.to_string() })?;
                 b.add(g);
             }
             if patterns.is_empty() && default_all {

@@ -136,10 +136,16 @@ impl Value {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ColumnType {
     /// Integer of `bytes` width (1, 2, 3, 4 or 8).
-    Int { bytes: u8, unsigned: bool },
+    Int {
+        bytes: u8,
+        unsigned: bool,
+    },
     Float,
     Double,
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     Date,
     Time,
     DateTime,
@@ -149,7 +155,9 @@ pub enum ColumnType {
     Bytes,
     Enum,
     Set,
-    Bit { bits: u16 },
+    Bit {
+        bits: u16,
+    },
     Json,
 }
 
@@ -371,7 +379,11 @@ mod tests {
     #[test]
     fn fingerprint_changes_with_schema() {
         let a = TableSchema {
-            columns: vec![Column { name: "id".into(), ty: ColumnType::Int { bytes: 8, unsigned: false }, nullable: false }],
+            columns: vec![Column {
+                name: "id".into(),
+                ty: ColumnType::Int { bytes: 8, unsigned: false },
+                nullable: false,
+            }],
             primary_key: vec![0],
         };
         let mut b = a.clone();

@@ -1,0 +1,855 @@
+//! The event-stream state machine: binlog events in, [`SourceItem`]s out.
+//!
+//! Pure (no I/O): the live reader ([`crate::MysqlSource`]) and the fixture
+//! tests feed it the same `mysql_common` events. It tracks the binlog file,
+//! transaction boundaries, GTIDs and table maps, resolves tenants, applies
+//! the table filter and decodes one rows event at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lablake_model::position::binlog_file_seq;
+use lablake_model::tenant::{TableFilter, TenantRule};
+use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, Value};
+use mysql_common::binlog::consts::{BinlogChecksumAlg, EventType};
+use mysql_common::binlog::events::{
+    Event, EventData, FormatDescriptionEvent, GtidEvent, QueryEvent, RotateEvent, TableMapEvent,
+};
+use tracing::{debug, warn};
+
+use crate::MysqlError;
+use crate::ddl::{QueryKind, classify};
+use crate::decode::{CatalogNeed, CatalogTable, Flavor, RowChange, TableInfo, decode_rows};
+
+/// Where to resume reading: the binlog coordinates just after a committed
+/// transaction, plus its GTID position.
+///
+/// `gtid` is, for MariaDB, the GTID position (`domain-server-seq` per
+/// domain, comma-separated) after that transaction, usable as
+/// `@slave_connect_state`. For MySQL it is the GTID (`uuid:n`) of that last
+/// transaction only, kept for audit; MySQL resumes by file and position.
+/// A `ResumePoint` with an empty `file` resumes from `gtid` alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResumePoint {
+    pub file: String,
+    pub pos: u64,
+    pub gtid: Option<String>,
+}
+
+/// One item of the source stream.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SourceItem {
+    /// A row change (tenant resolved, table selected by the filter).
+    Change(ChangeEvent),
+    /// End of a transaction (XID, COMMIT, or a DDL outside a transaction):
+    /// every change before it belongs to committed transactions; resuming
+    /// from `resume` replays nothing before this point.
+    Commit { resume: ResumePoint, position: SourcePosition, commit_ts_ms: i64 },
+    /// A rotate or heartbeat with no changes (lets the checkpoint advance on
+    /// idle sources). Only emitted between transactions.
+    Heartbeat { resume: ResumePoint },
+    /// A row of a selected table whose tenant cannot be resolved (tenant
+    /// column NULL, invalid or missing). Carries no row values; the pipeline
+    /// dead-letters it and the stream goes on.
+    Unresolved { table: String, reason: String, position: SourcePosition },
+}
+
+/// What the decoder needs to know about the source.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    /// Logical source name, copied into every `SourceInfo.name`.
+    pub source_name: String,
+    pub tenant: TenantRule,
+    pub filter: TableFilter,
+}
+
+/// A request for information_schema data about one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRequest {
+    pub database: String,
+    pub table: String,
+    /// Decoding fails without it (minimal table-map metadata); otherwise it
+    /// only refines types (MariaDB JSON columns).
+    pub required: bool,
+}
+
+struct TableEntry {
+    tme: TableMapEvent<'static>,
+    info: Option<Arc<TableInfo>>,
+}
+
+#[derive(Default)]
+struct Trx {
+    open: bool,
+    gtid: Option<String>,
+    mariadb_gtid: Option<(u32, u32, u64)>,
+    commit_ts_ms: Option<i64>,
+}
+
+struct Payload {
+    end: u64,
+    next_row: u32,
+    committed: bool,
+}
+
+const EV_HEARTBEAT_V2: u8 = 41;
+const EV_GTID_TAGGED: u8 = 42;
+const EV_ANNOTATE_ROWS: u8 = 160;
+const EV_BINLOG_CHECKPOINT: u8 = 161;
+const EV_MARIADB_GTID: u8 = 162;
+const EV_MARIADB_GTID_LIST: u8 = 163;
+const EV_START_ENCRYPTION: u8 = 164;
+const LOG_EVENT_IGNORABLE_F: u16 = 0x80;
+const MAX_TABLE_MAPS: usize = 10_000;
+
+/// The binlog event state machine. See the module documentation.
+pub struct BinlogDecoder {
+    cfg: DecoderConfig,
+    flavor: Flavor,
+    fde_seen: bool,
+    file: String,
+    file_seq: u64,
+    tables: HashMap<u64, TableEntry>,
+    catalog: HashMap<(String, String), Arc<CatalogTable>>,
+    mariadb_state: BTreeMap<u32, (u32, u64)>,
+    mysql_last_gtid: Option<String>,
+    trx: Trx,
+    payload: Option<Payload>,
+    last_resume: Option<(u64, u64)>,
+    warned: HashSet<String>,
+    pending: VecDeque<SourceItem>,
+}
+
+impl BinlogDecoder {
+    /// A decoder positioned in `file` (empty when starting from a GTID; the
+    /// server's first ROTATE names the file). `gtid` seeds the GTID position
+    /// (MariaDB `domain-server-seq` list, or a MySQL GTID).
+    pub fn new(cfg: DecoderConfig, file: &str, gtid: Option<&str>) -> Result<Self, MysqlError> {
+        let mut d = BinlogDecoder {
+            cfg,
+            flavor: Flavor::MySql,
+            fde_seen: false,
+            file: String::new(),
+            file_seq: 0,
+            tables: HashMap::new(),
+            catalog: HashMap::new(),
+            mariadb_state: BTreeMap::new(),
+            mysql_last_gtid: None,
+            trx: Trx::default(),
+            payload: None,
+            last_resume: None,
+            warned: HashSet::new(),
+            pending: VecDeque::new(),
+        };
+        if !file.is_empty() {
+            d.set_file(file, 0)?;
+        }
+        if let Some(g) = gtid.filter(|g| !g.trim().is_empty()) {
+            match parse_mariadb_gtid_list(g) {
+                Some(state) => d.mariadb_state = state,
+                None => d.mysql_last_gtid = Some(g.trim().to_owned()),
+            }
+        }
+        Ok(d)
+    }
+
+    /// The next decoded item, if any is buffered.
+    pub fn pop(&mut self) -> Option<SourceItem> {
+        self.pending.pop_front()
+    }
+
+    /// Number of buffered items (at most the rows of one rows event plus a commit).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The server family, known after the first FORMAT_DESCRIPTION event.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// Sets the server family before any event arrives (the live reader knows it from `VERSION()`).
+    pub fn set_flavor(&mut self, flavor: Flavor) {
+        self.flavor = flavor;
+    }
+
+    /// The binlog file being read.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The current GTID position as a [`ResumePoint::gtid`] string.
+    pub fn gtid_position(&self) -> Option<String> {
+        match self.flavor {
+            Flavor::MariaDb if !self.mariadb_state.is_empty() => Some(render_mariadb_state(&self.mariadb_state)),
+            Flavor::MariaDb => None,
+            Flavor::MySql => self.mysql_last_gtid.clone(),
+        }
+    }
+
+    /// Supplies information_schema data for a table (an empty
+    /// [`CatalogTable`] records that the table does not exist).
+    pub fn put_catalog(&mut self, database: &str, table: &str, catalog: CatalogTable) {
+        self.catalog.insert((database.to_owned(), table.to_owned()), Arc::new(catalog));
+        for entry in self.tables.values_mut() {
+            if entry.tme.database_name() == database && entry.tme.table_name() == table {
+                entry.info = None;
+            }
+        }
+    }
+
+    /// Whether decoding `event` would benefit from information_schema data
+    /// that is not cached yet. Call before [`BinlogDecoder::push`].
+    pub fn catalog_request(&self, event: &Event) -> Result<Option<CatalogRequest>, MysqlError> {
+        if !is_rows_event(event.header().event_type_raw()) {
+            return Ok(None);
+        }
+        let pos = u64::from(event.header().log_pos());
+        let rows = match event.read_data() {
+            Ok(Some(EventData::RowsEvent(rows))) => rows,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(self.protocol(pos, format!("unreadable rows event: {e}"))),
+        };
+        let Some(entry) = self.tables.get(&rows.table_id()) else { return Ok(None) };
+        if entry.info.is_some() {
+            return Ok(None);
+        }
+        let (db, table) = (entry.tme.database_name().into_owned(), entry.tme.table_name().into_owned());
+        if !self.selected(&db, &table) || self.catalog.contains_key(&(db.clone(), table.clone())) {
+            return Ok(None);
+        }
+        Ok(match TableInfo::catalog_need(&entry.tme, self.flavor)? {
+            CatalogNeed::None => None,
+            CatalogNeed::Optional => Some(CatalogRequest { database: db, table, required: false }),
+            CatalogNeed::Required(_) => Some(CatalogRequest { database: db, table, required: true }),
+        })
+    }
+
+    /// Processes one event. Decoded items are buffered for [`BinlogDecoder::pop`].
+    /// On error nothing is buffered for that event and the decoder stays
+    /// usable (the fixture tests continue past undecodable events; the live
+    /// reader stops).
+    pub fn push(&mut self, event: &Event) -> Result<(), MysqlError> {
+        let h = event.header();
+        let ty = h.event_type_raw();
+        let log_pos = u64::from(h.log_pos());
+        let inner = !event.footer().get_checksum_enabled();
+        if !inner {
+            if let Some(p) = &self.payload {
+                if !p.committed {
+                    self.payload = None;
+                    return Err(self.protocol(
+                        log_pos,
+                        "a TRANSACTION_PAYLOAD event ended without its commit (decompression failed)".into(),
+                    ));
+                }
+                self.payload = None;
+            }
+            self.verify_checksum(event, log_pos)?;
+        }
+        let read_err = |e: std::io::Error| self.protocol(log_pos, format!("unreadable event type {ty}: {e}"));
+
+        match ty {
+            t if t == EventType::FORMAT_DESCRIPTION_EVENT as u8 => {
+                let fde = event.read_event::<FormatDescriptionEvent<'_>>().map_err(read_err)?;
+                self.flavor = Flavor::from_server_version(&fde.server_version());
+                self.fde_seen = true;
+            }
+            t if t == EventType::ROTATE_EVENT as u8 => self.on_rotate(event, log_pos)?,
+            t if t == EventType::HEARTBEAT_EVENT as u8 => {
+                if log_pos > 0 {
+                    self.heartbeat(log_pos);
+                }
+            }
+            EV_HEARTBEAT_V2 => {
+                if let Some(pos) = heartbeat_v2_position(event.data()).or((log_pos > 0).then_some(log_pos)) {
+                    self.heartbeat(pos);
+                }
+            }
+            t if t == EventType::GTID_EVENT as u8 || t == EV_GTID_TAGGED => {
+                let g = event.read_event::<GtidEvent>().map_err(read_err)?;
+                self.trx = Trx { open: false, gtid: Some(format_mysql_gtid(&g)), ..Trx::default() };
+                let ts = g.immediate_commit_timestamp();
+                if ts > 0 {
+                    self.trx.commit_ts_ms = Some((ts / 1000) as i64);
+                }
+            }
+            t if t == EventType::ANONYMOUS_GTID_EVENT as u8 => self.trx = Trx::default(),
+            EV_MARIADB_GTID => {
+                let (seq, domain, flags) = parse_mariadb_gtid(event.data())
+                    .ok_or_else(|| self.protocol(log_pos, "short MariaDB GTID event".into()))?;
+                let server = h.server_id();
+                self.trx = Trx {
+                    // FL_STANDALONE: no BEGIN/COMMIT around the single statement.
+                    open: flags & 1 == 0,
+                    gtid: Some(format!("{domain}-{server}-{seq}")),
+                    mariadb_gtid: Some((domain, server, seq)),
+                    commit_ts_ms: None,
+                };
+            }
+            EV_MARIADB_GTID_LIST => {
+                if let Some(list) = parse_mariadb_gtid_list_event(event.data()) {
+                    for (domain, server, seq) in list {
+                        self.mariadb_state.entry(domain).or_insert((server, seq));
+                    }
+                }
+            }
+            t if t == EventType::QUERY_EVENT as u8 => self.on_query(event, log_pos)?,
+            t if t == EventType::XID_EVENT as u8 || t == EventType::XA_PREPARE_LOG_EVENT as u8 => {
+                self.commit(log_pos, h.timestamp())?;
+            }
+            t if t == EventType::TABLE_MAP_EVENT as u8 => {
+                let tme = event.read_event::<TableMapEvent<'_>>().map_err(read_err)?.into_owned();
+                let id = tme.table_id();
+                match self.tables.get_mut(&id) {
+                    Some(entry) if entry.tme == tme => {}
+                    _ => {
+                        if self.tables.len() >= MAX_TABLE_MAPS {
+                            self.tables.clear();
+                        }
+                        self.tables.insert(id, TableEntry { tme, info: None });
+                    }
+                }
+            }
+            t if is_rows_event(t) => self.on_rows(event, log_pos)?,
+            t if t == EventType::TRANSACTION_PAYLOAD_EVENT as u8 => {
+                if inner {
+                    return Err(self.protocol(log_pos, "nested TRANSACTION_PAYLOAD event".into()));
+                }
+                self.payload = Some(Payload { end: log_pos, next_row: 0, committed: false });
+            }
+            t if t == EventType::INCIDENT_EVENT as u8 => {
+                return Err(self.protocol(log_pos, "INCIDENT event: the binlog has a gap (lost events)".into()));
+            }
+            165..=171 => {
+                return Err(self.protocol(
+                    log_pos,
+                    format!("compressed MariaDB event type {ty} (log_bin_compress) is not supported"),
+                ));
+            }
+            t if t == EventType::EXECUTE_LOAD_QUERY_EVENT as u8 || t == EventType::BEGIN_LOAD_QUERY_EVENT as u8 => {
+                self.warn_once("load-data", "statement-based LOAD DATA in the binlog is not captured");
+            }
+            t if t == EventType::PRE_GA_WRITE_ROWS_EVENT as u8
+                || t == EventType::PRE_GA_UPDATE_ROWS_EVENT as u8
+                || t == EventType::PRE_GA_DELETE_ROWS_EVENT as u8 =>
+            {
+                return Err(self.protocol(log_pos, "pre-GA rows events (MySQL 5.1.0-5.1.15) are not supported".into()));
+            }
+            // Events without meaning for row capture.
+            t if t == EventType::START_EVENT_V3 as u8
+                || t == EventType::STOP_EVENT as u8
+                || t == EventType::INTVAR_EVENT as u8
+                || t == EventType::RAND_EVENT as u8
+                || t == EventType::USER_VAR_EVENT as u8
+                || t == EventType::IGNORABLE_EVENT as u8
+                || t == EventType::ROWS_QUERY_EVENT as u8
+                || t == EventType::PREVIOUS_GTIDS_EVENT as u8
+                || t == EventType::TRANSACTION_CONTEXT_EVENT as u8
+                || t == EventType::VIEW_CHANGE_EVENT as u8
+                || t == EventType::UNKNOWN_EVENT as u8 => {}
+            EV_ANNOTATE_ROWS | EV_BINLOG_CHECKPOINT | EV_START_ENCRYPTION => {}
+            other => {
+                if h.flags_raw() & LOG_EVENT_IGNORABLE_F == 0 {
+                    return Err(self.protocol(log_pos, format!("unknown binlog event type {other}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn protocol(&self, pos: u64, reason: String) -> MysqlError {
+        MysqlError::Protocol { file: self.file.clone(), pos, reason }
+    }
+
+    fn set_file(&mut self, file: &str, pos: u64) -> Result<(), MysqlError> {
+        let seq = binlog_file_seq(file).ok_or_else(|| MysqlError::Protocol {
+            file: file.to_owned(),
+            pos,
+            reason: "binlog file name has no numeric extension".into(),
+        })?;
+        if file != self.file {
+            debug!(file, "binlog file");
+        }
+        self.file = file.to_owned();
+        self.file_seq = seq;
+        Ok(())
+    }
+
+    fn selected(&self, database: &str, table: &str) -> bool {
+        if !self.cfg.filter.matches(database, table) {
+            return false;
+        }
+        match &self.cfg.tenant {
+            TenantRule::SchemaPattern { .. } => self.cfg.tenant.tenant_of_database(database).is_some(),
+            TenantRule::Column { .. } => true,
+        }
+    }
+
+    fn warn_once(&mut self, key: &str, message: &'static str) {
+        if self.warned.insert(key.to_owned()) {
+            warn!(source = %self.cfg.source_name, "{message}");
+        }
+    }
+
+    fn verify_checksum(&self, event: &Event, log_pos: u64) -> Result<(), MysqlError> {
+        let footer = event.footer();
+        if footer.get_checksum_alg() != Ok(Some(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32)) {
+            return Ok(());
+        }
+        let Some(stored) = event.checksum() else { return Ok(()) };
+        let stored = u32::from_le_bytes(stored);
+        let computed = event.calc_checksum(BinlogChecksumAlg::BINLOG_CHECKSUM_ALG_CRC32);
+        if stored != computed {
+            return Err(self.protocol(log_pos, format!("CRC32 mismatch on event type {}", event.header().event_type_raw())));
+        }
+        Ok(())
+    }
+
+    fn on_rotate(&mut self, event: &Event, log_pos: u64) -> Result<(), MysqlError> {
+        let rotate = event
+            .read_event::<RotateEvent<'_>>()
+            .map_err(|e| self.protocol(log_pos, format!("unreadable ROTATE event: {e}")))?;
+        let mut name = rotate.name_raw();
+        // Before the first FORMAT_DESCRIPTION the reader does not know the
+        // checksum algorithm, so the fake ROTATE that opens a replication
+        // stream may still carry its CRC32 at the end of the name.
+        if !self.fde_seen && name.len() > 4 {
+            let (head, crc) = name.split_at(name.len() - 4);
+            let mut hdr = Vec::with_capacity(19);
+            let h = event.header();
+            hdr.extend_from_slice(&h.timestamp().to_le_bytes());
+            hdr.push(h.event_type_raw());
+            hdr.extend_from_slice(&h.server_id().to_le_bytes());
+            hdr.extend_from_slice(&h.event_size().to_le_bytes());
+            hdr.extend_from_slice(&h.log_pos().to_le_bytes());
+            hdr.extend_from_slice(&h.flags_raw().to_le_bytes());
+            let mut c = Crc32::new();
+            c.update(&hdr);
+            c.update(&rotate.position().to_le_bytes());
+            c.update(head);
+            if c.finish() == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+                name = head;
+            }
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| self.protocol(log_pos, "ROTATE file name is not UTF-8".into()))?
+            .to_owned();
+        self.set_file(&name, rotate.position())?;
+        // A real rotate (not the fake one that opens a stream) lets idle
+        // sources checkpoint the start of the new file.
+        if log_pos != 0 {
+            self.heartbeat(rotate.position());
+        }
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, pos: u64) {
+        if self.trx.open || self.file.is_empty() {
+            return;
+        }
+        let at = (self.file_seq, pos);
+        if self.last_resume.is_some_and(|last| at <= last) {
+            return;
+        }
+        self.last_resume = Some(at);
+        let resume = ResumePoint { file: self.file.clone(), pos, gtid: self.gtid_position() };
+        self.pending.push_back(SourceItem::Heartbeat { resume });
+    }
+
+    fn on_query(&mut self, event: &Event, log_pos: u64) -> Result<(), MysqlError> {
+        let q = event
+            .read_event::<QueryEvent<'_>>()
+            .map_err(|e| self.protocol(log_pos, format!("unreadable QUERY event: {e}")))?;
+        let schema = q.schema().into_owned();
+        let kind = classify(&q.query(), &schema);
+        match kind {
+            QueryKind::Begin => self.trx.open = true,
+            QueryKind::Commit | QueryKind::Rollback => self.commit(log_pos, event.header().timestamp())?,
+            QueryKind::Savepoint => {}
+            QueryKind::Ddl { tables, whole_databases } => {
+                self.invalidate(tables.as_deref(), &whole_databases);
+                if !self.trx.open {
+                    self.commit(log_pos, event.header().timestamp())?;
+                }
+            }
+            QueryKind::Truncate { tables } => {
+                for (db, table) in tables.iter().flatten() {
+                    if self.selected(db, table) {
+                        warn!(source = %self.cfg.source_name, database = %db, table = %table,
+                            "TRUNCATE removes rows without row events; downstream copies keep them");
+                    }
+                }
+                if !self.trx.open {
+                    self.commit(log_pos, event.header().timestamp())?;
+                }
+            }
+            QueryKind::Other => {
+                if self.trx.open {
+                    self.warn_once(
+                        "statement",
+                        "statement-based DML in the binlog is not captured; binlog_format must be ROW",
+                    );
+                } else {
+                    self.commit(log_pos, event.header().timestamp())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops cached information_schema data and decoding plans of tables
+    /// touched by DDL (`None`: every table).
+    fn invalidate(&mut self, tables: Option<&[(String, String)]>, databases: &[String]) {
+        let hit = |db: &str, table: &str| match tables {
+            None => true,
+            Some(list) => {
+                databases.iter().any(|d| d == db) || list.iter().any(|(d, t)| d == db && t.eq_ignore_ascii_case(table))
+            }
+        };
+        self.catalog.retain(|(db, table), _| !hit(db, table));
+        for entry in self.tables.values_mut() {
+            if hit(&entry.tme.database_name(), &entry.tme.table_name()) {
+                entry.info = None;
+            }
+        }
+    }
+
+    fn commit(&mut self, log_pos: u64, header_ts: u32) -> Result<(), MysqlError> {
+        let trx = std::mem::take(&mut self.trx);
+        if let Some((domain, server, seq)) = trx.mariadb_gtid {
+            self.mariadb_state.insert(domain, (server, seq));
+        }
+        if trx.gtid.is_some() && self.flavor == Flavor::MySql {
+            self.mysql_last_gtid.clone_from(&trx.gtid);
+        }
+        let (end, row) = match &mut self.payload {
+            Some(p) => {
+                p.committed = true;
+                (p.end, p.next_row)
+            }
+            None => (log_pos, 0),
+        };
+        if end == 0 {
+            return Ok(());
+        }
+        if self.file.is_empty() {
+            return Err(self.protocol(end, "commit before the binlog file is known".into()));
+        }
+        self.last_resume = Some((self.file_seq, end));
+        let resume = ResumePoint { file: self.file.clone(), pos: end, gtid: self.gtid_position() };
+        self.pending.push_back(SourceItem::Commit {
+            resume,
+            position: SourcePosition::mysql(self.file_seq, end, row),
+            commit_ts_ms: trx.commit_ts_ms.unwrap_or(i64::from(header_ts) * 1000),
+        });
+        Ok(())
+    }
+
+    fn on_rows(&mut self, event: &Event, log_pos: u64) -> Result<(), MysqlError> {
+        let h = event.header();
+        let rows = match event.read_data() {
+            Ok(Some(EventData::RowsEvent(rows))) => rows,
+            Ok(_) => return Err(self.protocol(log_pos, "not a rows event".into())),
+            Err(e) => return Err(self.protocol(log_pos, format!("unreadable rows event: {e}"))),
+        };
+        let table_id = rows.table_id();
+        let Some(entry) = self.tables.get(&table_id) else {
+            return Err(self.protocol(log_pos, format!("rows event for table id {table_id} without a TABLE_MAP")));
+        };
+        let (db, table) = (entry.tme.database_name().into_owned(), entry.tme.table_name().into_owned());
+        let (end, row_base) = match &self.payload {
+            Some(p) => (p.end, p.next_row),
+            None => (log_pos, 0),
+        };
+        if !self.selected(&db, &table) {
+            return Ok(());
+        }
+        if self.file.is_empty() {
+            return Err(self.protocol(end, "rows event before the binlog file is known".into()));
+        }
+        let info = self.table_info(table_id)?;
+        let changes = decode_rows(&info, &rows)?;
+        let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        if let Some(p) = &mut self.payload {
+            p.next_row = p.next_row.saturating_add(n);
+        }
+        let ts_ms = self.trx.commit_ts_ms.unwrap_or(i64::from(h.timestamp()) * 1000);
+        let now = now_ms();
+        for (i, change) in changes.into_iter().enumerate() {
+            let row = row_base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let position = SourcePosition::mysql(self.file_seq, end, row);
+            let source = SourceInfo {
+                connector: "mysql".into(),
+                name: self.cfg.source_name.clone(),
+                server_id: h.server_id(),
+                file: self.file.clone(),
+                pos: end,
+                row,
+                gtid: self.trx.gtid.clone(),
+                ts_ms,
+                position: position.clone(),
+            };
+            self.emit(&info, change, source, now);
+        }
+        Ok(())
+    }
+
+    fn table_info(&mut self, table_id: u64) -> Result<Arc<TableInfo>, MysqlError> {
+        let flavor = self.flavor;
+        let Some(entry) = self.tables.get(&table_id) else {
+            return Err(self.protocol(0, format!("no TABLE_MAP for table id {table_id}")));
+        };
+        if let Some(info) = &entry.info {
+            return Ok(info.clone());
+        }
+        let key = (entry.tme.database_name().into_owned(), entry.tme.table_name().into_owned());
+        let catalog = self.catalog.get(&key).cloned();
+        let info = Arc::new(TableInfo::from_table_map(&entry.tme, catalog.as_deref(), flavor)?);
+        let qualified = info.qualified_name();
+        if info.key_is_all_columns && self.warned.insert(format!("nopk:{qualified}")) {
+            warn!(source = %self.cfg.source_name, table = %qualified,
+                "table has no primary key: every column is used as the key");
+        }
+        if !info.undecodable_charset_columns.is_empty() && self.warned.insert(format!("charset:{qualified}")) {
+            warn!(source = %self.cfg.source_name, table = %qualified, columns = ?info.undecodable_charset_columns,
+                "columns with an unsupported charset are captured as bytes");
+        }
+        if let Some(entry) = self.tables.get_mut(&table_id) {
+            entry.info = Some(info.clone());
+        }
+        Ok(info)
+    }
+
+    fn emit(&mut self, info: &TableInfo, change: RowChange, source: SourceInfo, now: i64) {
+        let qualified = info.qualified_name();
+        let unresolved = |reason: String, position: &SourcePosition| SourceItem::Unresolved {
+            table: qualified.clone(),
+            reason,
+            position: position.clone(),
+        };
+        let table_id = |tenant: String| TableId { tenant, database: info.database.clone(), table: info.table.clone() };
+        let event = |tenant: String, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>| {
+            SourceItem::Change(ChangeEvent {
+                table: table_id(tenant),
+                op,
+                schema: info.schema.clone(),
+                before,
+                after,
+                source: source.clone(),
+                ts_ms: now,
+            })
+        };
+        let position = source.position.clone();
+        match &self.cfg.tenant {
+            TenantRule::SchemaPattern { .. } => {
+                let Some(tenant) = self.cfg.tenant.tenant_of_database(&info.database) else { return };
+                self.pending.push_back(event(tenant, change.op, change.before, change.after));
+            }
+            TenantRule::Column { column } => {
+                let Some(idx) = info.schema.column_index(column) else {
+                    self.pending.push_back(unresolved(format!("table has no tenant column `{column}`"), &position));
+                    return;
+                };
+                let tenant_of = |image: &Option<Vec<Value>>| {
+                    image.as_ref().map(|row| match row.get(idx) {
+                        Some(v) => TenantRule::tenant_of_value(v),
+                        None => Err("tenant column missing from the row".to_owned()),
+                    })
+                };
+                let (tb, ta) = (tenant_of(&change.before), tenant_of(&change.after));
+                match (change.op, tb, ta) {
+                    (Op::Update, Some(Ok(b)), Some(Ok(a))) if a == b => {
+                        self.pending.push_back(event(a, Op::Update, change.before, change.after));
+                    }
+                    (Op::Update, Some(Ok(b)), Some(Ok(a))) => {
+                        // The row moved between tenants: the old tenant sees a
+                        // delete, the new one a create; neither sees the
+                        // other's image.
+                        self.pending.push_back(event(b, Op::Delete, change.before, None));
+                        self.pending.push_back(event(a, Op::Create, None, change.after));
+                    }
+                    (Op::Update, Some(Ok(b)), Some(Err(reason))) => {
+                        self.pending.push_back(event(b, Op::Delete, change.before, None));
+                        self.pending.push_back(unresolved(reason, &position));
+                    }
+                    (Op::Update, Some(Err(_)), Some(Ok(a))) => {
+                        self.pending.push_back(event(a, Op::Create, None, change.after));
+                    }
+                    (op, _, Some(Ok(a))) if op != Op::Update && op != Op::Delete => {
+                        self.pending.push_back(event(a, op, change.before, change.after));
+                    }
+                    (Op::Delete, Some(Ok(b)), _) => {
+                        self.pending.push_back(event(b, Op::Delete, change.before, change.after));
+                    }
+                    (_, tb, ta) => {
+                        let reason = ta
+                            .and_then(Result::err)
+                            .or_else(|| tb.and_then(Result::err))
+                            .unwrap_or_else(|| "tenant cannot be resolved".to_owned());
+                        self.pending.push_back(unresolved(reason, &position));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_rows_event(t: u8) -> bool {
+    [
+        EventType::WRITE_ROWS_EVENT_V1,
+        EventType::UPDATE_ROWS_EVENT_V1,
+        EventType::DELETE_ROWS_EVENT_V1,
+        EventType::WRITE_ROWS_EVENT,
+        EventType::UPDATE_ROWS_EVENT,
+        EventType::DELETE_ROWS_EVENT,
+        EventType::PARTIAL_UPDATE_ROWS_EVENT,
+    ]
+    .iter()
+    .any(|e| *e as u8 == t)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `uuid:gno` or `uuid:tag:gno`.
+fn format_mysql_gtid(g: &GtidEvent) -> String {
+    let s = g.sid();
+    let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+    match g.tag() {
+        Some(tag) => format!("{uuid}:{tag}:{}", g.gno()),
+        None => format!("{uuid}:{}", g.gno()),
+    }
+}
+
+/// MariaDB GTID event body: seq_no u64, domain_id u32, flags u8, ...
+fn parse_mariadb_gtid(data: &[u8]) -> Option<(u64, u32, u8)> {
+    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    let flags = *data.get(12)?;
+    Some((seq, domain, flags))
+}
+
+/// MariaDB GTID_LIST event body: count (low 28 bits), then (domain, server, seq) triples.
+fn parse_mariadb_gtid_list_event(data: &[u8]) -> Option<Vec<(u32, u32, u64)>> {
+    let count = (u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) & 0x0fff_ffff) as usize;
+    let mut out = Vec::with_capacity(count.min(1024));
+    for i in 0..count {
+        let at = 4 + i * 16;
+        let e = data.get(at..at + 16)?;
+        out.push((
+            u32::from_le_bytes(e[0..4].try_into().ok()?),
+            u32::from_le_bytes(e[4..8].try_into().ok()?),
+            u64::from_le_bytes(e[8..16].try_into().ok()?),
+        ));
+    }
+    Some(out)
+}
+
+/// Parses a MariaDB GTID list `0-1-5,1-2-9` (one entry per domain).
+pub(crate) fn parse_mariadb_gtid_list(s: &str) -> Option<BTreeMap<u32, (u32, u64)>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut it = part.split('-');
+        let domain = it.next()?.parse().ok()?;
+        let server = it.next()?.parse().ok()?;
+        let seq = it.next()?.parse().ok()?;
+        if it.next().is_some() || out.insert(domain, (server, seq)).is_some() {
+            return None;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn render_mariadb_state(state: &BTreeMap<u32, (u32, u64)>) -> String {
+    state.iter().map(|(d, (s, n))| format!("{d}-{s}-{n}")).collect::<Vec<_>>().join(",")
+}
+
+/// The log position in a HEARTBEAT_LOG_EVENT_V2 body (TLV; field 1).
+fn heartbeat_v2_position(data: &[u8]) -> Option<u64> {
+    let mut i = 0usize;
+    while i < data.len() {
+        let ty = data[i];
+        let (len, n) = lenenc(data.get(i + 1..)?)?;
+        let start = i + 1 + n;
+        let value = data.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+        if ty == 1 {
+            return lenenc(value).map(|(v, _)| v);
+        }
+        i = start + value.len();
+    }
+    None
+}
+
+fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
+    let le = |n: usize| -> Option<u64> { Some(b.get(1..=n)?.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x))) };
+    match *b.first()? {
+        x @ 0..=0xfa => Some((u64::from(x), 1)),
+        0xfc => Some((le(2)?, 3)),
+        0xfd => Some((le(3)?, 4)),
+        0xfe => Some((le(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// CRC-32 (IEEE), as the binlog uses.
+struct Crc32(u32);
+
+impl Crc32 {
+    fn new() -> Self {
+        Crc32(0xffff_ffff)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            let mut c = (self.0 ^ u32::from(*b)) & 0xff;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+            self.0 = c ^ (self.0 >> 8);
+        }
+    }
+
+    fn finish(self) -> u32 {
+        self.0 ^ 0xffff_ffff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtid_lists() {
+        let s = parse_mariadb_gtid_list("0-1-5, 2-3-9").unwrap();
+        assert_eq!(render_mariadb_state(&s), "0-1-5,2-3-9");
+        assert!(parse_mariadb_gtid_list("3e11fa47-71ca-11e1-9e33-c80aa9429562:23").is_none());
+        assert!(parse_mariadb_gtid_list("0-1-5,0-1-6").is_none());
+        assert!(parse_mariadb_gtid_list("").is_none());
+        assert_eq!(parse_mariadb_gtid(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0c]), Some((1, 0, 0x0c)));
+        assert_eq!(parse_mariadb_gtid(&[1, 0]), None);
+        assert_eq!(parse_mariadb_gtid_list_event(&[0, 0, 0, 0, 0, 0]), Some(vec![]));
+        assert_eq!(parse_mariadb_gtid_list_event(&[5, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn crc32_matches_reference() {
+        let mut c = Crc32::new();
+        c.update(b"123456789");
+        assert_eq!(c.finish(), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn heartbeat_v2_tlv() {
+        // field 0: filename "b.000001", field 1: position 1234 (lenenc 0xfc)
+        let mut d = vec![0, 8];
+        d.extend_from_slice(b"b.000001");
+        d.extend_from_slice(&[1, 3, 0xfc, 0xd2, 0x04]);
+        assert_eq!(heartbeat_v2_position(&d), Some(1234));
+        assert_eq!(heartbeat_v2_position(&[1, 9, 0xfe]), None);
+    }
+}

@@ -1,0 +1,114 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::{BusConfig, BusError};
+
+/// One consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads topics from offsets chosen by the caller (manual assignment; no
+/// offsets are committed to Kafka — the caller checkpoints them).
+pub struct ChangeConsumer {
+    consumer: Arc<StreamConsumer>,
+    assigned: BTreeMap<(String, i32), i64>,
+    topic_names: BTreeMap<String, Arc<str>>,
+}
+
+impl ChangeConsumer {
+    /// `group` names the consumer (used for broker-side bookkeeping only).
+    pub fn new(config: &BusConfig, group: &str) -> Result<Self, BusError> {
+        let consumer: StreamConsumer = config
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "100")
+            .set("queued.max.messages.kbytes", "65536")
+            .create()
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        Ok(ChangeConsumer { consumer: Arc::new(consumer), assigned: BTreeMap::new(), topic_names: BTreeMap::new() })
+    }
+
+    /// Topics (with their partition counts) whose name starts with `prefix`.
+    pub async fn topics(&self, prefix: &str) -> Result<Vec<(String, i32)>, BusError> {
+        let c = self.consumer.clone();
+        let prefix = prefix.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let md = c.fetch_metadata(None, Duration::from_secs(10))?;
+            Ok(md
+                .topics()
+                .iter()
+                .filter(|t| t.name().starts_with(&prefix) && t.error().is_none())
+                .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                .collect())
+        })
+        .await
+        .map_err(|_| BusError::Closed)?
+    }
+
+    /// Sets the position of `(topic, partition)` to `offset` (adding it to the
+    /// assignment when new). Every other assigned partition keeps its position.
+    pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), BusError> {
+        self.assigned.insert((topic.to_owned(), partition), offset);
+        self.reassign()
+    }
+
+    /// Removes partitions from the assignment.
+    pub fn unassign(&mut self, topic: &str, partition: i32) -> Result<(), BusError> {
+        self.assigned.remove(&(topic.to_owned(), partition));
+        self.reassign()
+    }
+
+    fn reassign(&self) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &self.assigned {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
+        }
+        self.consumer.assign(&tpl)?;
+        Ok(())
+    }
+
+    /// The next record. Positions advance as records are returned, so a later
+    /// [`Self::seek`] of another partition does not re-deliver this one.
+    pub async fn recv(&mut self) -> Result<Record, BusError> {
+        let m = self.consumer.recv().await?;
+        let topic = match self.topic_names.get(m.topic()) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = m.topic().into();
+                self.topic_names.insert(m.topic().to_owned(), t.clone());
+                t
+            }
+        };
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default();
+        let rec = Record {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        };
+        if let Some(pos) = self.assigned.get_mut(&(rec.topic.to_string(), rec.partition)) {
+            *pos = rec.offset + 1;
+        }
+        Ok(rec)
+    }
+}

@@ -1,0 +1,186 @@
+//! In-memory [`CheckpointStore`] for tests and single-process runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use lablake_model::TableId;
+
+use crate::rules::{self, ALL_TABLES};
+use crate::{
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SourceCheckpoint,
+    TableStatus,
+};
+
+/// A [`CheckpointStore`] held in process memory. Cloning shares the state.
+///
+/// It makes the same decisions as [`crate::DynamoStore`] (both pass
+/// [`crate::conformance`]); every call runs under one lock, so each write is
+/// atomic. Nothing survives the process.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<State>>,
+}
+
+type PartitionKey = (String, String, i32);
+/// `(tenant, source, database, table)`; table `*` for the database aggregate.
+type StatusKey = (String, String, String, String);
+
+#[derive(Debug, Default)]
+struct State {
+    leases: HashMap<String, u64>,
+    sources: HashMap<String, SourceCheckpoint>,
+    partitions: HashMap<PartitionKey, PartitionCheckpoint>,
+    manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
+    status: BTreeMap<StatusKey, TableStatus>,
+}
+
+impl State {
+    fn check_lease(&self, lease: &str, generation: u64) -> Result<(), CheckpointError> {
+        if self.leases.get(lease) == Some(&generation) { Ok(()) } else { Err(rules::lease_fenced(lease, generation)) }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every call validates before it mutates, so a panic while the lock is
+        // held cannot leave half a write behind: the state stays usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl CheckpointStore for MemoryStore {
+    async fn acquire_lease(&self, name: &str) -> Result<u64, CheckpointError> {
+        let mut state = self.lock();
+        let generation = state.leases.entry(name.to_owned()).or_insert(0);
+        *generation += 1;
+        Ok(*generation)
+    }
+
+    async fn load_source(&self, source: &str) -> Result<Option<SourceCheckpoint>, CheckpointError> {
+        Ok(self.lock().sources.get(source).cloned())
+    }
+
+    async fn save_source(
+        &self,
+        source: &str,
+        generation: u64,
+        checkpoint: &SourceCheckpoint,
+    ) -> Result<(), CheckpointError> {
+        let mut state = self.lock();
+        state.check_lease(&rules::source_lease(source), generation)?;
+        state.sources.insert(source.to_owned(), checkpoint.clone());
+        Ok(())
+    }
+
+    async fn load_partition(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
+        Ok(self.lock().partitions.get(&(group.to_owned(), topic.to_owned(), partition)).cloned())
+    }
+
+    async fn begin_batch(
+        &self,
+        group: &str,
+        lease: &str,
+        generation: u64,
+        topic: &str,
+        partition: i32,
+        expected_version: Option<u64>,
+        intent: &BatchIntent,
+    ) -> Result<PartitionCheckpoint, CheckpointError> {
+        let label = rules::partition_label(group, topic, partition);
+        rules::check_partition_arg(&label, partition)?;
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        let mut state = self.lock();
+        state.check_lease(lease, generation)?;
+        let next = rules::plan_begin(&label, state.partitions.get(&key), expected_version, generation, intent)?;
+        state.partitions.insert(key, next.clone());
+        Ok(next)
+    }
+
+    async fn commit_batch(
+        &self,
+        group: &str,
+        lease: &str,
+        generation: u64,
+        topic: &str,
+        partition: i32,
+        expected_version: u64,
+        commit: &BatchCommit,
+    ) -> Result<PartitionCheckpoint, CheckpointError> {
+        let label = rules::partition_label(group, topic, partition);
+        rules::check_partition_arg(&label, partition)?;
+        let key = (group.to_owned(), topic.to_owned(), partition);
+        let mut state = self.lock();
+        state.check_lease(lease, generation)?;
+        let next = rules::plan_commit(&label, state.partitions.get(&key), expected_version, generation, commit)?;
+
+        let entry_key = (topic.to_owned(), partition, commit.intent.first_offset);
+        if state.manifests.get(&commit.table).is_some_and(|m| m.contains_key(&entry_key)) {
+            return Err(CheckpointError::Fenced(format!(
+                "manifest of `{}`/`{}`/`{}` already lists the batch of {label} starting at offset {}",
+                commit.table.tenant, commit.table.database, commit.table.table, commit.intent.first_offset
+            )));
+        }
+
+        // All checks passed: apply every part of the commit.
+        let now = rules::now_ms();
+        state.partitions.insert(key, next.clone());
+        state.manifests.entry(commit.table.clone()).or_default().insert(
+            entry_key,
+            ManifestEntry {
+                topic: topic.to_owned(),
+                partition,
+                first_offset: commit.intent.first_offset,
+                last_offset: commit.intent.last_offset,
+                object_key: commit.intent.object_key.clone(),
+                rows: commit.rows,
+                bytes: commit.bytes,
+            },
+        );
+        for table in [commit.table.table.as_str(), ALL_TABLES] {
+            let skey =
+                (commit.table.tenant.clone(), commit.source.clone(), commit.table.database.clone(), table.to_owned());
+            let current = state.status.remove(&skey);
+            let updated = rules::apply_status(current, commit, table, now);
+            state.status.insert(skey, updated);
+        }
+        Ok(next)
+    }
+
+    async fn manifest(&self, table: &TableId) -> Result<Vec<ManifestEntry>, CheckpointError> {
+        Ok(self.lock().manifests.get(table).map(|m| m.values().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn status(&self, tenant: Option<&str>) -> Result<Vec<TableStatus>, CheckpointError> {
+        let mut rows: Vec<TableStatus> =
+            self.lock().status.values().filter(|s| tenant.is_none_or(|t| s.tenant == t)).cloned().collect();
+        rules::sort_status(&mut rows);
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_passes_conformance() {
+        crate::conformance::run_all(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn clones_share_state() {
+        let a = MemoryStore::new();
+        let b = a.clone();
+        assert_eq!(a.acquire_lease("x").await.expect("lease"), 1);
+        assert_eq!(b.acquire_lease("x").await.expect("lease"), 2);
+    }
+}

@@ -1,0 +1,316 @@
+//! The curation stage: tenant topics → curated Parquet files, with offsets,
+//! manifest and status in the checkpoint store.
+//!
+//! Per topic-partition, each batch goes through: intent recorded
+//! (`begin_batch`) → dead letters acknowledged → Parquet written create-only →
+//! `commit_batch`. A restart that finds a pending intent rebuilds exactly that
+//! offset range into exactly that key, so files never overlap and a retried
+//! batch never makes a second file.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
+use lablake_checkpoint::{BatchCommit, BatchIntent, CheckpointStore};
+use lablake_curate::{BatchBuilder, BatchPolicy, CloseReason, CurateError, OpenBatch};
+use lablake_lake::{Lake, PutOutcome, curated_key, encode_parquet};
+use lablake_model::envelope::Decoder;
+use lablake_model::{ChangeEvent, Date, TableId, topic};
+use tokio::sync::watch;
+
+use crate::config::CurateConfig;
+use crate::metrics;
+
+/// What the curator needs.
+pub struct Curator<S> {
+    pub bus: BusConfig,
+    pub curate: CurateConfig,
+    pub lake: Lake,
+    pub store: Arc<S>,
+    /// Shard name of this consumer within its group (one lease per shard).
+    pub shard: String,
+}
+
+struct Open {
+    acc: OpenBatch,
+    builder: Option<BatchBuilder>,
+    table: Option<TableId>,
+    source: String,
+    max_position: String,
+    max_commit_ms: i64,
+    dead_lettered: u64,
+    dead_letters: Vec<(Arc<str>, DeliveryFuture)>,
+}
+
+struct Partition {
+    tenant: String,
+    version: Option<u64>,
+    /// Next offset expected from Kafka (records below it are duplicates after a seek).
+    next: i64,
+    open: Option<Open>,
+    /// A batch intent found at start that must be rebuilt exactly.
+    replay: Option<BatchIntent>,
+}
+
+impl<S: CheckpointStore + 'static> Curator<S> {
+    /// Runs until `shutdown` turns true (then closes open batches) or an error
+    /// occurs (then stops without committing anything partial).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let group = self.curate.group.clone();
+        let lease = format!("curate#{group}#{}", self.shard);
+        let generation = self.store.acquire_lease(&lease).await.context("acquiring the curation lease")?;
+        tracing::info!(group, shard = self.shard, generation, "curator started");
+        let mut consumer = ChangeConsumer::new(&self.bus, &format!("lablake-{group}"))?;
+        let mut dlq = ChangeProducer::new(&self.bus)?;
+        let mut parts: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
+        let mut decoder = Decoder::new();
+        let prefix = format!("{}.", self.bus.topic_prefix);
+        let mut discovery = tokio::time::interval(self.curate.discovery_interval);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, lease: &lease, generation };
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = discovery.tick() => {
+                    for (t, n) in consumer.topics(&prefix).await? {
+                        let Some(tenant) = topic::tenant_of_topic(&self.bus.topic_prefix, &t) else { continue };
+                        if !self.curate.tenants.is_empty() && !self.curate.tenants.iter().any(|x| x == tenant) {
+                            continue;
+                        }
+                        for p in 0..n {
+                            let key: (Arc<str>, i32) = (t.as_str().into(), p);
+                            if parts.contains_key(&key) {
+                                continue;
+                            }
+                            let cp = self.store.load_partition(&group, &t, p).await?;
+                            let (start, version, replay) = match cp {
+                                Some(cp) => match cp.pending {
+                                    Some(i) => (i.first_offset, Some(cp.version), Some(i)),
+                                    None => (cp.next_offset, Some(cp.version), None),
+                                },
+                                None => (0, None, None),
+                            };
+                            tracing::info!(topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
+                            consumer.seek(&t, p, start)?;
+                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay });
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    for ((t, p), part) in parts.iter_mut() {
+                        let idle = part.replay.is_none()
+                            && part.open.as_ref().is_some_and(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty()) && o.acc.idle(&self.curate.batch));
+                        if idle {
+                            ctx.close(t, *p, part, CloseReason::Idle).await?;
+                        }
+                    }
+                }
+                rec = consumer.recv() => {
+                    let rec = rec?;
+                    let key = (rec.topic.clone(), rec.partition);
+                    let Some(part) = parts.get_mut(&key) else { continue };
+                    if rec.offset < part.next {
+                        continue;
+                    }
+                    part.next = rec.offset + 1;
+                    ctx.handle(&mut dlq, &mut decoder, &self.curate.batch, part, rec).await?;
+                }
+            }
+        }
+        // Graceful drain: close every open batch (never a pending replay, which
+        // must end at its recorded offset).
+        for ((t, p), part) in parts.iter_mut() {
+            if part.replay.is_none() && part.open.as_ref().is_some_and(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty())) {
+                ctx.close(t, *p, part, CloseReason::Shutdown).await?;
+            }
+        }
+        tracing::info!(group, "curator stopped");
+        Ok(())
+    }
+}
+
+struct Ctx<'a, S> {
+    store: &'a Arc<S>,
+    lake: &'a Lake,
+    group: &'a str,
+    lease: &'a str,
+    generation: u64,
+}
+
+impl<S: CheckpointStore> Ctx<'_, S> {
+    async fn handle(
+        &self,
+        dlq: &mut ChangeProducer,
+        decoder: &mut Decoder,
+        policy: &BatchPolicy,
+        part: &mut Partition,
+        rec: Record,
+    ) -> anyhow::Result<()> {
+        metrics::CURATE_RECORDS.with_label_values(&[&part.tenant]).inc();
+        let decoded: Result<ChangeEvent, String> = match rec.payload.as_deref() {
+            None => Err("record has no value".into()),
+            Some(bytes) => match decoder.decode(bytes) {
+                Ok(e) if e.table.tenant != part.tenant => Err("envelope tenant differs from the topic's tenant".into()),
+                Ok(e) => Ok(e),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let topic = rec.topic.clone();
+        if part.replay.is_none()
+            && let (Ok(ev), Some(open)) = (&decoded, part.open.as_ref())
+        {
+            let schema_change = open.builder.as_ref().is_some_and(|b| b.schema() != &ev.schema);
+            let table_change = open.table.as_ref().is_some_and(|t| t != &ev.table);
+            if schema_change || table_change {
+                self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
+            } else if open.acc.too_old_for(policy, ev.source.ts_ms) {
+                self.close(&topic, rec.partition, part, CloseReason::Age).await?;
+            }
+        }
+        let open = part.open.get_or_insert_with(|| Open {
+            acc: OpenBatch::new(rec.offset),
+            builder: None,
+            table: None,
+            source: String::new(),
+            max_position: String::new(),
+            max_commit_ms: 0,
+            dead_lettered: 0,
+            dead_letters: Vec::new(),
+        });
+        let reject = |reason: String| (reason, rec.offset);
+        let outcome = match decoded {
+            Ok(ev) => {
+                let size = ev.approx_size();
+                let commit_ms = ev.source.ts_ms;
+                let position = ev.source.position.as_str().to_owned();
+                let table = ev.table.clone();
+                let source = ev.source.name.clone();
+                let builder = open.builder.get_or_insert_with(|| BatchBuilder::new(ev.schema.clone()));
+                match builder.push(ev, rec.partition, rec.offset) {
+                    Ok(()) => {
+                        open.table.get_or_insert(table);
+                        open.source = source;
+                        if position > open.max_position {
+                            open.max_position = position;
+                        }
+                        open.max_commit_ms = open.max_commit_ms.max(commit_ms);
+                        open.acc.add(rec.offset, Some((size, commit_ms)));
+                        None
+                    }
+                    Err(CurateError::SchemaMismatch) => Some(reject("schema differs inside a replayed batch".into())),
+                    Err(e) => Some(reject(e.to_string())),
+                }
+            }
+            Err(reason) => Some(reject(reason)),
+        };
+        if let Some((reason, offset)) = outcome {
+            tracing::warn!(topic = %topic, partition = rec.partition, offset, reason, "record dead-lettered");
+            let sent = dlq
+                .send_dead_letter(DeadLetter {
+                    tenant: &part.tenant,
+                    key: rec.key.as_deref(),
+                    payload: rec.payload.as_deref(),
+                    reason: &reason,
+                    stage: "curate",
+                    origin: Some((&topic, rec.partition, offset)),
+                })
+                .await?;
+            open.dead_letters.push(sent);
+            open.dead_lettered += 1;
+            open.acc.add(offset, None);
+            metrics::CURATE_DEAD_LETTERS.with_label_values(&[&part.tenant]).inc();
+        }
+        let done_replay = part.replay.as_ref().is_some_and(|i| rec.offset >= i.last_offset);
+        let full = part.replay.is_none() && open.acc.full(policy).is_some();
+        if done_replay {
+            self.close(&topic, rec.partition, part, CloseReason::Replay).await?;
+        } else if full {
+            let reason = open.acc.full(policy).unwrap_or(CloseReason::Rows);
+            self.close(&topic, rec.partition, part, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the open batch durable and commits its offsets.
+    async fn close(&self, topic: &str, partition: i32, part: &mut Partition, reason: CloseReason) -> anyhow::Result<()> {
+        let Some(mut open) = part.open.take() else { return Ok(()) };
+        let rows = open.builder.as_ref().map_or(0, |b| b.len());
+        let (Some(table), true) = (open.table.clone(), rows > 0) else {
+            // Only dead letters so far: keep accumulating, offsets advance with
+            // the next real batch (dead letters may then be re-sent after a crash).
+            if part.replay.is_none() {
+                part.open = Some(open);
+                return Ok(());
+            }
+            anyhow::bail!("replayed batch of {topic}/{partition} has no rows");
+        };
+        let (intent, replayed) = match part.replay.take() {
+            Some(i) => (i, true),
+            None => {
+                let day = open.acc.first_commit_ms.unwrap_or(0).div_euclid(86_400_000) as i32;
+                let key = curated_key(
+                    &table,
+                    Date::from_days_since_epoch(day),
+                    topic,
+                    partition,
+                    open.acc.first_offset,
+                    open.acc.last_offset,
+                );
+                (BatchIntent { first_offset: open.acc.first_offset, last_offset: open.acc.last_offset, object_key: key }, false)
+            }
+        };
+        if !replayed {
+            let cp = self
+                .store
+                .begin_batch(self.group, self.lease, self.generation, topic, partition, part.version, &intent)
+                .await
+                .with_context(|| format!("recording the batch intent of {topic}/{partition}"))?;
+            part.version = Some(cp.version);
+        }
+        for (t, fut) in open.dead_letters.drain(..) {
+            match fut.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => anyhow::bail!("dead-letter delivery to {t} failed: {e}"),
+                Err(_) => anyhow::bail!("dead-letter delivery to {t} was cancelled"),
+            }
+        }
+        let mut builder = open.builder.take().context("batch without builder")?;
+        let batch = builder.finish()?;
+        let level = self.lake.config().zstd_level;
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&batch, level)).await??;
+        let size = bytes.len() as u64;
+        let outcome = self.lake.put_create(&table.tenant, &intent.object_key, bytes).await?;
+        if outcome == PutOutcome::AlreadyExists {
+            tracing::info!(key = intent.object_key, "batch file already durable from an earlier attempt");
+        }
+        let commit = BatchCommit {
+            intent: intent.clone(),
+            table: table.clone(),
+            source: open.source.clone(),
+            rows: rows as u64,
+            bytes: size,
+            dead_lettered: open.dead_lettered,
+            max_commit_ts_ms: open.max_commit_ms,
+            max_position: open.max_position.clone(),
+        };
+        let version = part.version.context("commit without a recorded intent")?;
+        let cp = self
+            .store
+            .commit_batch(self.group, self.lease, self.generation, topic, partition, version, &commit)
+            .await
+            .with_context(|| format!("committing the batch of {topic}/{partition}"))?;
+        part.version = Some(cp.version);
+        metrics::CURATE_BATCHES.with_label_values(&[&table.tenant, reason.as_str()]).inc();
+        metrics::CURATE_BATCH_ROWS.with_label_values(&[&table.tenant]).observe(rows as f64);
+        metrics::CURATE_BATCH_BYTES.with_label_values(&[&table.tenant]).observe(size as f64);
+        metrics::CURATE_LAG
+            .with_label_values(&[&table.tenant])
+            .set((metrics::now_secs() - open.max_commit_ms as f64 / 1000.0).max(0.0));
+        metrics::CURATE_CHECKPOINT_TS.with_label_values(&[self.group]).set(metrics::now_secs());
+        tracing::debug!(topic, partition, first = intent.first_offset, last = intent.last_offset, rows, reason = reason.as_str(), "batch committed");
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! The `lablake` binary's library: configuration, the pipeline stages and
+//! their wiring. The binary (`main.rs`) is a thin clap front end.
+
+pub mod config;
+pub mod curator;
+pub mod metrics;
+pub mod source;
+pub mod status;
+
+pub use config::Config;

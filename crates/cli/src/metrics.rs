@@ -1,0 +1,109 @@
+//! Prometheus metrics (names `lablake_<stage>_<name>_<unit>`), served at
+//! `GET /metrics` on `metrics.listen`.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(g.clone()));
+    g
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = REGISTRY.register(Box::new(h.clone()));
+    h
+}
+
+pub static SOURCE_RECORDS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter("lablake_source_records_total", "Row changes produced to Kafka", &["source"]));
+pub static SOURCE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_source_dead_letters_total", "Row changes dead-lettered by the source", &["source"])
+});
+pub static SOURCE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"])
+});
+pub static SOURCE_CHECKPOINT_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_source_checkpoint_timestamp_seconds", "Unix time of the last source checkpoint", &["source"])
+});
+pub static CURATE_RECORDS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter("lablake_curate_records_total", "Kafka records consumed", &["tenant"]));
+pub static CURATE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_curate_dead_letters_total", "Records sent to the dead-letter topic", &["tenant"])
+});
+pub static CURATE_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_curate_batches_total", "Curated batches committed", &["tenant", "reason"])
+});
+pub static CURATE_BATCH_ROWS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "lablake_curate_batch_rows",
+        "Rows per curated batch",
+        &["tenant"],
+        vec![1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
+    )
+});
+pub static CURATE_BATCH_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "lablake_curate_batch_bytes",
+        "Parquet bytes per curated batch",
+        &["tenant"],
+        vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
+    )
+});
+pub static CURATE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_curate_lag_seconds", "Now minus newest commit time in the last committed batch", &["tenant"])
+});
+pub static CURATE_CHECKPOINT_TS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_curate_checkpoint_timestamp_seconds",
+        "Unix time of the last offset checkpoint (seconds since = time() - this)",
+        &["group"],
+    )
+});
+
+/// Unix time in seconds, as f64.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The text exposition of all metrics.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Serves `GET /metrics` until the task is dropped.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let n = sock.read(&mut req).await.unwrap_or(0);
+            let ok = req[..n].starts_with(b"GET /metrics");
+            let (status, body) = if ok { ("200 OK", render()) } else { ("404 Not Found", String::new()) };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,88 @@
+//! A bad configuration fails at start with a message naming the key.
+
+use std::process::Command;
+
+use lablake_tests::lablake_bin;
+
+const GOOD: &str = r#"
+[kafka]
+brokers = "127.0.0.1:29092"
+
+[lake]
+bucket = "lablake"
+endpoint = "http://127.0.0.1:25000"
+allow_http = true
+
+[checkpoint]
+endpoint = "http://127.0.0.1:25000"
+
+[[sources]]
+name = "main"
+url = "mysql://lablake:lablake@127.0.0.1:23306"
+server_id = 4242
+tenant = { kind = "schema", pattern = "lab_{tenant}" }
+"#;
+
+fn check(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(lablake_bin());
+    cmd.arg("--config").arg(&path).arg("check-config");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run lablake (build it with `cargo build -p lablake-cli`)");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_valid_config_passes() {
+    let (code, err) = check(GOOD, &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let (code, err) = check(&GOOD.replace("brokers =", "brokerz ="), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("brokerz"), "{err}");
+}
+
+#[test]
+fn unknown_env_override_is_named() {
+    let (code, err) = check(GOOD, &[("LABLAKE__KAFKA__NOPE", "1")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn env_override_applies() {
+    let (code, err) = check(GOOD, &[("LABLAKE__KAFKA__BROKERS", "not-a-broker")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kafka.brokers"), "{err}");
+}
+
+#[test]
+fn bad_url_is_named() {
+    let (code, err) = check(&GOOD.replace("endpoint = \"http://127.0.0.1:25000\"\nallow_http", "endpoint = \"127.0.0.1:25000\"\nallow_http"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lake.endpoint"), "{err}");
+    let (code, err) = check(&GOOD.replace("mysql://lablake:lablake@127.0.0.1:23306", "not a url"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sources[0]"), "{err}");
+}
+
+#[test]
+fn missing_credentials_are_named() {
+    let (code, err) = check(&GOOD.replace("lablake:lablake@", ""), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sources[0]"), "{err}");
+}
+
+#[test]
+fn missing_section_is_named() {
+    let (code, err) = check(&GOOD.replace("[checkpoint]\nendpoint = \"http://127.0.0.1:25000\"\n", ""), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("checkpoint"), "{err}");
+}
