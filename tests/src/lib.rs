@@ -157,7 +157,8 @@ start = {{ file = "{file}", pos = {pos} }}
             include = include.join(", "),
         );
         std::fs::write(&config_path, config)?;
-        let log_path = dir.path().join("lablake.log");
+        // Outside the temporary folder, so a failed run leaves its log behind.
+        let log_path = std::env::temp_dir().join(format!("lablake-test-{id}.log"));
         Ok(World { id, tenants, prefix, dir, config_path, pool, child: None, log_path })
     }
 
@@ -172,7 +173,9 @@ start = {{ file = "{file}", pos = {pos} }}
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display()))?;
+            .with_context(|| {
+                format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display())
+            })?;
         self.child = Some(child);
         Ok(())
     }
@@ -232,36 +235,51 @@ start = {{ file = "{file}", pos = {pos} }}
     /// Every curated row of a tenant's table, each as column → display string,
     /// in file order.
     pub async fn curated_rows(&self, tenant: &str, table: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-        let lake = self.lake()?;
-        let prefix = format!("{tenant}/curated/lab_{tenant}/{table}/");
-        let mut rows = Vec::new();
-        for key in lake.list(tenant, &prefix).await? {
-            let bytes = lake.get(tenant, &key).await?;
-            for batch in lablake_lake::decode_parquet(bytes)? {
-                rows.extend(batch_rows(&batch)?);
-            }
-        }
-        Ok(rows)
+        curated_rows(&self.lake()?, tenant, table).await
     }
 
-    /// Latest state per primary key (`pk` column) from curated rows:
-    /// deduplicated by (pk, _position), newest position wins, deletes removed.
-    pub async fn curated_state(&self, tenant: &str, table: &str, pk: &str) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
-        let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-        for row in self.curated_rows(tenant, table).await? {
-            let k = row.get(pk).cloned().context("row without key")?;
-            let newer = latest.get(&k).is_none_or(|old| old["_position"] < row["_position"]);
-            if newer {
-                latest.insert(k, row);
-            }
-        }
-        latest.retain(|_, r| r["_op"] != "d");
-        for r in latest.values_mut() {
-            r.retain(|c, _| !c.starts_with('_'));
-        }
-        Ok(latest)
+    /// See [`curated_state`].
+    pub async fn curated_state(
+        &self,
+        tenant: &str,
+        table: &str,
+        pk: &str,
+    ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+        Ok(curated_state(self.curated_rows(tenant, table).await?, pk))
     }
+}
 
+/// Every curated row of a tenant's table (database `lab_<tenant>`), each as
+/// column → display string, in file order.
+pub async fn curated_rows(lake: &Lake, tenant: &str, table: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let prefix = format!("{tenant}/curated/lab_{tenant}/{table}/");
+    let mut rows = Vec::new();
+    for key in lake.list(tenant, &prefix).await? {
+        let bytes = lake.get(tenant, &key).await?;
+        for batch in lablake_lake::decode_parquet(bytes)? {
+            rows.extend(batch_rows(&batch)?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Latest state per primary key (`pk` column) from curated rows:
+/// deduplicated by (pk, _position), newest position wins, deletes removed,
+/// metadata columns dropped.
+pub fn curated_state(rows: Vec<BTreeMap<String, String>>, pk: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for row in rows {
+        let k = row.get(pk).cloned().unwrap_or_default();
+        let newer = latest.get(&k).is_none_or(|old| old["_position"] < row["_position"]);
+        if newer {
+            latest.insert(k, row);
+        }
+    }
+    latest.retain(|_, r| r["_op"] != "d");
+    for r in latest.values_mut() {
+        r.retain(|c, _| !c.starts_with('_'));
+    }
+    latest
 }
 
 impl Drop for World {

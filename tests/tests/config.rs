@@ -65,7 +65,11 @@ fn env_override_applies() {
 
 #[test]
 fn bad_url_is_named() {
-    let (code, err) = check(&GOOD.replace("endpoint = \"http://127.0.0.1:25000\"\nallow_http", "endpoint = \"127.0.0.1:25000\"\nallow_http"), &[]);
+    let (code, err) = check(
+        &GOOD
+            .replace("endpoint = \"http://127.0.0.1:25000\"\nallow_http", "endpoint = \"127.0.0.1:25000\"\nallow_http"),
+        &[],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("lake.endpoint"), "{err}");
     let (code, err) = check(&GOOD.replace("mysql://lablake:lablake@127.0.0.1:23306", "not a url"), &[]);

@@ -9,7 +9,12 @@ use crate::MysqlError;
 use crate::decode::{CatalogColumn, CatalogTable, Flavor};
 
 /// Reads the columns, primary key and (MariaDB) `json_valid` checks of one table.
-pub(crate) async fn fetch(conn: &mut Conn, database: &str, table: &str, flavor: Flavor) -> Result<CatalogTable, MysqlError> {
+pub(crate) async fn fetch(
+    conn: &mut Conn,
+    database: &str,
+    table: &str,
+    flavor: Flavor,
+) -> Result<CatalogTable, MysqlError> {
     let q = |context: &str| {
         let context = format!("information_schema {context} of {database}.{table}");
         move |source| MysqlError::Query { context, source }
@@ -46,7 +51,7 @@ pub(crate) async fn fetch(conn: &mut Conn, database: &str, table: &str, flavor: 
     let columns = cols
         .into_iter()
         .map(|(name, data_type, column_type, charset)| {
-            let is_json = data_type.eq_ignore_ascii_case("json") || json_checked.iter().any(|c| *c == name);
+            let is_json = data_type.eq_ignore_ascii_case("json") || json_checked.contains(&name);
             CatalogColumn { name, data_type, column_type, charset, is_json }
         })
         .collect();
@@ -67,6 +72,7 @@ pub(crate) fn json_valid_column(clause: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

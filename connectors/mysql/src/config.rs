@@ -213,7 +213,10 @@ impl MysqlSourceConfig {
                 let mut ssl = mysql_async::SslOpts::default();
                 if let Some(ca) = &self.tls.ca_file {
                     if !ca.is_file() {
-                        return Err(MysqlError::config("tls.ca_file", format!("{} is not a readable file", ca.display())));
+                        return Err(MysqlError::config(
+                            "tls.ca_file",
+                            format!("{} is not a readable file", ca.display()),
+                        ));
                     }
                     ssl = ssl.with_root_certs(vec![ca.clone().into()]).with_disable_built_in_roots(true);
                 }
@@ -244,6 +247,7 @@ impl MysqlSourceConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -294,12 +298,14 @@ mod tests {
         }
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.redacted_target(), "u@h:3306");
-        let c = parse(r#"{"name":"s","url":"http://x","server_id":7,"tenant":{"kind":"column","column":"t"}}"#).unwrap();
+        let c =
+            parse(r#"{"name":"s","url":"http://x","server_id":7,"tenant":{"kind":"column","column":"t"}}"#).unwrap();
         match c.driver_opts() {
             Err(MysqlError::Config { key, .. }) => assert_eq!(key, "url"),
             other => panic!("{other:?}"),
         }
-        let c = parse(r#"{"name":"s","url":"mysql://u:p@h","server_id":0,"tenant":{"kind":"column","column":"t"}}"#).unwrap();
+        let c = parse(r#"{"name":"s","url":"mysql://u:p@h","server_id":0,"tenant":{"kind":"column","column":"t"}}"#)
+            .unwrap();
         assert!(matches!(c.decoder_config(), Err(MysqlError::Config { key, .. }) if key == "server_id"));
     }
 }

@@ -116,6 +116,10 @@ impl MysqlError {
         if let mysql_async::Error::Url(url) = &err {
             return MysqlError::config("url", url_error_reason(url));
         }
+        // Certificate and handshake failures repeat on every attempt.
+        if let mysql_async::Error::Io(mysql_async::IoError::Tls(tls)) = &err {
+            return MysqlError::config("tls", tls.to_string());
+        }
         let reason = err.to_string();
         if connecting {
             MysqlError::Connect { reason, source: Some(err) }
@@ -137,6 +141,7 @@ pub(crate) fn url_error_reason(err: &mysql_async::UrlError) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

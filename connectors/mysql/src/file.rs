@@ -5,10 +5,11 @@
 use std::io::Read;
 
 use mysql_common::binlog::EventStreamReader;
-use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion, EventType};
+use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion, EventType, TransactionPayloadCompressionType};
 use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 
 use crate::MysqlError;
+use crate::crc::crc32;
 
 const HEADER_LEN: usize = 19;
 const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
@@ -83,21 +84,21 @@ impl Iterator for BinlogFileReader<'_> {
         if self.done {
             return None;
         }
-        if let Some((buf, off, at)) = self.payload.take() {
-            if off < buf.len() {
-                let size = match frame(&buf[off..], 0) {
-                    Ok(s) => s,
-                    Err(e) => return self.err(format!("in TRANSACTION_PAYLOAD: {e}")),
-                };
-                return match self.esr.read_decompressed(&buf[off..off + size]) {
-                    Ok(Some(ev)) => {
-                        self.payload = Some((buf, off + size, at));
-                        Some(Ok((at as u64, ev)))
-                    }
-                    Ok(None) => self.err("empty event in TRANSACTION_PAYLOAD".into()),
-                    Err(e) => self.err(format!("in TRANSACTION_PAYLOAD: {e}")),
-                };
-            }
+        if let Some((buf, off, at)) = self.payload.take()
+            && off < buf.len()
+        {
+            let size = match frame(&buf[off..], 0) {
+                Ok(s) => s,
+                Err(e) => return self.err(format!("in TRANSACTION_PAYLOAD: {e}")),
+            };
+            return match self.esr.read_decompressed(&buf[off..off + size]) {
+                Ok(Some(ev)) => {
+                    self.payload = Some((buf, off + size, at));
+                    Some(Ok((at as u64, ev)))
+                }
+                Ok(None) => self.err("empty event in TRANSACTION_PAYLOAD".into()),
+                Err(e) => self.err(format!("in TRANSACTION_PAYLOAD: {e}")),
+            };
         }
         if self.pos >= self.data.len() {
             return None;
@@ -109,6 +110,13 @@ impl Iterator for BinlogFileReader<'_> {
             Err(e) => return self.err(e),
         };
         let at = self.pos;
+        // Verify the checksum before any parser sees the event.
+        if self.checksum_len(ty) == 4 {
+            let (body, crc) = rest[..size].split_at(size - 4);
+            if crc32(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+                return self.err(format!("CRC32 mismatch on event type {ty}"));
+            }
+        }
         let ev = match self.esr.read(&rest[..size]) {
             Ok(Some(ev)) => ev,
             Ok(None) => return None,
@@ -125,10 +133,38 @@ impl Iterator for BinlogFileReader<'_> {
     }
 }
 
+/// Parses the TRANSACTION_PAYLOAD header (field TLVs, then the payload).
+fn payload_header(data: &[u8]) -> Result<(u64, u64, &[u8]), String> {
+    let mut r = crate::decode::ByteReader::new(data);
+    let (mut size, mut compression, mut uncompressed) = (None, None, 0u64);
+    loop {
+        match r.lenenc()? {
+            0 => break,
+            field => {
+                let len = usize::try_from(r.lenenc()?).map_err(|_| "field too long".to_owned())?;
+                let mut v = crate::decode::ByteReader::new(r.take(len)?);
+                match field {
+                    1 => size = Some(v.lenenc()?),
+                    2 => compression = Some(v.lenenc()?),
+                    3 => uncompressed = v.lenenc()?,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let size = usize::try_from(size.ok_or("no payload size")?).map_err(|_| "payload too long".to_owned())?;
+    let payload = r.take(size)?;
+    Ok((compression.ok_or("no compression type")?, uncompressed, payload))
+}
+
 fn decompress(ev: &Event) -> Result<Vec<u8>, String> {
-    let tpe = ev.read_event::<TransactionPayloadEvent<'_>>().map_err(|e| e.to_string())?;
-    // 0 when the writer did not record it (uncompressed payloads).
-    let expected = tpe.uncompressed_size();
+    let (compression, expected, payload) = payload_header(ev.data())?;
+    let algorithm = match compression {
+        0 => TransactionPayloadCompressionType::ZSTD,
+        255 => TransactionPayloadCompressionType::NONE,
+        x => return Err(format!("unknown compression type {x}")),
+    };
+    let tpe = TransactionPayloadEvent::new(payload.len() as u64, algorithm, expected, payload);
     if expected > MAX_PAYLOAD {
         return Err(format!("uncompressed size {expected} exceeds the limit"));
     }

@@ -17,6 +17,7 @@
 
 mod catalog;
 pub mod config;
+mod crc;
 mod ddl;
 pub mod decode;
 mod error;

@@ -115,10 +115,10 @@ impl MysqlSource {
             if let Some(item) = self.decoder.pop() {
                 return Ok(item);
             }
-            let stream = self.stream.as_mut().ok_or_else(|| MysqlError::Connection {
-                reason: "binlog stream closed".into(),
-                source: None,
-            })?;
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| MysqlError::Connection { reason: "binlog stream closed".into(), source: None })?;
             let next = tokio::time::timeout(self.config.idle_timeout, AssertUnwindSafe(stream.next()).catch_unwind());
             let event = match next.await {
                 Err(_) => {
@@ -136,7 +136,10 @@ impl MysqlSource {
                     });
                 }
                 Ok(Ok(None)) => {
-                    return Err(MysqlError::Connection { reason: "the server ended the binlog stream".into(), source: None });
+                    return Err(MysqlError::Connection {
+                        reason: "the server ended the binlog stream".into(),
+                        source: None,
+                    });
                 }
                 Ok(Ok(Some(Err(e)))) => return Err(MysqlError::from_driver(e, false)),
                 Ok(Ok(Some(Ok(event)))) => event,
@@ -178,6 +181,13 @@ impl MysqlSource {
 async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
     match tokio::time::timeout(timeout, Conn::new(opts.clone())).await {
         Err(_) => Err(MysqlError::Connect { reason: format!("timed out after {timeout:?}"), source: None }),
+        // rustls reports certificate failures as InvalidData I/O errors: they
+        // repeat on every attempt, so they are configuration errors.
+        Ok(Err(mysql_async::Error::Io(mysql_async::IoError::Io(e))))
+            if opts.ssl_opts().is_some() && e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Err(MysqlError::config("tls", e.to_string()))
+        }
         Ok(Err(e)) => Err(MysqlError::from_driver(e, true)),
         Ok(Ok(c)) => Ok(c),
     }
@@ -185,7 +195,9 @@ async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
 
 fn query_err(context: &str) -> impl FnOnce(mysql_async::Error) -> MysqlError + '_ {
     move |e| match MysqlError::from_driver(e, false) {
-        MysqlError::Connection { source: Some(source), .. } => MysqlError::Query { context: context.to_owned(), source },
+        MysqlError::Connection { source: Some(source), .. } => {
+            MysqlError::Query { context: context.to_owned(), source }
+        }
         other => other,
     }
 }
@@ -200,7 +212,10 @@ async fn check_server(conn: &mut Conn, config: &MysqlSourceConfig) -> Result<Ser
     };
     let server_id: u32 = server_id.trim().parse().unwrap_or(0);
     if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
-        return Err(MysqlError::ServerConfig { setting: "log_bin".into(), reason: "binary logging is disabled".into() });
+        return Err(MysqlError::ServerConfig {
+            setting: "log_bin".into(),
+            reason: "binary logging is disabled".into(),
+        });
     }
     if !format.eq_ignore_ascii_case("ROW") {
         return Err(MysqlError::ServerConfig {
@@ -304,7 +319,10 @@ async fn open_stream(
     let mut conn = connect(opts, config.connect_timeout).await?;
     let period_ns = u64::try_from(config.heartbeat_interval.as_nanos()).unwrap_or(u64::MAX);
     let set = |what: &'static str| query_err(what);
-    conn.query_drop(format!("SET @master_heartbeat_period = {period_ns}")).await.map_err(set("heartbeat period"))?;
+    // MySQL 8.0.26+ reads `source_heartbeat_period`, older servers and MariaDB `master_heartbeat_period`.
+    conn.query_drop(format!("SET @master_heartbeat_period = {period_ns}, @source_heartbeat_period = {period_ns}"))
+        .await
+        .map_err(set("heartbeat period"))?;
     let mut request = BinlogStreamRequest::new(config.server_id);
     let sids: Vec<Sid<'static>>;
     match start {
@@ -357,12 +375,30 @@ fn parse_mysql_gtid_set(set: &str) -> Result<Vec<Sid<'static>>, MysqlError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
+    /// The source and its `next()` future can move between tokio worker threads.
+    #[allow(dead_code)]
+    fn next_is_send(
+        s: &mut MysqlSource,
+    ) -> impl std::future::Future<Output = Result<SourceItem, MysqlError>> + Send + '_ {
+        s.next()
+    }
+
+    #[allow(dead_code)]
+    fn start_is_send(
+        c: MysqlSourceConfig,
+    ) -> impl std::future::Future<Output = Result<MysqlSource, MysqlError>> + Send {
+        MysqlSource::start(c, None)
+    }
+
     #[test]
     fn mysql_gtid_sets() {
-        let s = parse_mysql_gtid_set("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7, 4e11fa47-71ca-11e1-9e33-c80aa9429562:1").unwrap();
+        let s =
+            parse_mysql_gtid_set("3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7, 4e11fa47-71ca-11e1-9e33-c80aa9429562:1")
+                .unwrap();
         assert_eq!(s.len(), 2);
         assert!(parse_mysql_gtid_set("0-1-5").is_err());
         assert!(parse_mysql_gtid_set("3e11fa47-71ca-11e1-9e33-c80aa9429562:18446744073709551615").is_err());

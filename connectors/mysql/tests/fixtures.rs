@@ -6,6 +6,8 @@
 //! data the live reader would fetch, written here from the CREATE TABLE
 //! statements found in the same files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use lablake_model::tenant::{TableFilter, TenantRule};
@@ -121,10 +123,10 @@ fn run_with(name: &str, catalogs: &[(&str, &str, CatalogTable)], exclude: &[&str
             Ok((_, ev)) => {
                 // As the live reader does: answer information_schema requests
                 // (here from the fixture's known CREATE TABLE statements).
-                if let Ok(Some(req)) = dec.catalog_request(&ev) {
-                    if let Some((_, _, c)) = catalogs.iter().find(|(d, t, _)| *d == req.database && *t == req.table) {
-                        dec.put_catalog(&req.database, &req.table, c.clone());
-                    }
+                if let Ok(Some(req)) = dec.catalog_request(&ev)
+                    && let Some((_, _, c)) = catalogs.iter().find(|(d, t, _)| *d == req.database && *t == req.table)
+                {
+                    dec.put_catalog(&req.database, &req.table, c.clone());
                 }
                 if let Err(e) = dec.push(&ev) {
                     out.errors.push(e);
@@ -160,7 +162,8 @@ fn json(v: &str) -> Value {
     Value::Json(v.into())
 }
 
-const DIGITS_100: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
+const DIGITS_100: &str =
+    "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
 const DIGITS_300: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456780123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456780123456789012345678901234567890123456789";
 
 #[test]
@@ -252,14 +255,10 @@ fn enum_and_set_labels() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     let ch = r.changes();
     assert_eq!(ch.len(), 3);
-    let first = vec![s(DIGITS_100), s(DIGITS_300), Value::Enum("var1".into()), Value::Set("one,three".into()), s("0123456789")];
-    let second = vec![
-        s("field1"),
-        s("field_2"),
-        Value::Enum("variant2".into()),
-        Value::Set("two,four".into()),
-        s(DIGITS_300),
-    ];
+    let first =
+        [s(DIGITS_100), s(DIGITS_300), Value::Enum("var1".into()), Value::Set("one,three".into()), s("0123456789")];
+    let second =
+        [s("field1"), s("field_2"), Value::Enum("variant2".into()), Value::Set("two,four".into()), s(DIGITS_300)];
     assert_eq!(ch[0].op, Op::Create);
     assert_eq!(ch[0].after.as_deref().unwrap(), &first[..]);
     assert_eq!(ch[1].op, Op::Update);
@@ -269,7 +268,10 @@ fn enum_and_set_labels() {
     assert_eq!(ch[2].before.as_deref().unwrap(), &second[..]);
     assert!(ch[2].after.is_none());
     let types: Vec<_> = ch[0].schema.columns.iter().map(|c| c.ty.clone()).collect();
-    assert_eq!(types, vec![ColumnType::String, ColumnType::String, ColumnType::Enum, ColumnType::Set, ColumnType::String]);
+    assert_eq!(
+        types,
+        vec![ColumnType::String, ColumnType::String, ColumnType::Enum, ColumnType::Set, ColumnType::String]
+    );
     // No primary key: every column is the key.
     assert_eq!(ch[0].schema.primary_key, vec![0, 1, 2, 3, 4]);
     assert_eq!(ch[0].source.gtid.as_deref(), Some("93e95066-a2f4-11ec-9b69-9657f0ae95e2:3"));
@@ -319,11 +321,7 @@ fn gtid_is_attached_to_commits_and_changes() {
     // CREATE TABLE (standalone DDL), BEGIN/INSERT/COMMIT (statement based), DROP TABLE.
     assert_eq!(
         commits,
-        vec![
-            (297, Some(format!("{uuid}:1"))),
-            (603, Some(format!("{uuid}:2"))),
-            (766, Some(format!("{uuid}:3"))),
-        ]
+        vec![(297, Some(format!("{uuid}:1"))), (603, Some(format!("{uuid}:2"))), (766, Some(format!("{uuid}:3"))),]
     );
     // Row changes carry the GTID of their transaction (MySQL 8 file).
     let r = run("binlog-invisible-columns.000001");
@@ -343,7 +341,9 @@ fn gtid_is_attached_to_commits_and_changes() {
 #[test]
 fn partial_row_images_are_clear_errors() {
     // 5.1 binlogs: no optional metadata, binlog_row_image=MINIMAL.
-    let ba = || catalog(vec![col("a", "int", "int", None), col("b", "int", "int", None), col("c", "int", "int", None)], &["a"]);
+    let ba = || {
+        catalog(vec![col("a", "int", "int", None), col("b", "int", "int", None), col("c", "int", "int", None)], &["a"])
+    };
     for name in ["update-partial-row.binlog", "write-partial-row.binlog"] {
         let r = run_with(name, &[("test", "ba", ba())], &["mysql.*"]);
         let ch = r.changes();
@@ -434,11 +434,20 @@ fn minimal_metadata_needs_information_schema() {
         }
     }
     assert_eq!(requests.len(), 1);
-    assert_eq!((requests[0].database.as_str(), requests[0].table.as_str(), requests[0].required), ("noria", "t1", true));
+    assert_eq!(
+        (requests[0].database.as_str(), requests[0].table.as_str(), requests[0].required),
+        ("noria", "t1", true)
+    );
     assert_eq!(images.len(), 1);
     assert_eq!(
         images[0].after.as_deref().unwrap(),
-        &[Cell::Value(Value::Int(1)), Cell::Absent, Cell::Value(s("a")), Cell::Absent, Cell::Value(Value::UInt(3_230_202_323))]
+        &[
+            Cell::Value(Value::Int(1)),
+            Cell::Absent,
+            Cell::Value(s("a")),
+            Cell::Absent,
+            Cell::Value(Value::UInt(3_230_202_323))
+        ]
     );
 }
 
@@ -467,11 +476,39 @@ fn truncated_file_is_an_error_not_a_panic() {
     }
 }
 
+/// Event boundaries of a binlog file and whether each event's trailing CRC32 is valid.
+fn events(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut out = Vec::new();
+    let mut pos = 4;
+    while pos + 19 <= data.len() {
+        let size = u32::from_le_bytes([data[pos + 9], data[pos + 10], data[pos + 11], data[pos + 12]]) as usize;
+        if size < 23 || pos + size > data.len() {
+            break;
+        }
+        let body = &data[pos..pos + size - 4];
+        let crc = &data[pos + size - 4..pos + size];
+        let ok = crc32(body) == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        out.push((pos, size, ok));
+        pos += size;
+    }
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for b in bytes {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    c ^ 0xffff_ffff
+}
+
 #[test]
 fn corrupted_bytes_never_panic() {
-    // Deterministic byte mutations of every fixture (checksums are verified,
-    // so most are caught as CRC mismatches; files without checksums reach the
-    // decoders).
+    // Deterministic byte mutations of every fixture. Checksums are fixed up
+    // after mutating so the garbage reaches the event and value parsers.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         seed ^= seed << 13;
@@ -479,18 +516,33 @@ fn corrupted_bytes_never_panic() {
         seed ^= seed << 17;
         seed
     };
+    let iters: usize = std::env::var("FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     for e in std::fs::read_dir(fixtures_dir()).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".md") || name.starts_with("LICENSE") {
             continue;
         }
         let data = read(&name);
-        for _ in 0..300 {
+        let bounds = events(&data);
+        if bounds.is_empty() {
+            continue;
+        }
+        for _ in 0..iters {
             let mut m = data.clone();
+            let (start, size, checksummed) = bounds[(next() as usize) % bounds.len()];
             for _ in 0..1 + next() % 3 {
-                let i = 4 + (next() as usize) % (m.len().saturating_sub(4).max(1));
-                if let Some(b) = m.get_mut(i) {
-                    *b = next() as u8;
+                let off = (next() as usize) % size;
+                if (9..13).contains(&off) {
+                    continue; // keep event boundaries
+                }
+                m[start + off] = next() as u8;
+            }
+            if checksummed && bounds.iter().filter(|b| b.2).count() > 0 {
+                for (p, sz, ok) in &bounds {
+                    if *ok {
+                        let crc = crc32(&m[*p..p + sz - 4]).to_le_bytes();
+                        m[p + sz - 4..p + sz].copy_from_slice(&crc);
+                    }
                 }
             }
             let mut dec = decoder(&name, &[]);

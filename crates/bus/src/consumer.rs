@@ -60,30 +60,29 @@ impl ChangeConsumer {
         .map_err(|_| BusError::Closed)?
     }
 
-    /// Sets the position of `(topic, partition)` to `offset` (adding it to the
-    /// assignment when new). Every other assigned partition keeps its position.
-    pub fn seek(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), BusError> {
-        self.assigned.insert((topic.to_owned(), partition), offset);
-        self.reassign()
-    }
-
-    /// Removes partitions from the assignment.
-    pub fn unassign(&mut self, topic: &str, partition: i32) -> Result<(), BusError> {
-        self.assigned.remove(&(topic.to_owned(), partition));
-        self.reassign()
-    }
-
-    fn reassign(&self) -> Result<(), BusError> {
+    /// Adds `(topic, partition)` to the assignment, reading from `offset`.
+    /// Other assigned partitions are not touched (incremental assignment:
+    /// re-assigning everything would drop their prefetched records and, with
+    /// some brokers, skip them).
+    pub fn assign(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), BusError> {
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &self.assigned {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
-        }
-        self.consumer.assign(&tpl)?;
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        self.consumer.incremental_assign(&tpl)?;
+        self.assigned.insert((topic.to_owned(), partition), offset);
         Ok(())
     }
 
-    /// The next record. Positions advance as records are returned, so a later
-    /// [`Self::seek`] of another partition does not re-deliver this one.
+    /// Removes a partition from the assignment.
+    pub fn unassign(&mut self, topic: &str, partition: i32) -> Result<(), BusError> {
+        if self.assigned.remove(&(topic.to_owned(), partition)).is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, partition);
+            self.consumer.incremental_unassign(&tpl)?;
+        }
+        Ok(())
+    }
+
+    /// The next record.
     pub async fn recv(&mut self) -> Result<Record, BusError> {
         let m = self.consumer.recv().await?;
         let topic = match self.topic_names.get(m.topic()) {
@@ -106,9 +105,6 @@ impl ChangeConsumer {
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
         };
-        if let Some(pos) = self.assigned.get_mut(&(rec.topic.to_string(), rec.partition)) {
-            *pos = rec.offset + 1;
-        }
         Ok(rec)
     }
 }

@@ -60,7 +60,7 @@ async fn dynamo_store_passes_conformance() {
         .unwrap_or_else(|e| panic!("DynamoDB at {} must be reachable (the test command starts it): {e}", endpoint()));
     assert_eq!(store.table(), table);
     // A plain `moto_server` does not isolate transactions and fails the races;
-    // start it through tests/support/moto_server_serialized.py.
+    // start it through dev/moto_server_serialized.py (started by dev/services).
     conformance::run_all(&store).await;
     // A second run on the same table: unique prefixes keep runs apart. (Not
     // concurrently: moto's TransactWriteItems rolls a cancelled transaction

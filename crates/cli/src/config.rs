@@ -157,7 +157,8 @@ impl Config {
             return Err(invalid("kafka.brokers", "must not be empty"));
         }
         for b in self.kafka.brokers.split(',') {
-            let (host, port) = b.trim().rsplit_once(':').ok_or_else(|| invalid("kafka.brokers", "expected host:port"))?;
+            let (host, port) =
+                b.trim().rsplit_once(':').ok_or_else(|| invalid("kafka.brokers", "expected host:port"))?;
             if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(invalid("kafka.brokers", "expected host:port"));
             }
@@ -166,7 +167,9 @@ impl Config {
             return Err(invalid("kafka.partitions", "must be at least 1"));
         }
         lablake_lake::Lake::new(self.lake.clone()).map_err(|e| match e {
-            lablake_lake::LakeError::Config { key, reason } => ConfigError::Invalid { key: format!("lake.{key}"), reason },
+            lablake_lake::LakeError::Config { key, reason } => {
+                ConfigError::Invalid { key: format!("lake.{key}"), reason }
+            }
             other => ConfigError::Invalid { key: "lake".into(), reason: other.to_string() },
         })?;
         if let Some(e) = &self.checkpoint.endpoint {
@@ -185,7 +188,10 @@ impl Config {
             let url = url::Url::parse(s.url.expose_secret())
                 .map_err(|e| ConfigError::Invalid { key: format!("{key}.url"), reason: format!("not a URL: {e}") })?;
             if url.scheme() != "mysql" {
-                return Err(ConfigError::Invalid { key: format!("{key}.url"), reason: "scheme must be mysql://".into() });
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.url"),
+                    reason: "scheme must be mysql://".into(),
+                });
             }
             if url.username().is_empty() {
                 return Err(ConfigError::Invalid {

@@ -52,6 +52,8 @@ struct Partition {
     open: Option<Open>,
     /// A batch intent found at start that must be rebuilt exactly.
     replay: Option<BatchIntent>,
+    /// How far the last gap recovery rewound (0: not recovering).
+    rewind: i64,
 }
 
 impl<S: CheckpointStore + 'static> Curator<S> {
@@ -94,8 +96,8 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                                 None => (0, None, None),
                             };
                             tracing::info!(topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
-                            consumer.seek(&t, p, start)?;
-                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay });
+                            consumer.assign(&t, p, start)?;
+                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0 });
                         }
                     }
                 }
@@ -109,12 +111,38 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                     }
                 }
                 rec = consumer.recv() => {
-                    let rec = rec?;
+                    let rec = match rec {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // librdkafka reconnects by itself; consumption errors are transient.
+                            tracing::warn!(error = %e, "kafka consumer error; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    };
                     let key = (rec.topic.clone(), rec.partition);
                     let Some(part) = parts.get_mut(&key) else { continue };
                     if rec.offset < part.next {
                         continue;
                     }
+                    if rec.offset > part.next && part.rewind >= 0 {
+                        // Our topics are neither compacted nor transactional, so offsets
+                        // are contiguous: a gap means the broker skipped records. tansu
+                        // 0.6 answers a fetch from inside a record batch with the *next*
+                        // batch; rewinding into an earlier batch gets the one we need.
+                        let step = if part.rewind == 0 { 256 } else { part.rewind.saturating_mul(4) };
+                        let to = part.next.saturating_sub(step).max(0);
+                        tracing::warn!(topic = %rec.topic, partition = rec.partition, expected = part.next, got = rec.offset, rewind_to = to, "offset gap from the broker; re-reading from an earlier offset");
+                        consumer.unassign(&rec.topic, rec.partition)?;
+                        consumer.assign(&rec.topic, rec.partition, to)?;
+                        // Rewinding to 0 reads everything: a gap after that is real and accepted.
+                        part.rewind = if to == 0 { -1 } else { step };
+                        continue;
+                    }
+                    if rec.offset > part.next {
+                        tracing::warn!(topic = %rec.topic, partition = rec.partition, expected = part.next, got = rec.offset, "offsets missing from the log; continuing after them");
+                    }
+                    part.rewind = 0;
                     part.next = rec.offset + 1;
                     ctx.handle(&mut dlq, &mut decoder, &self.curate.batch, part, rec).await?;
                 }
@@ -123,7 +151,9 @@ impl<S: CheckpointStore + 'static> Curator<S> {
         // Graceful drain: close every open batch (never a pending replay, which
         // must end at its recorded offset).
         for ((t, p), part) in parts.iter_mut() {
-            if part.replay.is_none() && part.open.as_ref().is_some_and(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty())) {
+            if part.replay.is_none()
+                && part.open.as_ref().is_some_and(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty()))
+            {
                 ctx.close(t, *p, part, CloseReason::Shutdown).await?;
             }
         }
@@ -235,7 +265,13 @@ impl<S: CheckpointStore> Ctx<'_, S> {
     }
 
     /// Makes the open batch durable and commits its offsets.
-    async fn close(&self, topic: &str, partition: i32, part: &mut Partition, reason: CloseReason) -> anyhow::Result<()> {
+    async fn close(
+        &self,
+        topic: &str,
+        partition: i32,
+        part: &mut Partition,
+        reason: CloseReason,
+    ) -> anyhow::Result<()> {
         let Some(mut open) = part.open.take() else { return Ok(()) };
         let rows = open.builder.as_ref().map_or(0, |b| b.len());
         let (Some(table), true) = (open.table.clone(), rows > 0) else {
@@ -259,7 +295,14 @@ impl<S: CheckpointStore> Ctx<'_, S> {
                     open.acc.first_offset,
                     open.acc.last_offset,
                 );
-                (BatchIntent { first_offset: open.acc.first_offset, last_offset: open.acc.last_offset, object_key: key }, false)
+                (
+                    BatchIntent {
+                        first_offset: open.acc.first_offset,
+                        last_offset: open.acc.last_offset,
+                        object_key: key,
+                    },
+                    false,
+                )
             }
         };
         if !replayed {
@@ -310,7 +353,15 @@ impl<S: CheckpointStore> Ctx<'_, S> {
             .with_label_values(&[&table.tenant])
             .set((metrics::now_secs() - open.max_commit_ms as f64 / 1000.0).max(0.0));
         metrics::CURATE_CHECKPOINT_TS.with_label_values(&[self.group]).set(metrics::now_secs());
-        tracing::debug!(topic, partition, first = intent.first_offset, last = intent.last_offset, rows, reason = reason.as_str(), "batch committed");
+        tracing::debug!(
+            topic,
+            partition,
+            first = intent.first_offset,
+            last = intent.last_offset,
+            rows,
+            reason = reason.as_str(),
+            "batch committed"
+        );
         Ok(())
     }
 }

@@ -14,7 +14,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 #[derive(Parser)]
-#[command(name = "lablake", version, about = "Change-data-capture from MySQL/MariaDB to per-tenant Kafka topics and a curated Parquet lake")]
+#[command(
+    name = "lablake",
+    version,
+    about = "Change-data-capture from MySQL/MariaDB to per-tenant Kafka topics and a curated Parquet lake"
+)]
 struct Cli {
     /// Configuration file (TOML). `LABLAKE__SECTION__KEY` variables override it.
     #[arg(long, short, env = "LABLAKE_CONFIG", global = true)]
@@ -103,7 +107,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let l = Lake::new(cfg.lake.clone())?;
             let mut out = Vec::new();
             for r in rows.iter().filter(|r| r.table != "*") {
-                let t = lablake_model::TableId { tenant: r.tenant.clone(), database: r.database.clone(), table: r.table.clone() };
+                let t = lablake_model::TableId {
+                    tenant: r.tenant.clone(),
+                    database: r.database.clone(),
+                    table: r.table.clone(),
+                };
                 out.push(status::lake_table(&l, &t).await?);
             }
             println!("{}", serde_json::to_string_pretty(&out)?);

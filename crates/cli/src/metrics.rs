@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
-use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -35,9 +33,8 @@ pub static SOURCE_RECORDS: LazyLock<IntCounterVec> =
 pub static SOURCE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_source_dead_letters_total", "Row changes dead-lettered by the source", &["source"])
 });
-pub static SOURCE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
-    gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"])
-});
+pub static SOURCE_LAG: LazyLock<GaugeVec> =
+    LazyLock::new(|| gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"]));
 pub static SOURCE_CHECKPOINT_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_source_checkpoint_timestamp_seconds", "Unix time of the last source checkpoint", &["source"])
 });
@@ -46,9 +43,8 @@ pub static CURATE_RECORDS: LazyLock<IntCounterVec> =
 pub static CURATE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_curate_dead_letters_total", "Records sent to the dead-letter topic", &["tenant"])
 });
-pub static CURATE_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("lablake_curate_batches_total", "Curated batches committed", &["tenant", "reason"])
-});
+pub static CURATE_BATCHES: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter("lablake_curate_batches_total", "Curated batches committed", &["tenant", "reason"]));
 pub static CURATE_BATCH_ROWS: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
         "lablake_curate_batch_rows",

@@ -27,7 +27,9 @@ pub async fn run_source<S: CheckpointStore + 'static>(
     let generation = store.acquire_lease(&lease).await.context("acquiring the source lease")?;
     let resume = store.load_source(name).await?.map(|c| ResumePoint { file: c.file, pos: c.pos, gtid: c.gtid });
     match &resume {
-        Some(r) => tracing::info!(source = name, file = %r.file, pos = r.pos, gtid = ?r.gtid, generation, "resuming source"),
+        Some(r) => {
+            tracing::info!(source = name, file = %r.file, pos = r.pos, gtid = ?r.gtid, generation, "resuming source")
+        }
         None => tracing::info!(source = name, generation, "starting source from its configured start position"),
     }
     let mut reader = MysqlSource::start(config, resume).await.with_context(|| format!("starting source `{name}`"))?;
@@ -112,8 +114,17 @@ pub async fn run_source<S: CheckpointStore + 'static>(
                     .await?;
                 }
                 SourceItem::Unresolved { table, reason, position } => {
-                    tracing::warn!(source = name, table, reason, "row without a resolvable tenant sent to the dead-letter topic");
-                    let payload = format!("{{\"table\":{},\"position\":\"{}\"}}", serde_json::Value::String(table.clone()), position);
+                    tracing::warn!(
+                        source = name,
+                        table,
+                        reason,
+                        "row without a resolvable tenant sent to the dead-letter topic"
+                    );
+                    let payload = format!(
+                        "{{\"table\":{},\"position\":\"{}\"}}",
+                        serde_json::Value::String(table.clone()),
+                        position
+                    );
                     let (topic, fut) = producer
                         .send_dead_letter(DeadLetter {
                             tenant: "_unresolved",

@@ -9,7 +9,11 @@ pub fn render(rows: &[TableStatus], now_ms: i64) -> String {
         "TENANT           SOURCE     DATABASE             TABLE                ROWS       FILES  DLQ    BEHIND\n",
     );
     for r in rows {
-        let behind = if r.max_commit_ts_ms > 0 { format!("{:.1}s", (now_ms - r.max_commit_ts_ms) as f64 / 1000.0) } else { "-".into() };
+        let behind = if r.max_commit_ts_ms > 0 {
+            format!("{:.1}s", (now_ms - r.max_commit_ts_ms) as f64 / 1000.0)
+        } else {
+            "-".into()
+        };
         out.push_str(&format!(
             "{:<16} {:<10} {:<20} {:<20} {:<10} {:<6} {:<6} {}\n",
             r.tenant, r.source, r.database, r.table, r.rows, r.files, r.dead_lettered, behind
@@ -21,7 +25,9 @@ pub fn render(rows: &[TableStatus], now_ms: i64) -> String {
 /// Status rows of a tenant (or all), sorted.
 pub async fn collect<S: CheckpointStore>(store: &S, tenant: Option<&str>) -> anyhow::Result<Vec<TableStatus>> {
     let mut rows = store.status(tenant).await?;
-    rows.sort_by(|a, b| (&a.tenant, &a.source, &a.database, &a.table).cmp(&(&b.tenant, &b.source, &b.database, &b.table)));
+    rows.sort_by(|a, b| {
+        (&a.tenant, &a.source, &a.database, &a.table).cmp(&(&b.tenant, &b.source, &b.database, &b.table))
+    });
     Ok(rows)
 }
 
@@ -63,8 +69,10 @@ pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableI
             let op = batch.column_by_name(lablake_curate::meta::OP).context("file without _op")?;
             let (pos, op) = (pos.as_string::<i32>(), op.as_string::<i32>());
             let opts = FormatOptions::default();
-            let fmts: Vec<ArrayFormatter<'_>> =
-                pk.iter().map(|i| ArrayFormatter::try_new(batch.column(*i).as_ref(), &opts)).collect::<Result<_, _>>()?;
+            let fmts: Vec<ArrayFormatter<'_>> = pk
+                .iter()
+                .map(|i| ArrayFormatter::try_new(batch.column(*i).as_ref(), &opts))
+                .collect::<Result<_, _>>()?;
             for r in 0..batch.num_rows() {
                 change_rows += 1;
                 let k: Vec<String> = fmts.iter().map(|f| f.value(r).to_string()).collect();

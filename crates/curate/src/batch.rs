@@ -389,9 +389,27 @@ mod tests {
             vec![0],
         );
         let mut b = BatchBuilder::new(schema.clone());
-        b.push(event(schema.clone(), vec![Value::UInt(u64::MAX), Value::Decimal("-12.5".into()), Value::Decimal("12345678901234567890123456789012345.000000000000000000000000000001".into())], Op::Create, 0), 2, 7).unwrap();
+        b.push(
+            event(
+                schema.clone(),
+                vec![
+                    Value::UInt(u64::MAX),
+                    Value::Decimal("-12.5".into()),
+                    Value::Decimal("12345678901234567890123456789012345.000000000000000000000000000001".into()),
+                ],
+                Op::Create,
+                0,
+            ),
+            2,
+            7,
+        )
+        .unwrap();
         b.push(event(schema.clone(), vec![Value::UInt(1), Value::Null, Value::Null], Op::Delete, 1), 2, 8).unwrap();
-        let err = b.push(event(schema.clone(), vec![Value::UInt(2), Value::Decimal("1.234".into()), Value::Null], Op::Create, 2), 2, 9);
+        let err = b.push(
+            event(schema.clone(), vec![Value::UInt(2), Value::Decimal("1.234".into()), Value::Null], Op::Create, 2),
+            2,
+            9,
+        );
         assert!(matches!(err, Err(CurateError::Value { ref column, .. }) if column == "d"));
         let err = b.push(event(schema.clone(), vec![Value::Int(2), Value::Null, Value::Null], Op::Create, 2), 2, 9);
         assert!(err.is_err());
@@ -404,7 +422,10 @@ mod tests {
         let big = batch.column(2).as_primitive::<Decimal256Type>();
         assert_eq!(big.value_as_string(0), "12345678901234567890123456789012345.000000000000000000000000000001");
         assert_eq!(batch.column_by_name(meta::OP).unwrap().as_string::<i32>().value(1), "d");
-        assert_eq!(batch.column_by_name(meta::KAFKA_OFFSET).unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(1), 8);
+        assert_eq!(
+            batch.column_by_name(meta::KAFKA_OFFSET).unwrap().as_primitive::<arrow::datatypes::Int64Type>().value(1),
+            8
+        );
         assert!(b.is_empty());
     }
 

@@ -37,7 +37,12 @@ fn default_idle() -> Duration {
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_rows: default_rows(), max_bytes: default_bytes(), max_age: default_age(), idle_flush: default_idle() }
+        BatchPolicy {
+            max_rows: default_rows(),
+            max_bytes: default_bytes(),
+            max_age: default_age(),
+            idle_flush: default_idle(),
+        }
     }
 }
 
@@ -81,7 +86,14 @@ pub struct OpenBatch {
 
 impl OpenBatch {
     pub fn new(first_offset: i64) -> Self {
-        OpenBatch { first_offset, last_offset: first_offset - 1, rows: 0, bytes: 0, first_commit_ms: None, last_seen: Instant::now() }
+        OpenBatch {
+            first_offset,
+            last_offset: first_offset - 1,
+            rows: 0,
+            bytes: 0,
+            first_commit_ms: None,
+            last_seen: Instant::now(),
+        }
     }
 
     /// Whether a record with commit time `commit_ms` must start a new batch
@@ -132,7 +144,12 @@ mod tests {
 
     #[test]
     fn closes_on_rows_bytes_and_record_age() {
-        let p = BatchPolicy { max_rows: 3, max_bytes: 1000, max_age: Duration::from_secs(10), idle_flush: Duration::from_secs(1) };
+        let p = BatchPolicy {
+            max_rows: 3,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(10),
+            idle_flush: Duration::from_secs(1),
+        };
         let mut b = OpenBatch::new(5);
         assert!(b.is_empty());
         b.add(5, Some((10, 1_000)));

@@ -137,11 +137,17 @@ impl Lake {
         if let Some(p) = &config.bucket_per_tenant
             && !p.contains("{tenant}")
         {
-            return Err(LakeError::Config { key: "bucket_per_tenant".into(), reason: "must contain `{tenant}`".into() });
+            return Err(LakeError::Config {
+                key: "bucket_per_tenant".into(),
+                reason: "must contain `{tenant}`".into(),
+            });
         }
         if let Some(e) = &config.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(LakeError::Config { key: "endpoint".into(), reason: "must be an http:// or https:// URL".into() });
+                return Err(LakeError::Config {
+                    key: "endpoint".into(),
+                    reason: "must be an http:// or https:// URL".into(),
+                });
             }
             if e.starts_with("http://") && !config.allow_http {
                 return Err(LakeError::Config {
@@ -168,7 +174,8 @@ impl Lake {
     /// The object store of a tenant's bucket.
     pub fn store_for(&self, tenant: &str) -> Result<Arc<dyn ObjectStore>, LakeError> {
         let bucket = self.bucket_of(tenant);
-        let mut stores = self.stores.lock().map_err(|_| LakeError::Config { key: "bucket".into(), reason: "poisoned".into() })?;
+        let mut stores =
+            self.stores.lock().map_err(|_| LakeError::Config { key: "bucket".into(), reason: "poisoned".into() })?;
         if let Some(s) = stores.get(&bucket) {
             return Ok(s.clone());
         }
@@ -220,18 +227,29 @@ mod tests {
         let d = Date { year: 2026, month: 11, day: 27 };
         let a = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 0, 99);
         let b = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 100, 1000);
-        assert_eq!(a, "acme/curated/lab_acme/results/dt=2026-11-27/lablake.acme.lab_acme.results-p00001-00000000000000000000-00000000000000000099.parquet");
+        assert_eq!(
+            a,
+            "acme/curated/lab_acme/results/dt=2026-11-27/lablake.acme.lab_acme.results-p00001-00000000000000000000-00000000000000000099.parquet"
+        );
         assert!(a < b);
         assert!(a.starts_with(&curated_prefix(&t)));
     }
 
     #[test]
     fn config_is_validated() {
-        let base = LakeConfig { bucket: "b".into(), bucket_per_tenant: None, endpoint: None, region: "us-east-1".into(), allow_http: false, zstd_level: 3 };
+        let base = LakeConfig {
+            bucket: "b".into(),
+            bucket_per_tenant: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            allow_http: false,
+            zstd_level: 3,
+        };
         assert!(Lake::new(base.clone()).is_ok());
         let e = Lake::new(LakeConfig { endpoint: Some("http://x".into()), ..base.clone() }).err().unwrap();
         assert!(e.to_string().contains("endpoint"));
-        let e = Lake::new(LakeConfig { endpoint: Some("ftp://x".into()), allow_http: true, ..base.clone() }).err().unwrap();
+        let e =
+            Lake::new(LakeConfig { endpoint: Some("ftp://x".into()), allow_http: true, ..base.clone() }).err().unwrap();
         assert!(e.to_string().contains("endpoint"));
         let e = Lake::new(LakeConfig { bucket_per_tenant: Some("x".into()), ..base.clone() }).err().unwrap();
         assert!(e.to_string().contains("bucket_per_tenant"));

@@ -143,7 +143,10 @@ async fn seed(conn: &mut mysql_async::Conn, tenant: &str, scale: u64) -> anyhow:
     }
     insert(conn, "orders", &rows).await?;
     insert(conn, "results", &results).await?;
-    eprintln!("seeded lab_{tenant}: {accounts} accounts, {providers} providers, {patients} patients, {orders} orders, {} results", results.len());
+    eprintln!(
+        "seeded lab_{tenant}: {accounts} accounts, {providers} providers, {patients} patients, {orders} orders, {} results",
+        results.len()
+    );
     Ok(())
 }
 
@@ -187,7 +190,17 @@ fn order_row(rng: &mut impl Rng, id: u64, patients: u64, providers: u64, account
 fn result_row(rng: &mut impl Rng, id: u64, order: u64) -> String {
     let (loinc, analyte, unit, lo, hi) = TESTS[rng.random_range(0..TESTS.len())];
     let v: f64 = rng.random_range(lo * 0.5..hi * 1.6);
-    let flag = if v < lo * 0.6 { "LL" } else if v < lo { "L" } else if v > hi * 1.5 { "HH" } else if v > hi { "H" } else { "N" };
+    let flag = if v < lo * 0.6 {
+        "LL"
+    } else if v < lo {
+        "L"
+    } else if v > hi * 1.5 {
+        "HH"
+    } else if v > hi {
+        "H"
+    } else {
+        "N"
+    };
     format!(
         "({id}, {order}, '{loinc}', '{analyte}', {v:.6}, NULL, '{unit}', {lo}, {hi}, '{flag}', NOW(6), \
          '{{\"instrument\": \"cobas-{}\", \"verified\": {}, \"comments\": []}}')",
@@ -208,7 +221,8 @@ async fn generate(conn: &mut mysql_async::Conn, tenants: &[String], dur: Duratio
         match rng.random_range(0..10) {
             0..=3 => {
                 next_id += 1;
-                conn.query_drop(format!("INSERT INTO orders VALUES {}", order_row(&mut rng, next_id, 300, 20, 5))).await?;
+                conn.query_drop(format!("INSERT INTO orders VALUES {}", order_row(&mut rng, next_id, 300, 20, 5)))
+                    .await?;
                 let rows: Vec<String> = (0..3).map(|k| result_row(&mut rng, next_id * 10 + k, next_id)).collect();
                 conn.query_drop(format!("INSERT INTO results VALUES {}", rows.join(","))).await?;
             }
@@ -233,7 +247,10 @@ async fn generate(conn: &mut mysql_async::Conn, tenants: &[String], dur: Duratio
                 conn.query_drop("UPDATE orders SET status = 'cancelled' ORDER BY RAND() LIMIT 1").await?;
             }
             _ => {
-                conn.query_drop("DELETE FROM results WHERE order_id IN (SELECT id FROM orders WHERE status = 'cancelled') LIMIT 3").await?;
+                conn.query_drop(
+                    "DELETE FROM results WHERE order_id IN (SELECT id FROM orders WHERE status = 'cancelled') LIMIT 3",
+                )
+                .await?;
             }
         }
         conn.query_drop("COMMIT").await?;

@@ -83,18 +83,22 @@ impl Charset {
                 }
             }
             Charset::Ucs2 | Charset::Utf16 | Charset::Utf16Le => {
-                if bytes.len() % 2 != 0 {
+                if !bytes.len().is_multiple_of(2) {
                     return Err("odd number of bytes in a UTF-16 column".into());
                 }
                 let units = bytes.chunks_exact(2).map(|c| {
-                    if self == Charset::Utf16Le { u16::from_le_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], c[1]]) }
+                    if self == Charset::Utf16Le {
+                        u16::from_le_bytes([c[0], c[1]])
+                    } else {
+                        u16::from_be_bytes([c[0], c[1]])
+                    }
                 });
                 char::decode_utf16(units)
                     .collect::<Result<String, _>>()
                     .map_err(|_| "invalid UTF-16 sequence".to_owned())
             }
             Charset::Utf32 => {
-                if bytes.len() % 4 != 0 {
+                if !bytes.len().is_multiple_of(4) {
                     return Err("length of a UTF-32 column is not a multiple of 4".into());
                 }
                 bytes
@@ -124,6 +128,7 @@ fn latin1_char(b: u8) -> char {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

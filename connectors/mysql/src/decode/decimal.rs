@@ -106,6 +106,7 @@ pub(crate) fn decode(bytes: &[u8], precision: u8, scale: u8) -> Result<String, S
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -128,7 +129,7 @@ mod tests {
         if lead > 0 {
             push(&int[..lead]);
         }
-        for g in int[lead..].as_bytes().chunks(9) {
+        for g in int.as_bytes()[lead..].chunks(9) {
             push(std::str::from_utf8(g).unwrap());
         }
         for g in frac.as_bytes().chunks(9) {

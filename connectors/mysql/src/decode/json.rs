@@ -280,7 +280,8 @@ fn opaque(field_type: u8, data: &[u8]) -> ReadResult<Json> {
             let p = packed()?;
             let a = p.unsigned_abs();
             let hms = a >> 24;
-            let total = (((hms >> 12) * 60 + (hms >> 6) % 64) * 60 + hms % 64) as i64 * 1_000_000 + (a % (1 << 24)) as i64;
+            let total =
+                (((hms >> 12) * 60 + (hms >> 6) % 64) * 60 + hms % 64) as i64 * 1_000_000 + (a % (1 << 24)) as i64;
             Json::String(temporal::format_time(if p < 0 { -total } else { total }, true))
         }
         other => Json::String(format!("base64:type{other}:{}", B64.encode(data))),
@@ -601,6 +602,7 @@ pub(crate) fn apply_diff(doc: &mut Json, diff: &JsonDiff) -> ReadResult<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -656,12 +658,24 @@ mod tests {
                 let _ = from_binary(&m);
             }
         }
-        // deep nesting: arrays of one element pointing at the next array
-        let mut deep = Vec::new();
-        for _ in 0..1000 {
-            deep.push(T_SMALL_ARRAY);
-        }
-        assert!(from_binary(&deep).is_err());
+        // Deep nesting: small arrays of one element, each holding the next.
+        let nested = |depth: usize| {
+            let mut inner: Vec<u8> = vec![1, 0, 7, 0, T_LITERAL, 0, 0]; // [null]
+            for _ in 1..depth {
+                let size = (7 + inner.len()) as u16;
+                let mut outer = vec![1, 0];
+                outer.extend_from_slice(&size.to_le_bytes());
+                outer.extend_from_slice(&[T_SMALL_ARRAY, 7, 0]);
+                outer.extend_from_slice(&inner);
+                inner = outer;
+            }
+            let mut doc = vec![T_SMALL_ARRAY];
+            doc.extend_from_slice(&inner);
+            doc
+        };
+        assert_eq!(from_binary(&nested(3)).unwrap().to_text(), "[[[null]]]");
+        assert!(from_binary(&nested(100)).is_ok());
+        assert!(from_binary(&nested(1000)).is_err());
         assert!(from_binary(&[T_STRING, 0x80, 0x80, 0x80, 0x80, 0x80]).is_err());
     }
 

@@ -17,6 +17,6 @@ mod temporal;
 
 pub use charset::Charset;
 pub use json::{JsonDiff, JsonDiffOp};
+pub(crate) use reader::Reader as ByteReader;
 pub use rows::{Cell, RowChange, RowImages, decode_row_images, decode_rows};
 pub use table::{CatalogColumn, CatalogNeed, CatalogTable, Flavor, TableInfo};
-

@@ -19,6 +19,10 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
@@ -74,6 +78,7 @@ pub(crate) fn sign_extend(v: u64, bits: u32) -> i64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

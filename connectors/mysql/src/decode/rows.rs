@@ -73,6 +73,7 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
     let mut r = Reader::new(rows.rows_data());
     let mut out = Vec::new();
     while !r.is_empty() {
+        let left = r.len();
         let before = match &before_cols {
             Some(cols) => Some(read_image(table, &qualified, &mut r, cols, false)?),
             None => None,
@@ -81,8 +82,8 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
             Some(cols) => Some(read_image(table, &qualified, &mut r, cols, partial)?),
             None => None,
         };
-        if before.is_none() && after.is_none() {
-            return Err(MysqlError::decode(&qualified, "ROWS", "rows event without images"));
+        if r.len() == left {
+            return Err(MysqlError::decode(&qualified, "ROWS", "rows event with empty row images"));
         }
         out.push(RowImages { op, before, after });
     }
@@ -200,10 +201,10 @@ pub(crate) fn decode_value(kind: &Kind, r: &mut Reader<'_>) -> ReadResult<Value>
                 Value::String(charset.decode(bytes)?)
             } else {
                 let mut b = bytes.to_vec();
-                if let Some(n) = pad_to {
-                    if b.len() < *n {
-                        b.resize(*n, 0);
-                    }
+                if let Some(n) = pad_to
+                    && b.len() < *n
+                {
+                    b.resize(*n, 0);
                 }
                 Value::Bytes(b)
             }
@@ -219,11 +220,10 @@ pub(crate) fn decode_value(kind: &Kind, r: &mut Reader<'_>) -> ReadResult<Value>
 /// Completes the images of one row (fills unchanged columns of updates,
 /// applies JSON diffs) or explains why it cannot.
 pub(crate) fn complete(table: &TableInfo, row: RowImages) -> Result<RowChange, MysqlError> {
-    let qualified = table.qualified_name();
     let name = |i: usize| table.schema.columns.get(i).map_or("?", |c| c.name.as_str()).to_owned();
     let not_full = |i: usize, image: &str| {
         MysqlError::decode(
-            &qualified,
+            &table.qualified_name(),
             &name(i),
             format!("column missing from the {image} image; binlog_row_image must be FULL"),
         )
@@ -256,13 +256,13 @@ pub(crate) fn complete(table: &TableInfo, row: RowImages) -> Result<RowChange, M
                     Cell::JsonDiff(diffs) => {
                         let Some(Value::Json(text)) = prior else {
                             return Err(MysqlError::decode(
-                                &qualified,
+                                &table.qualified_name(),
                                 &name(i),
                                 "JSON partial update without the JSON document in the before image; \
                                  binlog_row_image must be FULL",
                             ));
                         };
-                        let col_err = |reason: String| MysqlError::decode(&qualified, &name(i), reason);
+                        let col_err = |reason: String| MysqlError::decode(&table.qualified_name(), &name(i), reason);
                         let mut doc = json::parse_text(text).map_err(col_err)?;
                         for d in &diffs {
                             json::apply_diff(&mut doc, d).map_err(col_err)?;

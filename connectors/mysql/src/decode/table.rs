@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use lablake_model::{Column, ColumnType, TableSchema};
 use mysql_common::binlog::events::TableMapEvent;
-use mysql_common::proto::MySerialize;
 use mysql_common::constants::ColumnType as MyType;
+use mysql_common::proto::MySerialize;
 
 use super::charset::Charset;
 use super::decimal;
@@ -70,29 +70,58 @@ pub enum CatalogNeed {
 /// How one column's binlog value is decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Kind {
-    Int { bytes: u8, unsigned: bool },
+    Int {
+        bytes: u8,
+        unsigned: bool,
+    },
     Float,
     Double,
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     Year,
     Date,
     TimeV1,
-    Time2 { fsp: u8 },
+    Time2 {
+        fsp: u8,
+    },
     DateTimeV1,
-    DateTime2 { fsp: u8 },
+    DateTime2 {
+        fsp: u8,
+    },
     TimestampV1,
-    Timestamp2 { fsp: u8 },
-    Bit { bits: u16 },
-    Enum { pack: u8, labels: Arc<[String]> },
-    Set { pack: u8, labels: Arc<[String]> },
+    Timestamp2 {
+        fsp: u8,
+    },
+    Bit {
+        bits: u16,
+    },
+    Enum {
+        pack: u8,
+        labels: Arc<[String]>,
+    },
+    Set {
+        pack: u8,
+        labels: Arc<[String]>,
+    },
     /// CHAR/BINARY, VARCHAR/VARBINARY, TEXT/BLOB. `pad_to` re-pads BINARY(n)
     /// values (the binlog strips trailing zero bytes). `json` marks MariaDB
     /// JSON (text) columns.
-    Str { prefix: u8, charset: Charset, json: bool, pad_to: Option<usize> },
+    Str {
+        prefix: u8,
+        charset: Charset,
+        json: bool,
+        pad_to: Option<usize>,
+    },
     /// MySQL binary JSON with a length prefix.
-    Json { prefix: u8 },
+    Json {
+        prefix: u8,
+    },
     /// GEOMETRY, VECTOR: raw bytes with a length prefix.
-    Raw { prefix: u8 },
+    Raw {
+        prefix: u8,
+    },
 }
 
 impl Kind {
@@ -198,14 +227,14 @@ impl TableInfo {
             let cat = cat_cols[i];
             let bad = |reason: String| MysqlError::decode(&qualified, name, reason);
             let m = |k: usize| colmeta.get(k).copied().ok_or_else(|| bad("short column metadata".to_owned()));
-            if let Some(c) = cat {
-                if !catalog_type_matches(*ty, c) {
-                    return Err(missing(format!(
-                        "column `{name}` is {ty:?} in the table map but `{}` in information_schema (table altered since \
-                         the event?)",
-                        c.column_type
-                    )));
-                }
+            if let Some(c) = cat
+                && !catalog_type_matches(*ty, c)
+            {
+                return Err(missing(format!(
+                    "column `{name}` is {ty:?} in the table map but `{}` in information_schema (table altered since \
+                     the event?)",
+                    c.column_type
+                )));
             }
             let unsigned = if is_signedness_column(*ty) {
                 let bit = meta.signedness.as_ref().and_then(|s| s.get(numeric_i).copied());
@@ -223,16 +252,15 @@ impl TableInfo {
                 char_i += 1;
                 match (id, cat) {
                     (Some(id), _) => Some(Charset::from_collation_id(id)),
-                    (None, Some(c)) => {
-                        Some(c.charset.as_deref().map_or(Charset::Binary, Charset::from_name))
-                    }
+                    (None, Some(c)) => Some(c.charset.as_deref().map_or(Charset::Binary, Charset::from_name)),
                     (None, None) => None,
                 }
             } else {
                 None
             };
             // MariaDB JSON is LONGTEXT: only text columns can be JSON.
-            let json_text = flavor == Flavor::MariaDb && cat.is_some_and(|c| c.is_json) && charset.is_some_and(|c| c.is_text());
+            let json_text =
+                flavor == Flavor::MariaDb && cat.is_some_and(|c| c.is_json) && charset.is_some_and(|c| c.is_text());
             let mut text_charset = |cs: Option<Charset>| -> Result<Charset, MysqlError> {
                 let cs = cs.ok_or_else(|| missing(format!("no charset for column `{name}`")))?;
                 if cs == Charset::Unsupported {
@@ -366,13 +394,8 @@ impl TableInfo {
             .zip(&meta.nullable)
             .map(|((name, kind), nullable)| Column { name: name.clone(), ty: kind.column_type(), nullable: *nullable })
             .collect();
-        let json_columns = meta
-            .types
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| **t == MyType::MYSQL_TYPE_JSON)
-            .map(|(i, _)| i)
-            .collect();
+        let json_columns =
+            meta.types.iter().enumerate().filter(|(_, t)| **t == MyType::MYSQL_TYPE_JSON).map(|(i, _)| i).collect();
         Ok(TableInfo {
             database: meta.database,
             table: meta.table,
@@ -496,7 +519,6 @@ pub(crate) fn parse_labels(column_type: &str, keyword: &str) -> Option<Vec<Strin
         }
     }
 }
-
 
 /// Upper bound on columns (MySQL allows 4096).
 const MAX_COLUMNS: u64 = 4096;
@@ -695,10 +717,10 @@ impl TableMeta {
                 _ => {}
             }
         }
-        if let Some(names) = &names {
-            if names.len() != n {
-                return Err(bad("TABLE_MAP", format!("{} column names for {n} columns", names.len())));
-            }
+        if let Some(names) = &names
+            && names.len() != n
+        {
+            return Err(bad("TABLE_MAP", format!("{} column names for {n} columns", names.len())));
         }
         if charsets.as_ref().is_some_and(|c| c.len() < charset_count) {
             return Err(bad("TABLE_MAP", "fewer charsets than character columns".into()));
@@ -717,13 +739,20 @@ impl TableMeta {
             if !ty.is_enum_or_set_type() {
                 continue;
             }
-            let cs = enum_set_charsets.as_ref().and_then(|c| c.get(es_i)).map_or(Charset::Utf8, |id| {
-                Charset::from_collation_id(*id)
-            });
+            let cs = enum_set_charsets
+                .as_ref()
+                .and_then(|c| c.get(es_i))
+                .map_or(Charset::Utf8, |id| Charset::from_collation_id(*id));
             es_i += 1;
             let decode = |raw: &Vec<Vec<u8>>| -> Vec<String> {
                 raw.iter()
-                    .map(|l| if cs.is_text() { cs.decode(l).unwrap_or_else(|_| String::from_utf8_lossy(l).into_owned()) } else { String::from_utf8_lossy(l).into_owned() })
+                    .map(|l| {
+                        if cs.is_text() {
+                            cs.decode(l).unwrap_or_else(|_| String::from_utf8_lossy(l).into_owned())
+                        } else {
+                            String::from_utf8_lossy(l).into_owned()
+                        }
+                    })
                     .collect()
             };
             if *ty == MyType::MYSQL_TYPE_ENUM {
@@ -755,6 +784,7 @@ impl TableMeta {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -141,6 +141,7 @@ pub(crate) fn format_time(micros: i64, with_fraction: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -160,7 +161,10 @@ mod tests {
         let b = time2_bytes(true, 838, 59, 59, 0);
         assert_eq!(time2(&mut Reader::new(&b), 6).unwrap(), Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000));
         let b = time2_bytes(false, 12, 34, 56, 789_012);
-        assert_eq!(time2(&mut Reader::new(&b), 6).unwrap(), Value::Time((12 * 3600 + 34 * 60 + 56) * 1_000_000 + 789_012));
+        assert_eq!(
+            time2(&mut Reader::new(&b), 6).unwrap(),
+            Value::Time((12 * 3600 + 34 * 60 + 56) * 1_000_000 + 789_012)
+        );
         let b = time2_bytes(true, 0, 0, 0, 1);
         assert_eq!(time2(&mut Reader::new(&b), 6).unwrap(), Value::Time(-1));
         // fsp 0: 3 bytes; -507:48:27 is the time_issue fixture value.
