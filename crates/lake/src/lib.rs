@@ -116,8 +116,11 @@ pub fn encode_parquet(batch: &RecordBatch, zstd_level: i32) -> Result<Bytes, Lak
 
 /// Decodes a Parquet file into record batches.
 pub fn decode_parquet(bytes: Bytes) -> Result<Vec<RecordBatch>, LakeError> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-    reader.map(|b| b.map_err(|e| LakeError::Parquet(e.into()))).collect()
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    // Batches come back without the schema's key-value metadata; put it back.
+    let schema = builder.schema().clone();
+    let reader = builder.build()?;
+    reader.map(|b| b.and_then(|b| b.with_schema(schema.clone())).map_err(|e| LakeError::Parquet(e.into()))).collect()
 }
 
 /// A handle on the lake's object store(s).
@@ -255,5 +258,28 @@ mod tests {
         assert!(e.to_string().contains("bucket_per_tenant"));
         let l = Lake::new(LakeConfig { bucket_per_tenant: Some("lablake-{tenant}".into()), ..base }).unwrap();
         assert_eq!(l.bucket_of("acme"), "lablake-acme");
+    }
+}
+
+#[cfg(test)]
+mod parquet_tests {
+    use super::*;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn parquet_round_trip_keeps_schema_metadata_and_is_deterministic() {
+        let schema = Arc::new(
+            Schema::new(vec![Field::new("id", DataType::Int64, true)])
+                .with_metadata(HashMap::from([("lablake.primary_key".to_owned(), "id".to_owned())])),
+        );
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+        let a = encode_parquet(&batch, 3).unwrap();
+        let b = encode_parquet(&batch, 3).unwrap();
+        assert_eq!(a, b);
+        let back = decode_parquet(a).unwrap();
+        assert_eq!(back[0].schema().metadata().get("lablake.primary_key").map(String::as_str), Some("id"));
+        assert_eq!(back[0].num_rows(), 3);
     }
 }

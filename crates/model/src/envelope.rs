@@ -8,7 +8,7 @@
 //!  "source":{"version":"0.1.0","connector":"mysql","name":"main","ts_ms":1700000000000,
 //!            "db":"lab_acme","table":"orders","server_id":1,"gtid":"0-1-7",
 //!            "file":"binlog.000001","pos":1234,"row":0,"tenant":"acme",
-//!            "position":"0000000001:00000000000000001234:000000"},
+//!            "position":"0000000001:00000000000000001234:0000000000"},
 //!  "transaction":{"id":"0-1-7"},
 //!  "lablake":{"v":1,"tenant":"acme","schema":"9f…","columns":[["id","int64",false],["name","string",true]],"pk":["id"]}}
 //! ```

@@ -19,7 +19,7 @@ impl SourcePosition {
     /// extension of `binlog.000042`), end offset of the rows event, and the row
     /// index within the event.
     pub fn mysql(file_seq: u64, event_end: u64, row: u32) -> Self {
-        SourcePosition(format!("{file_seq:010}:{event_end:020}:{row:06}"))
+        SourcePosition(format!("{file_seq:010}:{event_end:020}:{row:010}"))
     }
 
     /// A position from its sort key (as read back from Kafka or DynamoDB).
