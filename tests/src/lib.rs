@@ -180,6 +180,11 @@ start = {{ file = "{file}", pos = {pos} }}
         Ok(())
     }
 
+    /// The pipeline's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILLs the pipeline.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
