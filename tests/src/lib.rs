@@ -164,20 +164,23 @@ start = {{ file = "{file}", pos = {pos} }}
 
     /// Starts `lablake run`.
     pub fn start(&mut self) -> anyhow::Result<()> {
+        let child = self.spawn(&["run"])?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Spawns `lablake <args>` with this world's config, logging to its log file.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
-        let child = Command::new(lablake_bin())
+        Command::new(lablake_bin())
             .arg("--config")
             .arg(&self.config_path)
-            .arg("run")
+            .args(args)
             .env("LABLAKE_LOG", "info,lablake=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| {
-                format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display())
-            })?;
-        self.child = Some(child);
-        Ok(())
+            .with_context(|| format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display()))
     }
 
     /// The pipeline's process id, while it runs.

@@ -99,7 +99,7 @@ pub fn curated_schema(table: &TableSchema) -> SchemaRef {
     fields.push(Field::new(meta::KAFKA_OFFSET, DataType::Int64, false));
     let pk: Vec<&str> = table.primary_key.iter().map(|i| table.columns[*i].name.as_str()).collect();
     Arc::new(Schema::new(fields).with_metadata(std::collections::HashMap::from([
-        ("lablake.schema".to_owned(), table.fingerprint()),
+        ("lablake.schema".to_owned(), table.fingerprint().to_owned()),
         ("lablake.primary_key".to_owned(), pk.join(",")),
     ])))
 }

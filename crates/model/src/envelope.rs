@@ -86,27 +86,38 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
     push_display(out, ENVELOPE_VERSION);
     out.extend_from_slice(b",\"tenant\":");
     push_str(out, &event.table.tenant);
-    out.extend_from_slice(b",\"schema\":\"");
-    out.extend_from_slice(event.schema.fingerprint().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&event.schema.envelope_fragment);
+    out.extend_from_slice(b"}}");
+}
+
+/// The schema part of the `lablake` block, computed once per schema.
+pub(crate) fn schema_fragment(fingerprint: &str, columns: &[Column], primary_key: &[usize]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + columns.len() * 32);
+    out.extend_from_slice(b"\"schema\":\"");
+    out.extend_from_slice(fingerprint.as_bytes());
     out.extend_from_slice(b"\",\"columns\":[");
-    for (i, c) in event.schema.columns.iter().enumerate() {
+    for (i, c) in columns.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.push(b'[');
-        push_str(out, &c.name);
+        push_str(&mut out, &c.name);
         out.extend_from_slice(b",\"");
         out.extend_from_slice(c.ty.to_string().as_bytes());
         out.extend_from_slice(if c.nullable { b"\",true]" } else { b"\",false]" });
     }
     out.extend_from_slice(b"],\"pk\":[");
-    for (i, k) in event.schema.primary_key.iter().enumerate() {
+    for (i, k) in primary_key.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        push_str(out, &event.schema.columns[*k].name);
+        if let Some(c) = columns.get(*k) {
+            push_str(&mut out, &c.name);
+        }
     }
-    out.extend_from_slice(b"]}}");
+    out.push(b']');
+    out
 }
 
 /// Encodes the record key of a change: a JSON object of the primary key.

@@ -245,21 +245,54 @@ pub struct Column {
 }
 
 /// The columns of a table at one point in time, with its primary key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Build it with [`TableSchema::new`] and do not mutate it afterwards: the
+/// fingerprint and the envelope's schema fragment are computed once there.
+#[derive(Debug, Clone)]
 pub struct TableSchema {
     pub columns: Vec<Column>,
     /// Indexes into `columns` of the primary-key columns, in key order.
     pub primary_key: Vec<usize>,
+    fingerprint: String,
+    /// `"schema":"…","columns":[…],"pk":[…]` as written in every envelope.
+    pub(crate) envelope_fragment: Vec<u8>,
+}
+
+impl PartialEq for TableSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.columns == other.columns && self.primary_key == other.primary_key
+    }
+}
+
+impl Eq for TableSchema {}
+
+impl std::hash::Hash for TableSchema {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.columns.hash(state);
+        self.primary_key.hash(state);
+    }
 }
 
 impl TableSchema {
     pub fn new(columns: Vec<Column>, primary_key: Vec<usize>) -> Arc<Self> {
-        Arc::new(TableSchema { columns, primary_key })
+        let fingerprint = compute_fingerprint(&columns, &primary_key);
+        let envelope_fragment = crate::envelope::schema_fragment(&fingerprint, &columns, &primary_key);
+        Arc::new(TableSchema { columns, primary_key, fingerprint, envelope_fragment })
     }
 
     /// A stable fingerprint of names, types and key (FNV-1a, hex). Files roll
     /// when it changes; it is carried in every envelope.
-    pub fn fingerprint(&self) -> String {
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+fn compute_fingerprint(columns: &[Column], primary_key: &[usize]) -> String {
+    {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut feed = |bytes: &[u8]| {
             for b in bytes {
@@ -267,20 +300,16 @@ impl TableSchema {
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for c in &self.columns {
+        for c in columns {
             feed(c.name.as_bytes());
             feed(b"\x00");
             feed(c.ty.to_string().as_bytes());
             feed(if c.nullable { b"\x01" } else { b"\x02" });
         }
-        for k in &self.primary_key {
+        for k in primary_key {
             feed(&(*k as u64).to_le_bytes());
         }
         format!("{h:016x}")
-    }
-
-    pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name == name)
     }
 }
 
@@ -378,17 +407,13 @@ mod tests {
 
     #[test]
     fn fingerprint_changes_with_schema() {
-        let a = TableSchema {
-            columns: vec![Column {
-                name: "id".into(),
-                ty: ColumnType::Int { bytes: 8, unsigned: false },
-                nullable: false,
-            }],
-            primary_key: vec![0],
-        };
-        let mut b = a.clone();
-        b.columns[0].ty = ColumnType::Int { bytes: 4, unsigned: false };
+        let cols =
+            vec![Column { name: "id".into(), ty: ColumnType::Int { bytes: 8, unsigned: false }, nullable: false }];
+        let a = TableSchema::new(cols.clone(), vec![0]);
+        let mut other = cols.clone();
+        other[0].ty = ColumnType::Int { bytes: 4, unsigned: false };
+        let b = TableSchema::new(other, vec![0]);
         assert_ne!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_eq!(a.fingerprint(), TableSchema::new(cols, vec![0]).fingerprint());
     }
 }
