@@ -37,7 +37,7 @@ impl ChangeConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "100")
-            .set("queued.max.messages.kbytes", "65536")
+            .set("queued.max.messages.kbytes", "16384")
             .create()
             .map_err(|e| BusError::Config(e.to_string()))?;
         Ok(ChangeConsumer { consumer: Arc::new(consumer), assigned: BTreeMap::new(), topic_names: BTreeMap::new() })

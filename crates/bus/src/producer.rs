@@ -54,7 +54,8 @@ impl ChangeProducer {
             .set("compression.type", &config.compression)
             .set("linger.ms", config.linger_ms.to_string())
             .set("message.timeout.ms", "300000")
-            .set("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string());
+            .set("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string())
+            .set("queue.buffering.max.kbytes", "65536");
         let producer: FutureProducer = c.create().map_err(|e| BusError::Config(e.to_string()))?;
         let admin: AdminClient<DefaultClientContext> =
             config.client_config().create().map_err(|e| BusError::Config(e.to_string()))?;

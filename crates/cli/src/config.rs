@@ -57,6 +57,15 @@ pub struct CurateConfig {
     /// Only these tenants (empty: all).
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Byte budget of all open batches together (approximate in-memory size).
+    /// Above it the largest open batch is closed early, so memory does not grow
+    /// with the number of partitions.
+    #[serde(default = "default_open_bytes")]
+    pub max_open_bytes: usize,
+}
+
+fn default_open_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 fn default_group() -> String {
@@ -73,6 +82,7 @@ impl Default for CurateConfig {
             batch: BatchPolicy::default(),
             discovery_interval: default_discovery(),
             tenants: Vec::new(),
+            max_open_bytes: default_open_bytes(),
         }
     }
 }
@@ -174,6 +184,9 @@ impl Config {
         })?;
         if let Some(e) = &self.checkpoint.endpoint {
             url::Url::parse(e).map_err(|err| invalid("checkpoint.endpoint", &format!("not a URL: {err}")))?;
+        }
+        if self.curate.max_open_bytes < self.curate.batch.max_bytes.min(1024 * 1024) {
+            return Err(invalid("curate.max_open_bytes", "must be at least 1 MiB (or curate.batch.max_bytes)"));
         }
         if self.curate.batch.max_rows == 0 {
             return Err(invalid("curate.batch.max_rows", "must be at least 1"));

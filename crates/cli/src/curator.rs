@@ -72,6 +72,7 @@ impl<S: CheckpointStore + 'static> Curator<S> {
         let mut discovery = tokio::time::interval(self.curate.discovery_interval);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, lease: &lease, generation };
+        let mut since_budget_check = 0u32;
         loop {
             tokio::select! {
                 biased;
@@ -145,6 +146,11 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                     part.rewind = 0;
                     part.next = rec.offset + 1;
                     ctx.handle(&mut dlq, &mut decoder, &self.curate.batch, part, rec).await?;
+                    since_budget_check += 1;
+                    if since_budget_check >= 1024 {
+                        since_budget_check = 0;
+                        ctx.enforce_budget(&mut parts, self.curate.max_open_bytes).await?;
+                    }
                 }
             }
         }
@@ -171,6 +177,26 @@ struct Ctx<'a, S> {
 }
 
 impl<S: CheckpointStore> Ctx<'_, S> {
+    /// Closes the largest open batches while all open batches together hold
+    /// more than `budget` bytes.
+    async fn enforce_budget(&self, parts: &mut HashMap<(Arc<str>, i32), Partition>, budget: usize) -> anyhow::Result<()> {
+        let open_bytes = |p: &Partition| p.open.as_ref().map_or(0, |o| o.acc.bytes);
+        let mut total: usize = parts.values().map(open_bytes).sum();
+        while total > budget {
+            let Some(((t, p), part)) = parts
+                .iter_mut()
+                .filter(|(_, p)| p.replay.is_none() && p.open.as_ref().is_some_and(|o| o.acc.rows > 0))
+                .max_by_key(|(_, p)| open_bytes(p))
+            else {
+                break;
+            };
+            let bytes = open_bytes(part);
+            self.close(t, *p, part, CloseReason::Bytes).await?;
+            total -= bytes;
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         dlq: &mut ChangeProducer,
