@@ -179,7 +179,11 @@ struct Ctx<'a, S> {
 impl<S: CheckpointStore> Ctx<'_, S> {
     /// Closes the largest open batches while all open batches together hold
     /// more than `budget` bytes.
-    async fn enforce_budget(&self, parts: &mut HashMap<(Arc<str>, i32), Partition>, budget: usize) -> anyhow::Result<()> {
+    async fn enforce_budget(
+        &self,
+        parts: &mut HashMap<(Arc<str>, i32), Partition>,
+        budget: usize,
+    ) -> anyhow::Result<()> {
         let open_bytes = |p: &Partition| p.open.as_ref().map_or(0, |o| o.acc.bytes);
         let mut total: usize = parts.values().map(open_bytes).sum();
         while total > budget {
