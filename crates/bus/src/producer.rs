@@ -163,3 +163,20 @@ where
         }
     }
 }
+
+impl ChangeProducer {
+    /// Sends raw bytes to `topic` (optionally to one partition), for tests and tools.
+    pub async fn send_raw(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, BusError> {
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        enqueue(&self.producer, rec).await
+    }
+}
