@@ -360,17 +360,71 @@ fn decode_row(schema: &TableSchema, raw: Option<&RawValue>) -> Result<Option<Vec
     if raw.get() == "null" {
         return Ok(None);
     }
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(raw.get()).map_err(|e| ModelError::InvalidEnvelope(e.to_string()))?;
-    let mut row = Vec::with_capacity(schema.columns.len());
-    for c in &schema.columns {
-        let v = map.get(&c.name).ok_or_else(|| ModelError::InvalidValue {
-            column: c.name.clone(),
-            reason: "missing from row image".into(),
-        })?;
-        row.push(decode_value(c, v)?);
+    let failure = std::cell::RefCell::new(None);
+    let seed = RowSeed { schema, failure: &failure };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match serde::de::DeserializeSeed::deserialize(seed, &mut de) {
+        Ok(row) => Ok(Some(row)),
+        Err(e) => Err(failure.into_inner().unwrap_or_else(|| ModelError::InvalidEnvelope(e.to_string()))),
     }
-    Ok(Some(row))
+}
+
+/// Streams a row object straight into values in column order: no map, no
+/// per-key allocation.
+struct RowSeed<'a> {
+    schema: &'a TableSchema,
+    failure: &'a std::cell::RefCell<Option<ModelError>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
+    type Value = Vec<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a row object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let columns = &self.schema.columns;
+        let mut row: Vec<Option<Value>> = vec![None; columns.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let Some(i) = columns.iter().position(|c| c.name == key) else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let scalar: serde_json::Value = map.next_value()?;
+            match decode_value(&columns[i], &scalar) {
+                Ok(v) => row[i] = Some(v),
+                Err(e) => {
+                    let msg = e.to_string();
+                    *self.failure.borrow_mut() = Some(e);
+                    return Err(A::Error::custom(msg));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(columns.len());
+        for (c, v) in columns.iter().zip(row) {
+            match v {
+                Some(v) => out.push(v),
+                None => {
+                    *self.failure.borrow_mut() = Some(ModelError::InvalidValue {
+                        column: c.name.clone(),
+                        reason: "missing from row image".into(),
+                    });
+                    return Err(A::Error::custom("missing column"));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Decodes one JSON value of a column; the inverse of [`encode_value`].
