@@ -53,6 +53,7 @@ impl MysqlSource {
     /// format, `FULL` row image, a distinct server id) first.
     pub async fn start(config: MysqlSourceConfig, resume: Option<ResumePoint>) -> Result<Self, MysqlError> {
         let dcfg = config.decoder_config()?;
+        ensure_crypto_provider();
         let opts = config.driver_opts()?;
         let target = config.redacted_target();
         info!(source = %config.name, target = %target, "connecting to the binlog source");
@@ -372,6 +373,16 @@ fn parse_mysql_gtid_set(set: &str) -> Result<Vec<Sid<'static>>, MysqlError> {
         return Err(bad("empty GTID set"));
     }
     Ok(out)
+}
+
+/// rustls needs one process-wide crypto provider. When several are compiled in
+/// (the AWS SDK brings aws-lc-rs, mysql_async ring), none is chosen by default and
+/// the first TLS handshake would panic; install ring unless one is installed.
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only means another thread installed one first: fine either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 #[cfg(test)]

@@ -542,11 +542,14 @@ async fn events_over_16_mib_and_binlog_rotation() {
 }
 
 /// TLS against a server started with `--ssl-ca/--ssl-cert/--ssl-key`:
-/// `LABLAKE_MYSQL_TLS_CA=/path/ca.pem cargo test -p lablake-mysql --test live -- --ignored tls`.
+/// `dev/services` starts MariaDB so and exports its CA as `LABLAKE_MYSQL_TLS_CA`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a TLS-enabled server and LABLAKE_MYSQL_TLS_CA"]
 async fn tls_modes() {
-    let ca = std::env::var("LABLAKE_MYSQL_TLS_CA").expect("set LABLAKE_MYSQL_TLS_CA to the server's CA file");
+    // `dev/services env` always sets it; a stack without a test CA (e.g. docker/) says so here.
+    let Ok(ca) = std::env::var("LABLAKE_MYSQL_TLS_CA") else {
+        eprintln!("LABLAKE_MYSQL_TLS_CA is not set: TLS modes NOT tested (dev/services provides a test CA)");
+        return;
+    };
     let db = test_db().await;
     for tls in [
         r#","tls":{"mode":"required"}"#.to_owned(),
