@@ -137,6 +137,21 @@ impl ChangeProducer {
         Ok((topic, fut))
     }
 
+    /// Sends raw bytes to `topic` (optionally to one partition), for tests and tools.
+    pub async fn send_raw(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, BusError> {
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        enqueue(&self.producer, rec).await
+    }
+
     /// Waits until every enqueued record was delivered or failed.
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         self.producer.flush(timeout).map_err(BusError::from)
@@ -161,22 +176,5 @@ where
             }
             Err((e, r)) => return Err(BusError::Delivery { topic: r.topic.to_owned(), source: e }),
         }
-    }
-}
-
-impl ChangeProducer {
-    /// Sends raw bytes to `topic` (optionally to one partition), for tests and tools.
-    pub async fn send_raw(
-        &mut self,
-        topic: &str,
-        partition: Option<i32>,
-        key: &[u8],
-        payload: &[u8],
-    ) -> Result<DeliveryFuture, BusError> {
-        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        enqueue(&self.producer, rec).await
     }
 }

@@ -17,7 +17,7 @@ use lablake_checkpoint::{BatchCommit, BatchIntent, CheckpointStore};
 use lablake_curate::{BatchBuilder, BatchPolicy, CloseReason, CurateError, OpenBatch};
 use lablake_lake::{Lake, PutOutcome, curated_key, encode_parquet};
 use lablake_model::envelope::Decoder;
-use lablake_model::{ChangeEvent, Date, TableId, topic};
+use lablake_model::{ChangeEvent, Date, topic};
 use tokio::sync::watch;
 
 use crate::config::CurateConfig;
@@ -36,10 +36,6 @@ pub struct Curator<S> {
 struct Open {
     acc: OpenBatch,
     builder: Option<BatchBuilder>,
-    table: Option<TableId>,
-    source: String,
-    max_position: String,
-    max_commit_ms: i64,
     dead_lettered: u64,
     dead_letters: Vec<(Arc<str>, DeliveryFuture)>,
 }
@@ -222,8 +218,9 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         if part.replay.is_none()
             && let (Ok(ev), Some(open)) = (&decoded, part.open.as_ref())
         {
-            let schema_change = open.builder.as_ref().is_some_and(|b| b.schema() != &ev.schema);
-            let table_change = open.table.as_ref().is_some_and(|t| t != &ev.table);
+            let schema_change = open.builder.as_ref().is_some_and(|b| !b.accepts(&ev.schema));
+            let table_change =
+                open.builder.as_ref().and_then(|b| b.events().next()).is_some_and(|first| first.table != ev.table);
             if schema_change || table_change {
                 self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
             } else if open.acc.too_old_for(policy, ev.source.ts_ms) {
@@ -233,10 +230,6 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         let open = part.open.get_or_insert_with(|| Open {
             acc: OpenBatch::new(rec.offset),
             builder: None,
-            table: None,
-            source: String::new(),
-            max_position: String::new(),
-            max_commit_ms: 0,
             dead_lettered: 0,
             dead_letters: Vec::new(),
         });
@@ -245,18 +238,9 @@ impl<S: CheckpointStore> Ctx<'_, S> {
             Ok(ev) => {
                 let size = ev.approx_size();
                 let commit_ms = ev.source.ts_ms;
-                let position = ev.source.position.as_str().to_owned();
-                let table = ev.table.clone();
-                let source = ev.source.name.clone();
                 let builder = open.builder.get_or_insert_with(|| BatchBuilder::new(ev.schema.clone()));
                 match builder.push(ev, rec.partition, rec.offset) {
                     Ok(()) => {
-                        open.table.get_or_insert(table);
-                        open.source = source;
-                        if position > open.max_position {
-                            open.max_position = position;
-                        }
-                        open.max_commit_ms = open.max_commit_ms.max(commit_ms);
                         open.acc.add(rec.offset, Some((size, commit_ms)));
                         None
                     }
@@ -304,7 +288,14 @@ impl<S: CheckpointStore> Ctx<'_, S> {
     ) -> anyhow::Result<()> {
         let Some(mut open) = part.open.take() else { return Ok(()) };
         let rows = open.builder.as_ref().map_or(0, |b| b.len());
-        let (Some(table), true) = (open.table.clone(), rows > 0) else {
+        // What the commit records about the batch, derived from its rows.
+        let summary = open.builder.as_ref().and_then(|b| {
+            let first = b.events().next()?;
+            let max_position = b.events().map(|e| e.source.position.as_str()).max().unwrap_or_default().to_owned();
+            let max_commit_ms = b.events().map(|e| e.source.ts_ms).max().unwrap_or_default();
+            Some((first.table.clone(), first.source.name.clone(), max_position, max_commit_ms))
+        });
+        let (Some((table, source, max_position, max_commit_ms)), true) = (summary, rows > 0) else {
             // Only dead letters so far: keep accumulating, offsets advance with
             // the next real batch (dead letters may then be re-sent after a crash).
             if part.replay.is_none() {
@@ -362,12 +353,12 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         let commit = BatchCommit {
             intent: intent.clone(),
             table: table.clone(),
-            source: open.source.clone(),
+            source,
             rows: rows as u64,
             bytes: size,
             dead_lettered: open.dead_lettered,
-            max_commit_ts_ms: open.max_commit_ms,
-            max_position: open.max_position.clone(),
+            max_commit_ts_ms: max_commit_ms,
+            max_position,
         };
         let version = part.version.context("commit without a recorded intent")?;
         let cp = self
@@ -381,7 +372,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         metrics::CURATE_BATCH_BYTES.with_label_values(&[&table.tenant]).observe(size as f64);
         metrics::CURATE_LAG
             .with_label_values(&[&table.tenant])
-            .set((metrics::now_secs() - open.max_commit_ms as f64 / 1000.0).max(0.0));
+            .set((metrics::now_secs() - max_commit_ms as f64 / 1000.0).max(0.0));
         metrics::CURATE_CHECKPOINT_TS.with_label_values(&[self.group]).set(metrics::now_secs());
         tracing::debug!(
             topic,

@@ -48,7 +48,7 @@ pub struct LakeTable {
 /// Reads every curated file of a table (test/demo sized tables; it loads the
 /// key columns of all files into memory).
 pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableId) -> anyhow::Result<LakeTable> {
-    use arrow::array::{Array, AsArray};
+    use arrow::array::AsArray;
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     use std::collections::HashMap;
 
@@ -83,7 +83,6 @@ pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableI
                     latest.insert(k, (p.to_owned(), op.value(r) == "d"));
                 }
             }
-            let _ = op.len();
         }
     }
     Ok(LakeTable {

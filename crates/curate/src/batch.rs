@@ -128,11 +128,21 @@ impl BatchBuilder {
         self.rows.is_empty()
     }
 
+    /// The changes added so far, in order.
+    pub fn events(&self) -> impl Iterator<Item = &ChangeEvent> {
+        self.rows.iter().map(|(e, _, _)| e)
+    }
+
+    /// Whether a change of `schema` belongs in this batch (same columns and key).
+    pub fn accepts(&self, schema: &Arc<TableSchema>) -> bool {
+        Arc::ptr_eq(&self.schema, schema) || self.schema.fingerprint() == schema.fingerprint()
+    }
+
     /// Adds a change read at `partition`/`offset`. Checks every value first,
     /// so a bad row is rejected alone (to the dead-letter topic) and
     /// [`Self::finish`] cannot fail on values.
     pub fn push(&mut self, event: ChangeEvent, partition: i32, offset: i64) -> Result<(), CurateError> {
-        if event.schema.fingerprint() != self.schema.fingerprint() && *event.schema != *self.schema {
+        if !self.accepts(&event.schema) {
             return Err(CurateError::SchemaMismatch);
         }
         let row = row_of(&event);

@@ -131,7 +131,7 @@ pub fn encode_key(event: &ChangeEvent, out: &mut Vec<u8>) {
             let c = &event.schema.columns[*i];
             push_str(out, &c.name);
             out.push(b':');
-            encode_value(&c.ty, &row[*i], out);
+            encode_value(&row[*i], out);
         }
     }
     out.push(b'}');
@@ -149,7 +149,7 @@ fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
         }
         push_str(out, &c.name);
         out.push(b':');
-        encode_value(&c.ty, v, out);
+        encode_value(v, out);
     }
     out.push(b'}');
 }
@@ -168,8 +168,7 @@ fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
 /// | timestamp | `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (UTC) |
 /// | string, enum, set, json | string (SET labels comma-separated; JSON as its text) |
 /// | bytes, bit | base64 string |
-pub fn encode_value(ty: &ColumnType, v: &Value, out: &mut Vec<u8>) {
-    let _ = ty;
+pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Int(i) => push_display(out, i),
