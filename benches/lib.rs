@@ -66,7 +66,7 @@ pub fn results_events(n: usize) -> Vec<ChangeEvent> {
                     file: "binlog.000001".into(),
                     pos: 4 + i as u64,
                     row: 0,
-                    gtid: Some(format!("0-1-{i}")),
+                    gtid: Some(format!("0-1-{i}").into()),
                     ts_ms: 1_790_000_000_000 + i64v,
                     position: SourcePosition::mysql(1, 4 + i as u64, 0),
                 },

@@ -4,8 +4,14 @@
 //!
 //! ```text
 //! eval "$(dev/services env)"; cargo build --release -p lablake-cli -p lablake-benches
-//! LABLAKE_BIN=target/release/lablake target/release/e2e-throughput 200000
+//! LABLAKE_BIN=target/release/lablake target/release/e2e-throughput 200000          # burst
+//! LABLAKE_BIN=target/release/lablake target/release/e2e-throughput 600000 20000    # steady 20k rows/s
 //! ```
+//!
+//! Without a rate the rows are inserted as fast as MariaDB takes them (a
+//! burst the pipeline then catches up with). With a rate (rows/s) they are
+//! paced, and `steady_rss_mb` is the largest resident size sampled in the
+//! second half of the insert phase.
 //!
 //! Latency is source commit time (binlog, 1 s resolution) → the curated file's
 //! last-modified time in the object store, per row.
@@ -27,6 +33,7 @@ const DDL: &str = "CREATE TABLE results (
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let rows: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let rate: Option<u64> = std::env::args().nth(2).map(|s| s.parse()).transpose()?;
     let mut w = World::new(1, &[DDL], "").await?;
     // Larger batches than the tests' defaults.
     let cfg = std::fs::read_to_string(&w.config_path)?
@@ -39,7 +46,19 @@ async fn main() -> anyhow::Result<()> {
     let mut conn = w.pool.get_conn().await?;
     conn.query_drop(format!("USE lab_{tenant}")).await?;
     let mut id = 0u64;
+    let mut peak_rss_kb = 0u64;
+    let mut steady_rss_kb = 0u64;
     while id < rows {
+        if let Some(rate) = rate {
+            // Pace: row `id` is due at id / rate seconds after the start.
+            let due = Duration::from_secs_f64(id as f64 / rate.max(1) as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+            if id >= rows / 2 {
+                steady_rss_kb = steady_rss_kb.max(child_status_kb(&w, "VmRSS:").unwrap_or(0));
+            }
+        }
         let n = 1000.min(rows - id);
         let values: Vec<String> = (id..id + n)
             .map(|i| {
@@ -66,7 +85,6 @@ async fn main() -> anyhow::Result<()> {
         create_table: true,
     })
     .await?;
-    let mut peak_rss_kb = 0u64;
     loop {
         w.assert_running()?;
         peak_rss_kb = peak_rss_kb.max(child_rss_kb(&w).unwrap_or(0));
@@ -110,6 +128,8 @@ async fn main() -> anyhow::Result<()> {
         "latency_p50_s": pct(0.50),
         "latency_p99_s": pct(0.99),
         "peak_rss_mb": peak_rss_kb / 1024,
+        "rate": rate,
+        "steady_rss_mb": rate.map(|_| steady_rss_kb / 1024),
     });
     println!("{report}");
     let _ = w.stop();
@@ -117,7 +137,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn child_rss_kb(w: &World) -> Option<u64> {
+    child_status_kb(w, "VmHWM:")
+}
+
+/// A `kB` field of the child's `/proc/<pid>/status`.
+fn child_status_kb(w: &World, field: &str) -> Option<u64> {
     let pid = w.pid()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }

@@ -9,7 +9,6 @@ use mysql_common::binlog::consts::{BinlogChecksumAlg, BinlogVersion, EventType, 
 use mysql_common::binlog::events::{Event, TransactionPayloadEvent};
 
 use crate::MysqlError;
-use crate::crc::crc32;
 
 const HEADER_LEN: usize = 19;
 const MAGIC: [u8; 4] = [0xfe, b'b', b'i', b'n'];
@@ -113,7 +112,7 @@ impl Iterator for BinlogFileReader<'_> {
         // Verify the checksum before any parser sees the event.
         if self.checksum_len(ty) == 4 {
             let (body, crc) = rest[..size].split_at(size - 4);
-            if crc32(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            if crc32fast::hash(body) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
                 return self.err(format!("CRC32 mismatch on event type {ty}"));
             }
         }

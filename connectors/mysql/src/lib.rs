@@ -17,7 +17,6 @@
 
 mod catalog;
 pub mod config;
-mod crc;
 mod ddl;
 pub mod decode;
 mod error;

@@ -19,7 +19,7 @@ use mysql_common::binlog::events::{
 use tracing::{debug, warn};
 
 use crate::MysqlError;
-use crate::crc::Crc32;
+
 use crate::ddl::{QueryKind, classify};
 use crate::decode::{CatalogNeed, CatalogTable, Flavor, RowChange, TableInfo, decode_rows};
 
@@ -84,7 +84,7 @@ struct TableEntry {
 #[derive(Default)]
 struct Trx {
     open: bool,
-    gtid: Option<String>,
+    gtid: Option<Arc<str>>,
     mariadb_gtid: Option<(u32, u32, u64)>,
     commit_ts_ms: Option<i64>,
 }
@@ -105,9 +105,50 @@ const EV_START_ENCRYPTION: u8 = 164;
 const LOG_EVENT_IGNORABLE_F: u16 = 0x80;
 const MAX_TABLE_MAPS: usize = 10_000;
 
+/// Names every change carries, shared so that a row does not allocate them.
+struct Names {
+    connector: Arc<str>,
+    source: Arc<str>,
+    file: Arc<str>,
+    /// Resolved tenants by database name (schema rule) or column value
+    /// (column rule); cleared when it grows past [`MAX_TENANT_NAMES`].
+    tenants: HashMap<String, Arc<str>>,
+    /// Tenant (or none) of each database name under the schema rule.
+    by_database: HashMap<String, Option<Arc<str>>>,
+}
+
+const MAX_TENANT_NAMES: usize = 10_000;
+
+impl Names {
+    fn tenant_of_database(&mut self, rule: &TenantRule, database: &str) -> Option<Arc<str>> {
+        if let Some(t) = self.by_database.get(database) {
+            return t.clone();
+        }
+        if self.by_database.len() >= MAX_TENANT_NAMES {
+            self.by_database.clear();
+        }
+        let t = rule.tenant_of_database(database).map(|t| self.tenant(t));
+        self.by_database.insert(database.to_owned(), t.clone());
+        t
+    }
+
+    fn tenant(&mut self, tenant: String) -> Arc<str> {
+        if let Some(t) = self.tenants.get(&tenant) {
+            return t.clone();
+        }
+        if self.tenants.len() >= MAX_TENANT_NAMES {
+            self.tenants.clear();
+        }
+        let t: Arc<str> = tenant.as_str().into();
+        self.tenants.insert(tenant, t.clone());
+        t
+    }
+}
+
 /// The binlog event state machine. See the module documentation.
 pub struct BinlogDecoder {
     cfg: DecoderConfig,
+    names: Names,
     flavor: Flavor,
     fde_seen: bool,
     file: String,
@@ -128,8 +169,16 @@ impl BinlogDecoder {
     /// server's first ROTATE names the file). `gtid` seeds the GTID position
     /// (MariaDB `domain-server-seq` list, or a MySQL GTID).
     pub fn new(cfg: DecoderConfig, file: &str, gtid: Option<&str>) -> Result<Self, MysqlError> {
+        let names = Names {
+            connector: "mysql".into(),
+            source: cfg.source_name.as_str().into(),
+            file: "".into(),
+            tenants: HashMap::new(),
+            by_database: HashMap::new(),
+        };
         let mut d = BinlogDecoder {
             cfg,
+            names,
             flavor: Flavor::MySql,
             fde_seen: false,
             file: String::new(),
@@ -271,7 +320,7 @@ impl BinlogDecoder {
             }
             t if t == EventType::GTID_EVENT as u8 || t == EV_GTID_TAGGED => {
                 let g = event.read_event::<GtidEvent>().map_err(read_err)?;
-                self.trx = Trx { open: false, gtid: Some(format_mysql_gtid(&g)), ..Trx::default() };
+                self.trx = Trx { open: false, gtid: Some(format_mysql_gtid(&g).into()), ..Trx::default() };
                 let ts = g.immediate_commit_timestamp();
                 if ts > 0 {
                     self.trx.commit_ts_ms = Some((ts / 1000) as i64);
@@ -285,7 +334,7 @@ impl BinlogDecoder {
                 self.trx = Trx {
                     // FL_STANDALONE: no BEGIN/COMMIT around the single statement.
                     open: flags & 1 == 0,
-                    gtid: Some(format!("{domain}-{server}-{seq}")),
+                    gtid: Some(format!("{domain}-{server}-{seq}").into()),
                     mariadb_gtid: Some((domain, server, seq)),
                     commit_ts_ms: None,
                 };
@@ -373,6 +422,7 @@ impl BinlogDecoder {
         })?;
         if file != self.file {
             debug!(file, "binlog file");
+            self.names.file = file.into();
         }
         self.file = file.to_owned();
         self.file_seq = seq;
@@ -429,11 +479,11 @@ impl BinlogDecoder {
             hdr.extend_from_slice(&h.event_size().to_le_bytes());
             hdr.extend_from_slice(&h.log_pos().to_le_bytes());
             hdr.extend_from_slice(&h.flags_raw().to_le_bytes());
-            let mut c = Crc32::new();
+            let mut c = crc32fast::Hasher::new();
             c.update(&hdr);
             c.update(&rotate.position().to_le_bytes());
             c.update(head);
-            if c.finish() == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            if c.finalize() == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
                 name = head;
             }
         }
@@ -528,7 +578,7 @@ impl BinlogDecoder {
             self.mariadb_state.insert(domain, (server, seq));
         }
         if trx.gtid.is_some() && self.flavor == Flavor::MySql {
-            self.mysql_last_gtid.clone_from(&trx.gtid);
+            self.mysql_last_gtid = trx.gtid.as_deref().map(str::to_owned);
         }
         let (end, row) = match &mut self.payload {
             Some(p) => {
@@ -585,17 +635,16 @@ impl BinlogDecoder {
         let now = now_ms();
         for (i, change) in changes.into_iter().enumerate() {
             let row = row_base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
-            let position = SourcePosition::mysql(self.file_seq, end, row);
             let source = SourceInfo {
-                connector: "mysql".into(),
-                name: self.cfg.source_name.clone(),
+                connector: self.names.connector.clone(),
+                name: self.names.source.clone(),
                 server_id: h.server_id(),
-                file: self.file.clone(),
+                file: self.names.file.clone(),
                 pos: end,
                 row,
                 gtid: self.trx.gtid.clone(),
                 ts_ms,
-                position: position.clone(),
+                position: SourcePosition::mysql(self.file_seq, end, row),
             };
             self.emit(&info, change, source, now);
         }
@@ -634,8 +683,9 @@ impl BinlogDecoder {
             reason,
             position: position.clone(),
         };
-        let table_id = |tenant: String| TableId { tenant, database: info.database.clone(), table: info.table.clone() };
-        let event = |tenant: String, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>| {
+        let table_id =
+            |tenant: Arc<str>| TableId { tenant, database: info.database.clone(), table: info.table.clone() };
+        let event = |tenant: Arc<str>, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>| {
             SourceItem::Change(ChangeEvent {
                 table: table_id(tenant),
                 op,
@@ -646,13 +696,22 @@ impl BinlogDecoder {
                 ts_ms: now,
             })
         };
-        let position = source.position.clone();
         match &self.cfg.tenant {
             TenantRule::SchemaPattern { .. } => {
-                let Some(tenant) = self.cfg.tenant.tenant_of_database(&info.database) else { return };
-                self.pending.push_back(event(tenant, change.op, change.before, change.after));
+                let Some(tenant) = self.names.tenant_of_database(&self.cfg.tenant, &info.database) else { return };
+                // The hot path: one event per row, `source` moved, not cloned.
+                self.pending.push_back(SourceItem::Change(ChangeEvent {
+                    table: table_id(tenant),
+                    op: change.op,
+                    schema: info.schema.clone(),
+                    before: change.before,
+                    after: change.after,
+                    source,
+                    ts_ms: now,
+                }));
             }
             TenantRule::Column { column } => {
+                let position = source.position.clone();
                 let Some(idx) = info.schema.column_index(column) else {
                     self.pending.push_back(unresolved(format!("table has no tenant column `{column}`"), &position));
                     return;
@@ -666,27 +725,27 @@ impl BinlogDecoder {
                 let (tb, ta) = (tenant_of(&change.before), tenant_of(&change.after));
                 match (change.op, tb, ta) {
                     (Op::Update, Some(Ok(b)), Some(Ok(a))) if a == b => {
-                        self.pending.push_back(event(a, Op::Update, change.before, change.after));
+                        self.pending.push_back(event(self.names.tenant(a), Op::Update, change.before, change.after));
                     }
                     (Op::Update, Some(Ok(b)), Some(Ok(a))) => {
                         // The row moved between tenants: the old tenant sees a
                         // delete, the new one a create; neither sees the
                         // other's image.
-                        self.pending.push_back(event(b, Op::Delete, change.before, None));
-                        self.pending.push_back(event(a, Op::Create, None, change.after));
+                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, None));
+                        self.pending.push_back(event(self.names.tenant(a), Op::Create, None, change.after));
                     }
                     (Op::Update, Some(Ok(b)), Some(Err(reason))) => {
-                        self.pending.push_back(event(b, Op::Delete, change.before, None));
+                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, None));
                         self.pending.push_back(unresolved(reason, &position));
                     }
                     (Op::Update, Some(Err(_)), Some(Ok(a))) => {
-                        self.pending.push_back(event(a, Op::Create, None, change.after));
+                        self.pending.push_back(event(self.names.tenant(a), Op::Create, None, change.after));
                     }
                     (op, _, Some(Ok(a))) if op != Op::Update && op != Op::Delete => {
-                        self.pending.push_back(event(a, op, change.before, change.after));
+                        self.pending.push_back(event(self.names.tenant(a), op, change.before, change.after));
                     }
                     (Op::Delete, Some(Ok(b)), _) => {
-                        self.pending.push_back(event(b, Op::Delete, change.before, change.after));
+                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, change.after));
                     }
                     (_, tb, ta) => {
                         let reason = ta

@@ -205,7 +205,7 @@ fn json_binary_to_canonical_text() {
         &[Value::Int(1), json(r#"{"age":24,"data":"xxxxxxxxxx","name":"Joe"}"#), s("Joe"), Value::Int(24)]
     );
     assert_eq!(inserts[0].schema.columns[1].ty, ColumnType::Json);
-    assert_eq!(inserts[0].table.tenant, "mysql");
+    assert_eq!(&*inserts[0].table.tenant, "mysql");
     assert_eq!(inserts[0].source.position, SourcePosition::mysql(1, 1164, 0));
     assert_eq!(inserts[5].after.as_deref().unwrap()[1], json(r#"{"age":40,"data":"zzzzzzzzzz","name":"Pete"}"#));
     // Full-image update of six rows: the JSON document changes as a whole.
@@ -297,7 +297,7 @@ fn transaction_payload_is_decompressed_and_decoded() {
     let ch = r.changes();
     assert_eq!(ch.len(), 1);
     assert_eq!(ch[0].after.as_deref().unwrap(), &[Value::Int(1)]);
-    assert_eq!((ch[0].table.database.as_str(), ch[0].table.table.as_str()), ("test", "tb1"));
+    assert_eq!((&*ch[0].table.database, &*ch[0].table.table), ("test", "tb1"));
     // Events inside the payload carry no positions: they take the payload's
     // end position and a running row index; the commit sorts after them.
     assert_eq!(ch[0].source.position, SourcePosition::mysql(1, 431, 0));
@@ -588,7 +588,7 @@ fn mariadb_full_metadata_and_gtids() {
     assert_eq!(ch[0].source.gtid.as_deref(), Some("0-1-1"));
     assert_eq!(ch[0].source.position, SourcePosition::mysql(1, 671, 0));
     assert_eq!(ch[0].source.ts_ms, 1_650_493_084_000);
-    assert_eq!(ch[0].table.tenant, "toddy_test");
+    assert_eq!(&*ch[0].table.tenant, "toddy_test");
     assert_eq!(ch[1].after.as_deref().unwrap()[0], Value::Int(63));
     assert_eq!(ch[1].source.gtid.as_deref(), Some("0-1-2"));
     let commits = r.commits();

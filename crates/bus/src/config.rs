@@ -27,7 +27,11 @@ pub struct BusConfig {
     /// Producer linger in milliseconds.
     #[serde(default = "default_linger")]
     pub linger_ms: u32,
-    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`).
+    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`,
+    /// or `queued.max.messages.kbytes` to tune the consumer's prefetch). They
+    /// override Lablake's tuning defaults, but never the settings its
+    /// guarantees rest on (producer idempotence and `acks=all`, consumer
+    /// auto-commit and offset store off), which are applied last.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -66,11 +70,19 @@ impl BusConfig {
         }
     }
 
-    pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
+    /// A client configuration: `tuning` defaults, then the user's
+    /// `properties`, then `fixed` settings no property may change.
+    pub(crate) fn client_config(&self, tuning: &[(&str, String)], fixed: &[(&str, String)]) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in tuning {
+            c.set(*k, v);
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
+        }
+        for (k, v) in fixed {
+            c.set(*k, v);
         }
         c
     }

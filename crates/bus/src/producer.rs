@@ -48,17 +48,18 @@ pub struct ChangeProducer {
 
 impl ChangeProducer {
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
-        let mut c = config.client_config();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", &config.compression)
-            .set("linger.ms", config.linger_ms.to_string())
-            .set("message.timeout.ms", "300000")
-            .set("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string())
-            .set("queue.buffering.max.kbytes", "65536");
-        let producer: FutureProducer = c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let tuning = [
+            ("compression.type", config.compression.clone()),
+            ("linger.ms", config.linger_ms.to_string()),
+            ("message.timeout.ms", "300000".to_owned()),
+            ("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string()),
+            ("queue.buffering.max.kbytes", "65536".to_owned()),
+        ];
+        let fixed = [("enable.idempotence", "true".to_owned()), ("acks", "all".to_owned())];
+        let producer: FutureProducer =
+            config.client_config(&tuning, &fixed).create().map_err(|e| BusError::Config(e.to_string()))?;
         let admin: AdminClient<DefaultClientContext> =
-            config.client_config().create().map_err(|e| BusError::Config(e.to_string()))?;
+            config.client_config(&[], &[]).create().map_err(|e| BusError::Config(e.to_string()))?;
         Ok(ChangeProducer {
             producer,
             admin,

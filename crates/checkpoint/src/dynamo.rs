@@ -463,9 +463,9 @@ impl CheckpointStore for DynamoStore {
         entry.insert("pk".into(), s(manifest_pk(t)));
         entry.insert("sk".into(), s(manifest_sk(topic, partition, intent.first_offset)));
         entry.insert("kind".into(), s("manifest"));
-        entry.insert("tenant".into(), s(&t.tenant));
-        entry.insert("database".into(), s(&t.database));
-        entry.insert("table".into(), s(&t.table));
+        entry.insert("tenant".into(), s(&*t.tenant));
+        entry.insert("database".into(), s(&*t.database));
+        entry.insert("table".into(), s(&*t.table));
         entry.insert("source".into(), s(&commit.source));
         entry.insert("topic".into(), s(topic));
         entry.insert("partition".into(), n(partition));
@@ -627,9 +627,9 @@ impl DynamoStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":dl", n(commit.dead_lettered))
             .expression_attribute_values(":kind", s(if table == ALL_TABLES { "status-db" } else { "status-table" }))
-            .expression_attribute_values(":tenant", s(&t.tenant))
+            .expression_attribute_values(":tenant", s(&*t.tenant))
             .expression_attribute_values(":source", s(&commit.source))
-            .expression_attribute_values(":database", s(&t.database))
+            .expression_attribute_values(":database", s(&*t.database))
             .expression_attribute_values(":table", s(table))
             .expression_attribute_values(":ts", n(commit.max_commit_ts_ms))
             .expression_attribute_values(":position", s(&commit.max_position))

@@ -145,9 +145,13 @@ impl CheckpointStore for MemoryStore {
                 bytes: commit.bytes,
             },
         );
-        for table in [commit.table.table.as_str(), ALL_TABLES] {
-            let skey =
-                (commit.table.tenant.clone(), commit.source.clone(), commit.table.database.clone(), table.to_owned());
+        for table in [&*commit.table.table, ALL_TABLES] {
+            let skey = (
+                commit.table.tenant.to_string(),
+                commit.source.clone(),
+                commit.table.database.to_string(),
+                table.to_owned(),
+            );
             let current = state.status.remove(&skey);
             let updated = rules::apply_status(current, commit, table, now);
             state.status.insert(skey, updated);

@@ -157,9 +157,9 @@ pub(crate) fn apply_status(
     now_ms: i64,
 ) -> TableStatus {
     let mut s = current.unwrap_or_else(|| TableStatus {
-        tenant: commit.table.tenant.clone(),
+        tenant: commit.table.tenant.to_string(),
         source: commit.source.clone(),
-        database: commit.table.database.clone(),
+        database: commit.table.database.to_string(),
         table: table.to_owned(),
         rows: 0,
         files: 0,

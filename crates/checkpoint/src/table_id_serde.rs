@@ -26,7 +26,7 @@ pub(crate) fn serialize<S: Serializer>(t: &TableId, s: S) -> Result<S::Ok, S::Er
 
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TableId, D::Error> {
     let o = Owned::deserialize(d)?;
-    Ok(TableId { tenant: o.tenant, database: o.database, table: o.table })
+    Ok(TableId { tenant: o.tenant.into(), database: o.database.into(), table: o.table.into() })
 }
 
 #[cfg(test)]

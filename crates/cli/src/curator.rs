@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
 use lablake_checkpoint::{BatchCommit, BatchIntent, CheckpointStore};
-use lablake_curate::{BatchBuilder, BatchPolicy, CloseReason, CurateError, OpenBatch};
+use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, CurateError, OpenBatch};
 use lablake_lake::{Lake, PutOutcome, curated_key, encode_parquet};
 use lablake_model::envelope::Decoder;
 use lablake_model::{ChangeEvent, Date, topic};
@@ -209,7 +209,9 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         let decoded: Result<ChangeEvent, String> = match rec.payload.as_deref() {
             None => Err("record has no value".into()),
             Some(bytes) => match decoder.decode(bytes) {
-                Ok(e) if e.table.tenant != part.tenant => Err("envelope tenant differs from the topic's tenant".into()),
+                Ok(e) if *e.table.tenant != *part.tenant => {
+                    Err("envelope tenant differs from the topic's tenant".into())
+                }
                 Ok(e) => Ok(e),
                 Err(e) => Err(e.to_string()),
             },
@@ -220,7 +222,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         {
             let schema_change = open.builder.as_ref().is_some_and(|b| !b.accepts(&ev.schema));
             let table_change =
-                open.builder.as_ref().and_then(|b| b.events().next()).is_some_and(|first| first.table != ev.table);
+                open.builder.as_ref().and_then(|b| b.summary()).is_some_and(|first| first.table != ev.table);
             if schema_change || table_change {
                 self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
             } else if open.acc.too_old_for(policy, ev.source.ts_ms) {
@@ -239,7 +241,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
                 let size = ev.approx_size();
                 let commit_ms = ev.source.ts_ms;
                 let builder = open.builder.get_or_insert_with(|| BatchBuilder::new(ev.schema.clone()));
-                match builder.push(ev, rec.partition, rec.offset) {
+                match builder.push(&ev, rec.partition, rec.offset) {
                     Ok(()) => {
                         open.acc.add(rec.offset, Some((size, commit_ms)));
                         None
@@ -289,11 +291,9 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         let Some(mut open) = part.open.take() else { return Ok(()) };
         let rows = open.builder.as_ref().map_or(0, |b| b.len());
         // What the commit records about the batch, derived from its rows.
-        let summary = open.builder.as_ref().and_then(|b| {
-            let first = b.events().next()?;
-            let max_position = b.events().map(|e| e.source.position.as_str()).max().unwrap_or_default().to_owned();
-            let max_commit_ms = b.events().map(|e| e.source.ts_ms).max().unwrap_or_default();
-            Some((first.table.clone(), first.source.name.clone(), max_position, max_commit_ms))
+        let summary = open.builder.as_ref().and_then(|b| b.summary()).cloned().map(|s| {
+            let BatchSummary { table, source, max_position, max_commit_ms } = s;
+            (table, source, max_position, max_commit_ms)
         });
         let (Some((table, source, max_position, max_commit_ms)), true) = (summary, rows > 0) else {
             // Only dead letters so far: keep accumulating, offsets advance with

@@ -108,9 +108,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let mut out = Vec::new();
             for r in rows.iter().filter(|r| r.table != "*") {
                 let t = lablake_model::TableId {
-                    tenant: r.tenant.clone(),
-                    database: r.database.clone(),
-                    table: r.table.clone(),
+                    tenant: r.tenant.as_str().into(),
+                    database: r.database.as_str().into(),
+                    table: r.table.as_str().into(),
                 };
                 out.push(status::lake_table(&l, &t).await?);
             }

@@ -86,9 +86,9 @@ pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableI
         }
     }
     Ok(LakeTable {
-        tenant: table.tenant.clone(),
-        database: table.database.clone(),
-        table: table.table.clone(),
+        tenant: table.tenant.to_string(),
+        database: table.database.to_string(),
+        table: table.table.to_string(),
         location: format!("s3://{}/{}", lake.bucket_of(&table.tenant), prefix),
         files: keys.len(),
         change_rows,

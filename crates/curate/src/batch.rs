@@ -7,7 +7,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, i256};
 use arrow::record_batch::RecordBatch;
-use lablake_model::{ChangeEvent, ColumnType, TableSchema, Value};
+use lablake_model::{ChangeEvent, ColumnType, TableId, TableSchema, Value};
 use thiserror::Error;
 
 /// Names of the CDC metadata columns.
@@ -104,16 +104,37 @@ pub fn curated_schema(table: &TableSchema) -> SchemaRef {
     ])))
 }
 
-/// Accumulates the changes of one table (one schema) and builds a curated
-/// record batch. Memory is bounded by the caller's batch policy.
+/// Accumulates the changes of one table (one schema) straight into Arrow
+/// column builders and builds a curated record batch. Rows are not kept as
+/// events: memory is the columnar size of the batch, bounded by the caller's
+/// batch policy.
 pub struct BatchBuilder {
     schema: Arc<TableSchema>,
-    rows: Vec<(ChangeEvent, i32, i64)>,
+    columns: Vec<ColumnBuilder>,
+    meta: MetaBuilders,
+    rows: usize,
+    summary: Option<BatchSummary>,
+    /// Scratch for decimals parsed while a row is validated.
+    decimals: Vec<Decimal>,
+}
+
+/// What a batch's rows say about it, kept as they are added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// The table of the first row (a batch holds one table).
+    pub table: TableId,
+    /// The source name of the first row.
+    pub source: String,
+    /// Greatest source position among the rows.
+    pub max_position: String,
+    /// Greatest commit time among the rows, milliseconds since the epoch.
+    pub max_commit_ms: i64,
 }
 
 impl BatchBuilder {
     pub fn new(schema: Arc<TableSchema>) -> Self {
-        BatchBuilder { schema, rows: Vec::new() }
+        let columns = schema.columns.iter().map(|c| ColumnBuilder::new(&c.ty)).collect();
+        BatchBuilder { schema, columns, meta: MetaBuilders::default(), rows: 0, summary: None, decimals: Vec::new() }
     }
 
     pub fn schema(&self) -> &Arc<TableSchema> {
@@ -121,16 +142,17 @@ impl BatchBuilder {
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows == 0
     }
 
-    /// The changes added so far, in order.
-    pub fn events(&self) -> impl Iterator<Item = &ChangeEvent> {
-        self.rows.iter().map(|(e, _, _)| e)
+    /// Table, source and the newest position and commit time of the rows
+    /// added so far; `None` while empty.
+    pub fn summary(&self) -> Option<&BatchSummary> {
+        self.summary.as_ref()
     }
 
     /// Whether a change of `schema` belongs in this batch (same columns and key).
@@ -139,57 +161,267 @@ impl BatchBuilder {
     }
 
     /// Adds a change read at `partition`/`offset`. Checks every value first,
-    /// so a bad row is rejected alone (to the dead-letter topic) and
-    /// [`Self::finish`] cannot fail on values.
-    pub fn push(&mut self, event: ChangeEvent, partition: i32, offset: i64) -> Result<(), CurateError> {
+    /// so a bad row is rejected alone (to the dead-letter topic), nothing of
+    /// it is added, and [`Self::finish`] cannot fail on values.
+    pub fn push(&mut self, event: &ChangeEvent, partition: i32, offset: i64) -> Result<(), CurateError> {
         if !self.accepts(&event.schema) {
             return Err(CurateError::SchemaMismatch);
         }
-        let row = row_of(&event);
+        let row = row_of(event);
         if row.len() != self.schema.columns.len() {
             return Err(CurateError::Value { column: "*".into(), reason: "row has the wrong number of values".into() });
         }
+        self.decimals.clear();
         for (c, v) in self.schema.columns.iter().zip(row) {
-            check_value(&c.ty, v).map_err(|reason| CurateError::Value { column: c.name.clone(), reason })?;
+            check_value(&c.ty, v, &mut self.decimals)
+                .map_err(|reason| CurateError::Value { column: c.name.clone(), reason })?;
         }
-        self.rows.push((event, partition, offset));
+        let mut decimals = self.decimals.drain(..);
+        for (b, v) in self.columns.iter_mut().zip(row) {
+            b.append(v, &mut decimals);
+        }
+        drop(decimals);
+        self.meta.append(event, partition, offset);
+        self.rows += 1;
+        let src = &event.source;
+        match &mut self.summary {
+            None => {
+                self.summary = Some(BatchSummary {
+                    table: event.table.clone(),
+                    source: src.name.to_string(),
+                    max_position: src.position.as_str().to_owned(),
+                    max_commit_ms: src.ts_ms,
+                })
+            }
+            Some(s) => {
+                if src.position.as_str() > s.max_position.as_str() {
+                    s.max_position.clear();
+                    s.max_position.push_str(src.position.as_str());
+                }
+                s.max_commit_ms = s.max_commit_ms.max(src.ts_ms);
+            }
+        }
         Ok(())
     }
 
     /// Builds the record batch and empties the builder.
     pub fn finish(&mut self) -> Result<RecordBatch, CurateError> {
-        let rows = std::mem::take(&mut self.rows);
         let schema = curated_schema(&self.schema);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for (i, c) in self.schema.columns.iter().enumerate() {
-            columns.push(build_column(&c.ty, rows.iter().map(|(e, _, _)| &row_of(e)[i])));
+        for b in &mut self.columns {
+            columns.push(b.finish());
         }
-        let n = rows.len();
-        let mut op = StringBuilder::with_capacity(n, n);
-        let mut pos = StringBuilder::with_capacity(n, n * 32);
-        let mut ts = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
-        let mut gtid = StringBuilder::new();
-        let mut source = StringBuilder::new();
-        let mut part = Int32Builder::with_capacity(n);
-        let mut off = Int64Builder::with_capacity(n);
-        for (e, p, o) in &rows {
-            op.append_value(e.op.code());
-            pos.append_value(e.source.position.as_str());
-            ts.append_value(e.source.ts_ms.saturating_mul(1000));
-            gtid.append_option(e.source.gtid.as_deref());
-            source.append_value(&e.source.name);
-            part.append_value(*p);
-            off.append_value(*o);
-        }
-        columns.push(Arc::new(op.finish()));
-        columns.push(Arc::new(pos.finish()));
-        columns.push(Arc::new(ts.finish()));
-        columns.push(Arc::new(gtid.finish()));
-        columns.push(Arc::new(source.finish()));
-        columns.push(Arc::new(part.finish()));
-        columns.push(Arc::new(off.finish()));
+        self.meta.finish(&mut columns);
+        self.rows = 0;
+        self.summary = None;
         Ok(RecordBatch::try_new(schema, columns)?)
     }
+}
+
+/// Builders of the CDC metadata columns.
+struct MetaBuilders {
+    op: StringBuilder,
+    position: StringBuilder,
+    commit_ts: TimestampMicrosecondBuilder,
+    gtid: StringBuilder,
+    source: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+}
+
+impl Default for MetaBuilders {
+    fn default() -> Self {
+        MetaBuilders {
+            op: StringBuilder::new(),
+            position: StringBuilder::new(),
+            commit_ts: TimestampMicrosecondBuilder::new().with_timezone(UTC),
+            gtid: StringBuilder::new(),
+            source: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+        }
+    }
+}
+
+impl MetaBuilders {
+    fn append(&mut self, e: &ChangeEvent, partition: i32, offset: i64) {
+        self.op.append_value(e.op.code());
+        self.position.append_value(e.source.position.as_str());
+        self.commit_ts.append_value(e.source.ts_ms.saturating_mul(1000));
+        self.gtid.append_option(e.source.gtid.as_deref());
+        self.source.append_value(&e.source.name);
+        self.partition.append_value(partition);
+        self.offset.append_value(offset);
+    }
+
+    fn finish(&mut self, out: &mut Vec<ArrayRef>) {
+        out.push(Arc::new(self.op.finish()));
+        out.push(Arc::new(self.position.finish()));
+        out.push(Arc::new(self.commit_ts.finish()));
+        out.push(Arc::new(self.gtid.finish()));
+        out.push(Arc::new(self.source.finish()));
+        out.push(Arc::new(self.partition.finish()));
+        out.push(Arc::new(self.offset.finish()));
+    }
+}
+
+const UTC: &str = "+00:00";
+
+/// A decimal parsed (and range-checked) during validation.
+enum Decimal {
+    D128(i128),
+    D256(i256),
+}
+
+/// The builder of one source column; its variant follows [`arrow_type`].
+enum ColumnBuilder {
+    I8(Int8Builder),
+    I16(Int16Builder),
+    I32(Int32Builder),
+    I64(Int64Builder),
+    Time(Int64Builder),
+    U8(UInt8Builder),
+    U16(UInt16Builder),
+    Year(UInt16Builder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    D128(Decimal128Builder, u8, i8),
+    D256(Decimal256Builder, u8, i8),
+    Date(Date32Builder),
+    DateTime(TimestampMicrosecondBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Binary(BinaryBuilder),
+    Utf8(StringBuilder),
+}
+
+impl ColumnBuilder {
+    fn new(ty: &ColumnType) -> Self {
+        match (arrow_type(ty), ty) {
+            (DataType::Int8, _) => ColumnBuilder::I8(Int8Builder::new()),
+            (DataType::Int16, _) => ColumnBuilder::I16(Int16Builder::new()),
+            (DataType::Int32, _) => ColumnBuilder::I32(Int32Builder::new()),
+            (DataType::Int64, ColumnType::Time) => ColumnBuilder::Time(Int64Builder::new()),
+            (DataType::Int64, _) => ColumnBuilder::I64(Int64Builder::new()),
+            (DataType::UInt8, _) => ColumnBuilder::U8(UInt8Builder::new()),
+            (DataType::UInt16, ColumnType::Year) => ColumnBuilder::Year(UInt16Builder::new()),
+            (DataType::UInt16, _) => ColumnBuilder::U16(UInt16Builder::new()),
+            (DataType::UInt32, _) => ColumnBuilder::U32(UInt32Builder::new()),
+            (DataType::UInt64, _) => ColumnBuilder::U64(UInt64Builder::new()),
+            (DataType::Float32, _) => ColumnBuilder::F32(Float32Builder::new()),
+            (DataType::Float64, _) => ColumnBuilder::F64(Float64Builder::new()),
+            (DataType::Decimal128(p, s), _) => ColumnBuilder::D128(Decimal128Builder::new(), p, s),
+            (DataType::Decimal256(p, s), _) => ColumnBuilder::D256(Decimal256Builder::new(), p, s),
+            (DataType::Date32, _) => ColumnBuilder::Date(Date32Builder::new()),
+            (DataType::Timestamp(_, None), _) => ColumnBuilder::DateTime(TimestampMicrosecondBuilder::new()),
+            (DataType::Timestamp(_, Some(_)), _) => {
+                ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone(UTC))
+            }
+            (DataType::Binary, _) => ColumnBuilder::Binary(BinaryBuilder::new()),
+            _ => ColumnBuilder::Utf8(StringBuilder::new()),
+        }
+    }
+
+    /// Appends a value [`check_value`] accepted for this column; decimals
+    /// come parsed from `decimals`, in column order.
+    fn append(&mut self, v: &Value, decimals: &mut impl Iterator<Item = Decimal>) {
+        match (self, v) {
+            (ColumnBuilder::I8(b), Value::Int(i)) => b.append_value(*i as i8),
+            (ColumnBuilder::I16(b), Value::Int(i)) => b.append_value(*i as i16),
+            (ColumnBuilder::I32(b), Value::Int(i)) => b.append_value(*i as i32),
+            (ColumnBuilder::I64(b), Value::Int(i)) => b.append_value(*i),
+            (ColumnBuilder::Time(b), Value::Time(t)) => b.append_value(*t),
+            (ColumnBuilder::U8(b), Value::UInt(i)) => b.append_value(*i as u8),
+            (ColumnBuilder::U16(b), Value::UInt(i)) => b.append_value(*i as u16),
+            (ColumnBuilder::Year(b), Value::Year(y)) => b.append_value(*y),
+            (ColumnBuilder::U32(b), Value::UInt(i)) => b.append_value(*i as u32),
+            (ColumnBuilder::U64(b), Value::UInt(i)) => b.append_value(*i),
+            (ColumnBuilder::F32(b), Value::Float(f)) => b.append_value(*f),
+            (ColumnBuilder::F64(b), Value::Double(f)) => b.append_value(*f),
+            (ColumnBuilder::D128(b, ..), Value::Decimal(_)) => match decimals.next() {
+                Some(Decimal::D128(x)) => b.append_value(x),
+                _ => b.append_null(),
+            },
+            (ColumnBuilder::D256(b, ..), Value::Decimal(_)) => match decimals.next() {
+                Some(Decimal::D256(x)) => b.append_value(x),
+                _ => b.append_null(),
+            },
+            (ColumnBuilder::Date(b), Value::Date(d)) => b.append_option(d.days_since_epoch()),
+            (ColumnBuilder::DateTime(b), Value::DateTime(d)) => b.append_option(d.micros_since_epoch()),
+            (ColumnBuilder::Timestamp(b), Value::Timestamp(t)) => b.append_value(*t),
+            (ColumnBuilder::Binary(b), Value::Bytes(x) | Value::Bit(x)) => b.append_value(x),
+            (ColumnBuilder::Utf8(b), Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s)) => {
+                b.append_value(s)
+            }
+            (b, _) => b.append_null(),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            ColumnBuilder::I8(b) => b.append_null(),
+            ColumnBuilder::I16(b) => b.append_null(),
+            ColumnBuilder::I32(b) => b.append_null(),
+            ColumnBuilder::I64(b) | ColumnBuilder::Time(b) => b.append_null(),
+            ColumnBuilder::U8(b) => b.append_null(),
+            ColumnBuilder::U16(b) | ColumnBuilder::Year(b) => b.append_null(),
+            ColumnBuilder::U32(b) => b.append_null(),
+            ColumnBuilder::U64(b) => b.append_null(),
+            ColumnBuilder::F32(b) => b.append_null(),
+            ColumnBuilder::F64(b) => b.append_null(),
+            ColumnBuilder::D128(b, ..) => b.append_null(),
+            ColumnBuilder::D256(b, ..) => b.append_null(),
+            ColumnBuilder::Date(b) => b.append_null(),
+            ColumnBuilder::DateTime(b) | ColumnBuilder::Timestamp(b) => b.append_null(),
+            ColumnBuilder::Binary(b) => b.append_null(),
+            ColumnBuilder::Utf8(b) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::I8(b) => Arc::new(b.finish()),
+            ColumnBuilder::I16(b) => Arc::new(b.finish()),
+            ColumnBuilder::I32(b) => Arc::new(b.finish()),
+            ColumnBuilder::I64(b) | ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::U8(b) => Arc::new(b.finish()),
+            ColumnBuilder::U16(b) | ColumnBuilder::Year(b) => Arc::new(b.finish()),
+            ColumnBuilder::U32(b) => Arc::new(b.finish()),
+            ColumnBuilder::U64(b) => Arc::new(b.finish()),
+            ColumnBuilder::F32(b) => Arc::new(b.finish()),
+            ColumnBuilder::F64(b) => Arc::new(b.finish()),
+            // Precision and scale were checked when the builder was made
+            // (`arrow_type`); values were range-checked by `parse_decimal`.
+            ColumnBuilder::D128(b, p, s) => {
+                let a = b.finish();
+                let n = a.len();
+                Arc::new(a.with_precision_and_scale(*p, *s).unwrap_or_else(|_| null_decimal128(n)))
+            }
+            ColumnBuilder::D256(b, p, s) => {
+                let a = b.finish();
+                let n = a.len();
+                Arc::new(a.with_precision_and_scale(*p, *s).unwrap_or_else(|_| null_decimal256(n)))
+            }
+            ColumnBuilder::Date(b) => Arc::new(b.finish()),
+            ColumnBuilder::DateTime(b) => Arc::new(b.finish()),
+            ColumnBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone(UTC)),
+            ColumnBuilder::Binary(b) => Arc::new(b.finish()),
+            ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+fn null_decimal128(n: usize) -> arrow::array::Decimal128Array {
+    let mut b = Decimal128Builder::with_capacity(n);
+    b.append_nulls(n);
+    b.finish()
+}
+
+fn null_decimal256(n: usize) -> arrow::array::Decimal256Array {
+    let mut b = Decimal256Builder::with_capacity(n);
+    b.append_nulls(n);
+    b.finish()
 }
 
 /// The row image a curated row shows: `after`, or `before` for deletes.
@@ -197,14 +429,23 @@ fn row_of(e: &ChangeEvent) -> &[Value] {
     e.key_row().unwrap_or(&[])
 }
 
-fn check_value(ty: &ColumnType, v: &Value) -> Result<(), String> {
+/// Whether `v` fits a column of type `ty`; a decimal is parsed once here and
+/// queued in `decimals` for the append.
+fn check_value(ty: &ColumnType, v: &Value, decimals: &mut Vec<Decimal>) -> Result<(), String> {
     let ok = match (ty, v) {
         (_, Value::Null) => true,
         (ColumnType::Int { unsigned: false, .. }, Value::Int(_)) => true,
         (ColumnType::Int { unsigned: true, .. }, Value::UInt(_)) => true,
         (ColumnType::Float, Value::Float(_)) | (ColumnType::Double, Value::Double(_)) => true,
         (ColumnType::Decimal { precision, scale }, Value::Decimal(s)) => {
-            return parse_decimal(s, *precision, *scale).map(|_| ());
+            let digits = parse_decimal(s, *precision, *scale)?;
+            let parsed = if *precision <= 38 {
+                digits.parse::<i128>().ok().map(Decimal::D128)
+            } else {
+                i256::from_string(&digits).map(Decimal::D256)
+            };
+            decimals.push(parsed.ok_or_else(|| "decimal out of range".to_owned())?);
+            true
         }
         (ColumnType::Date, Value::Date(_)) | (ColumnType::DateTime, Value::DateTime(_)) => true,
         (ColumnType::Time, Value::Time(_)) | (ColumnType::Timestamp, Value::Timestamp(_)) => true,
@@ -250,121 +491,12 @@ fn parse_decimal(s: &str, precision: u8, scale: u8) -> Result<String, String> {
     Ok(digits)
 }
 
-fn build_column<'a>(ty: &ColumnType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
-    macro_rules! simple {
-        ($builder:expr, $pat:pat => $val:expr) => {{
-            let mut b = $builder;
-            for v in values {
-                match v {
-                    $pat => b.append_value($val),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish()) as ArrayRef
-        }};
-    }
-    match arrow_type(ty) {
-        DataType::Int8 => simple!(Int8Builder::new(), Value::Int(i) => *i as i8),
-        DataType::Int16 => simple!(Int16Builder::new(), Value::Int(i) => *i as i16),
-        DataType::Int32 => simple!(Int32Builder::new(), Value::Int(i) => *i as i32),
-        DataType::Int64 => match ty {
-            ColumnType::Time => simple!(Int64Builder::new(), Value::Time(t) => *t),
-            _ => simple!(Int64Builder::new(), Value::Int(i) => *i),
-        },
-        DataType::UInt8 => simple!(UInt8Builder::new(), Value::UInt(i) => *i as u8),
-        DataType::UInt16 => match ty {
-            ColumnType::Year => simple!(UInt16Builder::new(), Value::Year(y) => *y),
-            _ => simple!(UInt16Builder::new(), Value::UInt(i) => *i as u16),
-        },
-        DataType::UInt32 => simple!(UInt32Builder::new(), Value::UInt(i) => *i as u32),
-        DataType::UInt64 => simple!(UInt64Builder::new(), Value::UInt(i) => *i),
-        DataType::Float32 => simple!(Float32Builder::new(), Value::Float(f) => *f),
-        DataType::Float64 => simple!(Float64Builder::new(), Value::Double(f) => *f),
-        DataType::Decimal128(p, s) => {
-            let mut b = Decimal128Builder::new();
-            for v in values {
-                match v {
-                    Value::Decimal(d) => match parse_decimal(d, p, s as u8).ok().and_then(|t| t.parse::<i128>().ok()) {
-                        Some(x) => b.append_value(x),
-                        None => b.append_null(),
-                    },
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish().with_precision_and_scale(p, s).unwrap_or_else(|_| Decimal128Builder::new().finish()))
-        }
-        DataType::Decimal256(p, s) => {
-            let mut b = Decimal256Builder::new();
-            for v in values {
-                match v {
-                    Value::Decimal(d) => match parse_decimal(d, p, s as u8).ok().and_then(|t| i256::from_string(&t)) {
-                        Some(x) => b.append_value(x),
-                        None => b.append_null(),
-                    },
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish().with_precision_and_scale(p, s).unwrap_or_else(|_| Decimal256Builder::new().finish()))
-        }
-        DataType::Date32 => {
-            let mut b = Date32Builder::new();
-            for v in values {
-                match v {
-                    Value::Date(d) => b.append_option(d.days_since_epoch()),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Timestamp(_, None) => {
-            let mut b = TimestampMicrosecondBuilder::new();
-            for v in values {
-                match v {
-                    Value::DateTime(d) => b.append_option(d.micros_since_epoch()),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Timestamp(_, Some(_)) => {
-            let mut b = TimestampMicrosecondBuilder::new().with_timezone("+00:00");
-            for v in values {
-                match v {
-                    Value::Timestamp(t) => b.append_value(*t),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        DataType::Binary => {
-            let mut b = BinaryBuilder::new();
-            for v in values {
-                match v {
-                    Value::Bytes(x) | Value::Bit(x) => b.append_value(x),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-        _ => {
-            let mut b = StringBuilder::new();
-            for v in values {
-                match v {
-                    Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s) => b.append_value(s),
-                    _ => b.append_null(),
-                }
-            }
-            Arc::new(b.finish())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Decimal128Type, Decimal256Type, UInt64Type};
-    use lablake_model::{Column, Op, SourceInfo, SourcePosition, TableId};
+    use lablake_model::{Column, Op, SourceInfo, SourcePosition};
 
     fn event(schema: Arc<TableSchema>, row: Vec<Value>, op: Op, n: u32) -> ChangeEvent {
         ChangeEvent {
@@ -400,7 +532,7 @@ mod tests {
         );
         let mut b = BatchBuilder::new(schema.clone());
         b.push(
-            event(
+            &event(
                 schema.clone(),
                 vec![
                     Value::UInt(u64::MAX),
@@ -414,16 +546,20 @@ mod tests {
             7,
         )
         .unwrap();
-        b.push(event(schema.clone(), vec![Value::UInt(1), Value::Null, Value::Null], Op::Delete, 1), 2, 8).unwrap();
+        b.push(&event(schema.clone(), vec![Value::UInt(1), Value::Null, Value::Null], Op::Delete, 1), 2, 8).unwrap();
         let err = b.push(
-            event(schema.clone(), vec![Value::UInt(2), Value::Decimal("1.234".into()), Value::Null], Op::Create, 2),
+            &event(schema.clone(), vec![Value::UInt(2), Value::Decimal("1.234".into()), Value::Null], Op::Create, 2),
             2,
             9,
         );
         assert!(matches!(err, Err(CurateError::Value { ref column, .. }) if column == "d"));
-        let err = b.push(event(schema.clone(), vec![Value::Int(2), Value::Null, Value::Null], Op::Create, 2), 2, 9);
+        let err = b.push(&event(schema.clone(), vec![Value::Int(2), Value::Null, Value::Null], Op::Create, 2), 2, 9);
         assert!(err.is_err());
+        let summary = b.summary().unwrap();
+        assert_eq!(&*summary.table.table, "x");
+        assert_eq!(summary.max_position, SourcePosition::mysql(1, 100, 1).as_str(), "rejected rows do not count");
         let batch = b.finish().unwrap();
+        assert!(b.summary().is_none());
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.column(0).as_primitive::<UInt64Type>().value(0), u64::MAX);
         let d = batch.column(1).as_primitive::<Decimal128Type>();
@@ -437,6 +573,12 @@ mod tests {
             8
         );
         assert!(b.is_empty());
+        // The builder is reusable after finish.
+        b.push(&event(schema.clone(), vec![Value::UInt(3), Value::Null, Value::Null], Op::Create, 3), 2, 10).unwrap();
+        let again = b.finish().unwrap();
+        assert_eq!(again.num_rows(), 1);
+        assert_eq!(again.schema(), batch.schema());
+        assert_eq!(again.column(0).as_primitive::<UInt64Type>().value(0), 3);
     }
 
     #[test]

@@ -22,5 +22,5 @@
 mod batch;
 mod policy;
 
-pub use batch::{BatchBuilder, CurateError, arrow_type, curated_schema, meta};
+pub use batch::{BatchBuilder, BatchSummary, CurateError, arrow_type, curated_schema, meta};
 pub use policy::{BatchPolicy, CloseReason, OpenBatch};

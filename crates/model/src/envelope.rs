@@ -42,7 +42,7 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"op\":\"");
     out.extend_from_slice(event.op.code().as_bytes());
     out.extend_from_slice(b"\",\"ts_ms\":");
-    push_display(out, event.ts_ms);
+    push_int(out, event.ts_ms);
     let s = &event.source;
     out.extend_from_slice(b",\"source\":{\"version\":\"");
     out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
@@ -51,13 +51,13 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"name\":");
     push_str(out, &s.name);
     out.extend_from_slice(b",\"ts_ms\":");
-    push_display(out, s.ts_ms);
+    push_int(out, s.ts_ms);
     out.extend_from_slice(b",\"db\":");
     push_str(out, &event.table.database);
     out.extend_from_slice(b",\"table\":");
     push_str(out, &event.table.table);
     out.extend_from_slice(b",\"server_id\":");
-    push_display(out, s.server_id);
+    push_int(out, s.server_id);
     out.extend_from_slice(b",\"gtid\":");
     match &s.gtid {
         Some(g) => push_str(out, g),
@@ -66,9 +66,9 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"file\":");
     push_str(out, &s.file);
     out.extend_from_slice(b",\"pos\":");
-    push_display(out, s.pos);
+    push_int(out, s.pos);
     out.extend_from_slice(b",\"row\":");
-    push_display(out, s.row);
+    push_int(out, s.row);
     out.extend_from_slice(b",\"tenant\":");
     push_str(out, &event.table.tenant);
     out.extend_from_slice(b",\"position\":");
@@ -83,7 +83,7 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"lablake\":{\"v\":");
-    push_display(out, ENVELOPE_VERSION);
+    push_int(out, ENVELOPE_VERSION);
     out.extend_from_slice(b",\"tenant\":");
     push_str(out, &event.table.tenant);
     out.push(b',');
@@ -171,26 +171,26 @@ fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
 pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
-        Value::Int(i) => push_display(out, i),
-        Value::UInt(u) => push_display(out, u),
-        Value::Year(y) => push_display(out, y),
-        Value::Time(t) => push_display(out, t),
+        Value::Int(i) => push_int(out, *i),
+        Value::UInt(u) => push_int(out, *u),
+        Value::Year(y) => push_int(out, *y),
+        Value::Time(t) => push_int(out, *t),
         Value::Float(f) => push_f64(out, f64::from(*f)),
         Value::Double(d) => push_f64(out, *d),
         Value::Decimal(s) | Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s) => push_str(out, s),
         Value::Date(d) => {
             out.push(b'"');
-            push_display(out, d);
+            push_date(out, d);
             out.push(b'"');
         }
         Value::DateTime(dt) => {
             out.push(b'"');
-            push_display(out, dt);
+            push_datetime(out, dt);
             out.push(b'"');
         }
         Value::Timestamp(us) => {
             out.push(b'"');
-            push_display(out, DateTime::from_micros_since_epoch(*us));
+            push_datetime(out, &DateTime::from_micros_since_epoch(*us));
             out.extend_from_slice(b"Z\"");
         }
         Value::Bytes(b) | Value::Bit(b) => {
@@ -204,14 +204,74 @@ pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn push_display(out: &mut Vec<u8>, v: impl std::fmt::Display) {
-    use std::io::Write;
-    let _ = write!(out, "{v}");
+fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Zero-padded decimal of exactly `width` digits (a value too wide for it
+/// keeps all its digits, as `{:0width$}` does).
+fn push_padded(out: &mut Vec<u8>, v: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v).as_bytes();
+    for _ in digits.len()..width {
+        out.push(b'0');
+    }
+    out.extend_from_slice(digits);
+}
+
+/// `YYYY-MM-DD`, as [`Date`]'s `Display`, without the `fmt` machinery.
+fn push_date(out: &mut Vec<u8>, d: &Date) {
+    push_padded(out, u32::from(d.year), 4);
+    out.push(b'-');
+    push_padded(out, u32::from(d.month), 2);
+    out.push(b'-');
+    push_padded(out, u32::from(d.day), 2);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffff`, as [`DateTime`]'s `Display`.
+fn push_datetime(out: &mut Vec<u8>, dt: &DateTime) {
+    push_date(out, &dt.date);
+    out.push(b'T');
+    push_padded(out, u32::from(dt.hour), 2);
+    out.push(b':');
+    push_padded(out, u32::from(dt.minute), 2);
+    out.push(b':');
+    push_padded(out, u32::from(dt.second), 2);
+    out.push(b'.');
+    push_padded(out, dt.micros, 6);
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json escaping into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    if needs_escape(s.as_bytes()) {
+        // serde_json escaping into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        // Most strings need no escaping: copy them as they are.
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether a JSON string needs escapes (a control character, `"` or `\`).
+/// Eight bytes at a time: the classic "has a byte less than n" and "has a
+/// zero byte" word tests, exact as yes/no answers.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        let x = u64::from_le_bytes(word);
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
+        if control || has_zero(x ^ (ONES * u64::from(b'"'))) || has_zero(x ^ (ONES * u64::from(b'\\'))) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 fn push_f64(out: &mut Vec<u8>, d: f64) {
@@ -240,18 +300,25 @@ struct RawEnvelope<'a> {
     lablake: RawMeta<'a>,
 }
 
+type Text<'a> = std::borrow::Cow<'a, str>;
+
 #[derive(Deserialize)]
 struct RawSource<'a> {
-    connector: String,
-    name: String,
+    #[serde(borrow)]
+    connector: Text<'a>,
+    #[serde(borrow)]
+    name: Text<'a>,
     ts_ms: i64,
-    db: String,
-    table: String,
+    #[serde(borrow)]
+    db: Text<'a>,
+    #[serde(borrow)]
+    table: Text<'a>,
     #[serde(default)]
     server_id: u32,
-    gtid: Option<String>,
-    #[serde(default)]
-    file: String,
+    #[serde(borrow)]
+    gtid: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    file: Text<'a>,
     #[serde(default)]
     pos: u64,
     #[serde(default)]
@@ -263,7 +330,8 @@ struct RawSource<'a> {
 #[derive(Deserialize)]
 struct RawMeta<'a> {
     v: u32,
-    tenant: String,
+    #[serde(borrow)]
+    tenant: Text<'a>,
     #[serde(borrow)]
     schema: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -273,10 +341,24 @@ struct RawMeta<'a> {
 }
 
 /// Decodes envelopes, reusing the parsed schema while its fingerprint stays
-/// the same (so a stream of one table does not re-allocate its schema).
+/// the same and the names while they repeat (so a stream of one table does
+/// not re-allocate its schema or names per record).
 #[derive(Default)]
 pub struct Decoder {
     last: Option<(String, Arc<TableSchema>)>,
+    names: [Option<Arc<str>>; 7],
+}
+
+/// Returns the shared copy of `s` kept in `slot`, replacing it when `s` differs.
+fn intern(slot: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
+    match slot {
+        Some(a) if **a == *s => a.clone(),
+        _ => {
+            let a: Arc<str> = Arc::from(s);
+            *slot = Some(a.clone());
+            a
+        }
+    }
 }
 
 impl Decoder {
@@ -316,20 +398,25 @@ impl Decoder {
             return Err(ModelError::InvalidEnvelope(format!("op `{}` without its row image", raw.op)));
         }
         let s = raw.source;
+        let [tenant, db, table, connector, name, file, gtid] = &mut self.names;
         Ok(ChangeEvent {
-            table: TableId { tenant: raw.lablake.tenant, database: s.db, table: s.table },
+            table: TableId {
+                tenant: intern(tenant, &raw.lablake.tenant),
+                database: intern(db, &s.db),
+                table: intern(table, &s.table),
+            },
             op,
             schema,
             before,
             after,
             source: SourceInfo {
-                connector: s.connector,
-                name: s.name,
+                connector: intern(connector, &s.connector),
+                name: intern(name, &s.name),
                 server_id: s.server_id,
-                file: s.file,
+                file: intern(file, &s.file),
                 pos: s.pos,
                 row: s.row,
-                gtid: s.gtid,
+                gtid: s.gtid.map(|g| intern(gtid, &g)),
                 ts_ms: s.ts_ms,
                 position: SourcePosition::from_sort_key(s.position.into_owned()),
             },
@@ -536,6 +623,48 @@ pub fn parse_datetime(s: &str) -> Option<DateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_written_formatters_match_display() {
+        for (y, mo, d, h, mi, se, us) in [
+            (0, 0, 0, 0, 0, 0, 0),
+            (1, 2, 3, 4, 5, 6, 7),
+            (2026, 11, 27, 23, 59, 59, 999_999),
+            (65535, 12, 31, 9, 9, 9, 10),
+        ] {
+            let dt =
+                DateTime { date: Date { year: y, month: mo, day: d }, hour: h, minute: mi, second: se, micros: us };
+            let mut out = Vec::new();
+            push_datetime(&mut out, &dt);
+            assert_eq!(String::from_utf8(out).unwrap(), dt.to_string());
+            let mut out = Vec::new();
+            push_date(&mut out, &dt.date);
+            assert_eq!(String::from_utf8(out).unwrap(), dt.date.to_string());
+        }
+        for s in [
+            "plain",
+            "",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "nul\u{0}",
+            "ünï€😀",
+            "\u{7f}",
+            "exactly8",
+            "sixteen chars ok",
+            "long enough string with a \" late",
+            "long enough string with a \\ late",
+            "long enough string with a \u{1f} late",
+            "long enough string with nothing to escape ~~~ \u{ff} ü",
+        ] {
+            let mut out = Vec::new();
+            push_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        let mut out = Vec::new();
+        push_int(&mut out, i64::MIN);
+        assert_eq!(out, i64::MIN.to_string().as_bytes());
+    }
 
     pub(crate) fn sample_event() -> ChangeEvent {
         let cols = [

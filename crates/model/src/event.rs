@@ -39,28 +39,31 @@ impl Op {
 }
 
 /// Which tenant's table a change belongs to.
+///
+/// Names are shared (`Arc<str>`): every change of a table carries the same
+/// three names, and cloning them must not allocate per row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableId {
-    pub tenant: String,
-    pub database: String,
-    pub table: String,
+    pub tenant: Arc<str>,
+    pub database: Arc<str>,
+    pub table: Arc<str>,
 }
 
 /// Where a change came from: enough to resume, audit and order it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
     /// `mysql` or `postgresql`.
-    pub connector: String,
+    pub connector: Arc<str>,
     /// The configured source name (a logical server name).
-    pub name: String,
+    pub name: Arc<str>,
     pub server_id: u32,
     /// Binlog file and the end offset of the rows event.
-    pub file: String,
+    pub file: Arc<str>,
     pub pos: u64,
     /// Row index within the rows event.
     pub row: u32,
     /// GTID of the transaction (MySQL `uuid:n`, MariaDB `domain-server-seq`).
-    pub gtid: Option<String>,
+    pub gtid: Option<Arc<str>>,
     /// Commit time of the transaction, milliseconds since the epoch.
     pub ts_ms: i64,
     /// Sortable position; see [`SourcePosition`].

@@ -62,47 +62,59 @@ pub(crate) fn decode(bytes: &[u8], precision: u8, scale: u8) -> Result<String, S
         Ok(v)
     };
 
-    let mut int_text = String::with_capacity(intg + 1);
+    // Written straight into the output: sign first (removed again for zero).
+    let mut out = String::with_capacity(intg + frac + 3);
+    if negative {
+        out.push('-');
+    }
+    let digits_start = out.len();
     let lead = intg % 9;
     if lead > 0 {
         let v = read_group(lead)?;
         if v > 0 {
-            int_text.push_str(&v.to_string());
+            push_digits(&mut out, v, 0);
         }
     }
     for _ in 0..intg / 9 {
         let v = read_group(9)?;
-        if int_text.is_empty() {
-            if v > 0 {
-                int_text.push_str(&v.to_string());
-            }
-        } else {
-            int_text.push_str(&format!("{v:09}"));
+        if out.len() > digits_start {
+            push_digits(&mut out, v, 9);
+        } else if v > 0 {
+            push_digits(&mut out, v, 0);
         }
     }
-    if int_text.is_empty() {
-        int_text.push('0');
+    let mut is_zero = out.len() == digits_start;
+    if is_zero {
+        out.push('0');
     }
-    let mut frac_text = String::with_capacity(frac);
-    for _ in 0..frac / 9 {
-        frac_text.push_str(&format!("{:09}", read_group(9)?));
-    }
-    let tail = frac % 9;
-    if tail > 0 {
-        let v = read_group(tail)?;
-        frac_text.push_str(&format!("{v:0tail$}"));
-    }
-    let is_zero = int_text == "0" && frac_text.bytes().all(|b| b == b'0');
-    let mut out = String::with_capacity(int_text.len() + frac_text.len() + 2);
-    if negative && !is_zero {
-        out.push('-');
-    }
-    out.push_str(&int_text);
     if frac > 0 {
         out.push('.');
-        out.push_str(&frac_text);
+        for _ in 0..frac / 9 {
+            let v = read_group(9)?;
+            is_zero &= v == 0;
+            push_digits(&mut out, v, 9);
+        }
+        let tail = frac % 9;
+        if tail > 0 {
+            let v = read_group(tail)?;
+            is_zero &= v == 0;
+            push_digits(&mut out, v, tail);
+        }
+    }
+    if negative && is_zero {
+        out.remove(0);
     }
     Ok(out)
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn push_digits(out: &mut String, v: u32, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
 }
 
 #[cfg(test)]
@@ -157,11 +169,24 @@ mod tests {
             ("12345678901234567890123456789012345678901234567890123456789012345", 65, 0),
             ("0.000000000000000000000000000001", 65, 30),
             ("7", 1, 0),
+            ("0", 1, 0),
+            ("-5", 1, 0),
+            ("1000000000", 10, 0),
+            ("-1000000000000000000.000000001", 28, 9),
+            ("-0.000000001", 10, 9),
+            ("0.123456789012", 20, 12),
+            ("12.000000000000", 20, 12),
         ] {
             let bytes = encode(text, p, s);
             assert_eq!(bytes.len(), binary_size(p, s), "{text}");
             assert_eq!(decode(&bytes, p, s).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn negative_zero_is_zero() {
+        assert_eq!(decode(&encode("-0.00", 5, 2), 5, 2).unwrap(), "0.00");
+        assert_eq!(decode(&encode("-0", 12, 0), 12, 0).unwrap(), "0");
     }
 
     #[test]

@@ -53,11 +53,10 @@ pub fn decode_rows(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<Vec<Ro
 /// Decodes every row of a rows event into its images as logged (absent
 /// columns and JSON diffs kept). Lower level than [`decode_rows`].
 pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<Vec<RowImages>, MysqlError> {
-    let qualified = table.qualified_name();
     let ncols = table.kinds.len();
     if rows.num_columns() != ncols as u64 {
         return Err(MysqlError::decode(
-            &qualified,
+            &table.qualified_name(),
             "ROWS",
             format!("rows event has {} columns, table map {ncols}", rows.num_columns()),
         ));
@@ -75,15 +74,15 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
     while !r.is_empty() {
         let left = r.len();
         let before = match &before_cols {
-            Some(cols) => Some(read_image(table, &qualified, &mut r, cols, false)?),
+            Some(cols) => Some(read_image(table, &mut r, cols, false)?),
             None => None,
         };
         let after = match &after_cols {
-            Some(cols) => Some(read_image(table, &qualified, &mut r, cols, partial)?),
+            Some(cols) => Some(read_image(table, &mut r, cols, partial)?),
             None => None,
         };
         if r.len() == left {
-            return Err(MysqlError::decode(&qualified, "ROWS", "rows event with empty row images"));
+            return Err(MysqlError::decode(&table.qualified_name(), "ROWS", "rows event with empty row images"));
         }
         out.push(RowImages { op, before, after });
     }
@@ -92,12 +91,11 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
 
 fn read_image(
     table: &TableInfo,
-    qualified: &str,
     r: &mut Reader<'_>,
     present: &[bool],
     shared_image: bool,
 ) -> Result<Vec<Cell>, MysqlError> {
-    let row_err = |reason: String| MysqlError::decode(qualified, "ROWS", reason);
+    let row_err = |reason: String| MysqlError::decode(&table.qualified_name(), "ROWS", reason);
     let mut partial_json = vec![false; table.json_columns.len()];
     if shared_image {
         let options = r.lenenc().map_err(row_err)?;
@@ -123,7 +121,8 @@ fn read_image(
             cells.push(Cell::Value(Value::Null));
             continue;
         }
-        let col_err = |reason: String| MysqlError::decode(qualified, &table.schema.columns[i].name, reason);
+        let col_err =
+            |reason: String| MysqlError::decode(&table.qualified_name(), &table.schema.columns[i].name, reason);
         let is_partial = match kind {
             Kind::Json { .. } => {
                 let j = table.json_columns.iter().position(|c| *c == i).unwrap_or(usize::MAX);
@@ -243,36 +242,40 @@ pub(crate) fn complete(table: &TableInfo, row: RowImages) -> Result<RowChange, M
     };
     let after: Option<Vec<Value>> = match row.after {
         None => None,
-        Some(cells) => {
-            let mut out = Vec::with_capacity(cells.len());
-            for (i, c) in cells.into_iter().enumerate() {
-                let prior = before.as_ref().and_then(|b| b.get(i));
-                out.push(match c {
-                    Cell::Value(v) => v,
-                    Cell::Absent => match prior {
-                        Some(v) if row.op == Op::Update => v.clone(),
-                        _ => return Err(not_full(i, "after")),
-                    },
-                    Cell::JsonDiff(diffs) => {
-                        let Some(Value::Json(text)) = prior else {
-                            return Err(MysqlError::decode(
-                                &table.qualified_name(),
-                                &name(i),
-                                "JSON partial update without the JSON document in the before image; \
-                                 binlog_row_image must be FULL",
-                            ));
-                        };
-                        let col_err = |reason: String| MysqlError::decode(&table.qualified_name(), &name(i), reason);
-                        let mut doc = json::parse_text(text).map_err(col_err)?;
-                        for d in &diffs {
-                            json::apply_diff(&mut doc, d).map_err(col_err)?;
+        // A map + collect reuses the cells' allocation for the values.
+        Some(cells) => Some(
+            cells
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let prior = before.as_ref().and_then(|b| b.get(i));
+                    Ok(match c {
+                        Cell::Value(v) => v,
+                        Cell::Absent => match prior {
+                            Some(v) if row.op == Op::Update => v.clone(),
+                            _ => return Err(not_full(i, "after")),
+                        },
+                        Cell::JsonDiff(diffs) => {
+                            let Some(Value::Json(text)) = prior else {
+                                return Err(MysqlError::decode(
+                                    &table.qualified_name(),
+                                    &name(i),
+                                    "JSON partial update without the JSON document in the before image; \
+                                     binlog_row_image must be FULL",
+                                ));
+                            };
+                            let col_err =
+                                |reason: String| MysqlError::decode(&table.qualified_name(), &name(i), reason);
+                            let mut doc = json::parse_text(text).map_err(col_err)?;
+                            for d in &diffs {
+                                json::apply_diff(&mut doc, d).map_err(col_err)?;
+                            }
+                            Value::Json(doc.to_text())
                         }
-                        Value::Json(doc.to_text())
-                    }
-                });
-            }
-            Some(out)
-        }
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
     };
     Ok(RowChange { op: row.op, before, after })
 }

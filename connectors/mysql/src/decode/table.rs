@@ -149,8 +149,8 @@ impl Kind {
 /// Everything needed to decode the rows events of one table map.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
-    pub database: String,
-    pub table: String,
+    pub database: Arc<str>,
+    pub table: Arc<str>,
     /// The schema carried by every change event of this table.
     pub schema: Arc<TableSchema>,
     /// The table has no primary key: `schema.primary_key` lists every column.
@@ -397,8 +397,8 @@ impl TableInfo {
         let json_columns =
             meta.types.iter().enumerate().filter(|(_, t)| **t == MyType::MYSQL_TYPE_JSON).map(|(i, _)| i).collect();
         Ok(TableInfo {
-            database: meta.database,
-            table: meta.table,
+            database: meta.database.into(),
+            table: meta.table.into(),
             schema: TableSchema::new(columns, key),
             key_is_all_columns,
             undecodable_charset_columns: undecodable,
