@@ -87,3 +87,22 @@ impl BusConfig {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_override_tuning_but_never_fixed_settings() {
+        let mut cfg = BusConfig::new("b:9092");
+        cfg.properties.insert("queued.max.messages.kbytes".into(), "1024".into());
+        cfg.properties.insert("enable.auto.commit".into(), "true".into());
+        let c = cfg.client_config(
+            &[("queued.max.messages.kbytes", "4096".to_owned())],
+            &[("enable.auto.commit", "false".to_owned())],
+        );
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
+}
