@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, Date32Builder, Decimal128Builder, Decimal256Builder, Float32Builder, Float64Builder,
-    Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt8Builder,
-    UInt16Builder, UInt32Builder, UInt64Builder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder, Float32Builder,
+    Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    UInt8Builder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, i256};
 use arrow::record_batch::RecordBatch;
@@ -50,6 +50,8 @@ pub enum CurateError {
 /// | timestamp | Timestamp(µs, UTC) |
 /// | year | UInt16 |
 /// | string, enum, set, json | Utf8 |
+/// | uuid, numeric (no precision), interval, timetz, array | Utf8 (text as in the envelope) |
+/// | bool | Boolean |
 /// | bytes, bit | Binary |
 pub fn arrow_type(ty: &ColumnType) -> DataType {
     match ty {
@@ -75,6 +77,10 @@ pub fn arrow_type(ty: &ColumnType) -> DataType {
         ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
         ColumnType::Year => DataType::UInt16,
         ColumnType::String | ColumnType::Enum | ColumnType::Set | ColumnType::Json => DataType::Utf8,
+        ColumnType::Uuid | ColumnType::Numeric | ColumnType::Interval | ColumnType::TimeTz | ColumnType::Array => {
+            DataType::Utf8
+        }
+        ColumnType::Bool => DataType::Boolean,
         ColumnType::Bytes | ColumnType::Bit { .. } => DataType::Binary,
     }
 }
@@ -294,6 +300,7 @@ enum ColumnBuilder {
     Timestamp(TimestampMicrosecondBuilder),
     Binary(BinaryBuilder),
     Utf8(StringBuilder),
+    Bool(BooleanBuilder),
 }
 
 impl ColumnBuilder {
@@ -319,6 +326,7 @@ impl ColumnBuilder {
                 ColumnBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone(UTC))
             }
             (DataType::Binary, _) => ColumnBuilder::Binary(BinaryBuilder::new()),
+            (DataType::Boolean, _) => ColumnBuilder::Bool(BooleanBuilder::new()),
             _ => ColumnBuilder::Utf8(StringBuilder::new()),
         }
     }
@@ -351,9 +359,11 @@ impl ColumnBuilder {
             (ColumnBuilder::DateTime(b), Value::DateTime(d)) => b.append_option(d.micros_since_epoch()),
             (ColumnBuilder::Timestamp(b), Value::Timestamp(t)) => b.append_value(*t),
             (ColumnBuilder::Binary(b), Value::Bytes(x) | Value::Bit(x)) => b.append_value(x),
-            (ColumnBuilder::Utf8(b), Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s)) => {
-                b.append_value(s)
-            }
+            (ColumnBuilder::Bool(b), Value::Bool(x)) => b.append_value(*x),
+            (
+                ColumnBuilder::Utf8(b),
+                Value::String(s) | Value::Enum(s) | Value::Set(s) | Value::Json(s) | Value::Decimal(s),
+            ) => b.append_value(s),
             (b, _) => b.append_null(),
         }
     }
@@ -376,6 +386,7 @@ impl ColumnBuilder {
             ColumnBuilder::DateTime(b) | ColumnBuilder::Timestamp(b) => b.append_null(),
             ColumnBuilder::Binary(b) => b.append_null(),
             ColumnBuilder::Utf8(b) => b.append_null(),
+            ColumnBuilder::Bool(b) => b.append_null(),
         }
     }
 
@@ -408,6 +419,7 @@ impl ColumnBuilder {
             ColumnBuilder::Timestamp(b) => Arc::new(b.finish().with_timezone(UTC)),
             ColumnBuilder::Binary(b) => Arc::new(b.finish()),
             ColumnBuilder::Utf8(b) => Arc::new(b.finish()),
+            ColumnBuilder::Bool(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -453,6 +465,9 @@ fn check_value(ty: &ColumnType, v: &Value, decimals: &mut Vec<Decimal>) -> Resul
         (ColumnType::String, Value::String(_)) | (ColumnType::Enum, Value::Enum(_)) => true,
         (ColumnType::Set, Value::Set(_)) | (ColumnType::Json, Value::Json(_)) => true,
         (ColumnType::Bytes, Value::Bytes(_)) | (ColumnType::Bit { .. }, Value::Bit(_)) => true,
+        (ColumnType::Bool, Value::Bool(_)) | (ColumnType::Array, Value::Json(_)) => true,
+        (ColumnType::Uuid | ColumnType::Interval | ColumnType::TimeTz, Value::String(_)) => true,
+        (ColumnType::Numeric, Value::Decimal(_)) => true,
         _ => false,
     };
     if ok { Ok(()) } else { Err(format!("value does not match column type {ty}")) }
@@ -579,6 +594,32 @@ mod tests {
         assert_eq!(again.num_rows(), 1);
         assert_eq!(again.schema(), batch.schema());
         assert_eq!(again.column(0).as_primitive::<UInt64Type>().value(0), 3);
+    }
+
+    #[test]
+    fn postgres_types_are_curated() {
+        let c = |name: &str, ty: ColumnType| Column { name: name.into(), ty, nullable: true };
+        let schema = TableSchema::new(
+            vec![
+                c("b", ColumnType::Bool),
+                c("n", ColumnType::Numeric),
+                c("u", ColumnType::Uuid),
+                c("a", ColumnType::Array),
+            ],
+            vec![],
+        );
+        let mut b = BatchBuilder::new(schema.clone());
+        let row = vec![
+            Value::Bool(true),
+            Value::Decimal("NaN".into()),
+            Value::String("0f0e0d0c-0b0a-0908-0706-050403020100".into()),
+            Value::Json("[\"1\",null]".into()),
+        ];
+        b.push(&event(schema.clone(), row, Op::Create, 0), 0, 0).unwrap();
+        let batch = b.finish().unwrap();
+        assert!(batch.column(0).as_boolean().value(0));
+        assert_eq!(batch.column(1).as_string::<i32>().value(0), "NaN");
+        assert_eq!(batch.column(3).as_string::<i32>().value(0), "[\"1\",null]");
     }
 
     #[test]

@@ -168,9 +168,14 @@ fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
 /// | timestamp | `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (UTC) |
 /// | string, enum, set, json | string (SET labels comma-separated; JSON as its text) |
 /// | bytes, bit | base64 string |
+/// | bool | `true` / `false` |
+/// | numeric (no declared precision) | string, every digit, or `"NaN"`, `"Infinity"`, `"-Infinity"` |
+/// | uuid, interval, timetz | string (canonical text) |
+/// | array | string: a JSON array of the elements' text forms |
 pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(i) => push_int(out, *i),
         Value::UInt(u) => push_int(out, *u),
         Value::Year(y) => push_int(out, *y),
@@ -552,9 +557,20 @@ pub fn decode_value(c: &Column, v: &serde_json::Value) -> Result<Value, ModelErr
         ColumnType::String => Value::String(as_string(v).ok_or_else(|| bad("not a string"))?),
         ColumnType::Enum => Value::Enum(as_string(v).ok_or_else(|| bad("not a string"))?),
         ColumnType::Set => Value::Set(as_string(v).ok_or_else(|| bad("not a string"))?),
-        ColumnType::Json => {
+        ColumnType::Json | ColumnType::Array => {
             let s = as_string(v).ok_or_else(|| bad("not a string"))?;
             Value::Json(s)
+        }
+        ColumnType::Bool => Value::Bool(v.as_bool().ok_or_else(|| bad("not a boolean"))?),
+        ColumnType::Uuid | ColumnType::Interval | ColumnType::TimeTz => {
+            Value::String(as_string(v).ok_or_else(|| bad("not a string"))?)
+        }
+        ColumnType::Numeric => {
+            let s = v.as_str().ok_or_else(|| bad("numeric is not a string"))?;
+            if !is_decimal(s) && !matches!(s, "NaN" | "Infinity" | "-Infinity") {
+                return Err(bad("not a numeric"));
+            }
+            Value::Decimal(s.to_owned())
         }
         ColumnType::Bytes | ColumnType::Bit { .. } => {
             let s = v.as_str().ok_or_else(|| bad("not base64"))?;
@@ -684,6 +700,12 @@ mod tests {
             ("st", "set", true),
             ("bit", "bit(9)", true),
             ("j", "json", true),
+            ("bo", "bool", true),
+            ("u", "uuid", true),
+            ("n", "numeric", true),
+            ("iv", "interval", true),
+            ("tz", "timetz", true),
+            ("ar", "array", true),
         ];
         let schema = TableSchema::new(
             cols.iter().map(|(n, t, nl)| Column { name: (*n).into(), ty: t.parse().unwrap(), nullable: *nl }).collect(),
@@ -712,6 +734,12 @@ mod tests {
             Value::Set("a,c".into()),
             Value::Bit(vec![1, 0xff]),
             Value::Json("{\"k\":[1,2.5,null]}".into()),
+            Value::Bool(false),
+            Value::String("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            Value::Decimal("NaN".into()),
+            Value::String("1 year 2 mons 3 days 04:05:06.000007".into()),
+            Value::String("04:05:06.789+02".into()),
+            Value::Json("[[\"1\",null],[\"a,b\",\"{}\"]]".into()),
         ];
         ChangeEvent {
             table: TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() },

@@ -88,6 +88,7 @@ impl fmt::Display for DateTime {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
+    Bool(bool),
     /// Signed integer of any width up to 64 bits.
     Int(i64),
     /// Unsigned integer of any width up to 64 bits.
@@ -159,6 +160,22 @@ pub enum ColumnType {
         bits: u16,
     },
     Json,
+    /// PostgreSQL boolean ([`Value::Bool`]).
+    Bool,
+    /// UUID as canonical lowercase text ([`Value::String`]).
+    Uuid,
+    /// Decimal without declared precision (PostgreSQL `numeric`): canonical
+    /// text of any length, or `NaN`, `Infinity`, `-Infinity`
+    /// ([`Value::Decimal`]).
+    Numeric,
+    /// PostgreSQL `interval` in the server's `postgres` output style
+    /// (`1 year 2 mons 3 days 04:05:06.000007`) ([`Value::String`]).
+    Interval,
+    /// PostgreSQL `timetz` as text (`04:05:06.789+02`) ([`Value::String`]).
+    TimeTz,
+    /// PostgreSQL array as a JSON array of its elements' text forms (nested
+    /// for multi-dimensional arrays, `null` for NULL elements) ([`Value::Json`]).
+    Array,
 }
 
 impl fmt::Display for ColumnType {
@@ -181,6 +198,12 @@ impl fmt::Display for ColumnType {
             ColumnType::Set => f.write_str("set"),
             ColumnType::Bit { bits } => write!(f, "bit({bits})"),
             ColumnType::Json => f.write_str("json"),
+            ColumnType::Bool => f.write_str("bool"),
+            ColumnType::Uuid => f.write_str("uuid"),
+            ColumnType::Numeric => f.write_str("numeric"),
+            ColumnType::Interval => f.write_str("interval"),
+            ColumnType::TimeTz => f.write_str("timetz"),
+            ColumnType::Array => f.write_str("array"),
         }
     }
 }
@@ -213,6 +236,12 @@ impl FromStr for ColumnType {
             "enum" => ColumnType::Enum,
             "set" => ColumnType::Set,
             "json" => ColumnType::Json,
+            "bool" => ColumnType::Bool,
+            "uuid" => ColumnType::Uuid,
+            "numeric" => ColumnType::Numeric,
+            "interval" => ColumnType::Interval,
+            "timetz" => ColumnType::TimeTz,
+            "array" => ColumnType::Array,
             _ => {
                 if let Some(args) = s.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')) {
                     let (p, sc) = args.split_once(',').ok_or_else(unknown)?;
