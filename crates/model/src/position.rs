@@ -32,6 +32,13 @@ impl SourcePosition {
         SourcePosition(String::from_utf8_lossy(&buf).into_owned())
     }
 
+    /// A PostgreSQL position: the commit LSN of the transaction and the
+    /// change's sequence number within it, as `{lsn:016X}:{seq:010}`
+    /// (fixed-width upper-case hex sorts like the LSN).
+    pub fn postgres(commit_lsn: u64, seq: u32) -> Self {
+        SourcePosition(format!("{commit_lsn:016X}:{seq:010}"))
+    }
+
     /// A position from its sort key (as read back from Kafka or DynamoDB).
     pub fn from_sort_key(key: impl Into<String>) -> Self {
         SourcePosition(key.into())
@@ -72,6 +79,15 @@ mod tests {
         {
             assert_eq!(SourcePosition::mysql(f, p, r).as_str(), format!("{f:010}:{p:020}:{r:010}"));
         }
+    }
+
+    #[test]
+    fn postgres_positions_sort_by_lsn_then_sequence() {
+        let a = SourcePosition::postgres(0x9_FFFF_FFFF, 7);
+        let b = SourcePosition::postgres(0xA_0000_0000, 0);
+        let c = SourcePosition::postgres(0xA_0000_0000, 1);
+        assert!(a.as_str() < b.as_str() && b.as_str() < c.as_str());
+        assert_eq!(b.as_str(), "0000000A00000000:0000000000");
     }
 
     #[test]

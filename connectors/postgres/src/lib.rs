@@ -1,0 +1,13 @@
+//! PostgreSQL logical-replication source (pgoutput, protocol version 2 with
+//! streaming of large transactions, binary values).
+//!
+//! - [`pgoutput`]: pure parser of the replication messages.
+//! - [`values`]: binary wire values to exact Lablake values.
+
+pub mod decoder;
+pub mod error;
+pub mod pgoutput;
+pub mod values;
+
+pub use decoder::{DecoderConfig, PgDecoder, PgItem};
+pub use error::PgError;
