@@ -4,10 +4,14 @@
 //! - [`pgoutput`]: pure parser of the replication messages.
 //! - [`values`]: binary wire values to exact Lablake values.
 
+pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod pgoutput;
+pub mod source;
 pub mod values;
 
+pub use config::{PgSourceConfig, TenantConfig};
 pub use decoder::{DecoderConfig, PgDecoder, PgItem};
 pub use error::PgError;
+pub use source::PgSource;

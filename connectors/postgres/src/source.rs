@@ -1,0 +1,278 @@
+//! The live source: a catalog connection (`tokio-postgres`) and the
+//! replication stream (`pg_walstream`, raw XLogData), feeding [`PgDecoder`].
+//!
+//! Delivery contract: items come out in commit order; a change is followed
+//! by its transaction's [`PgItem::Commit`]. The server is told an LSN is
+//! flushed only through [`PgSource::ack`], which the caller invokes after
+//! everything up to that Commit or Heartbeat is acknowledged by Kafka and
+//! checkpointed — never earlier. Resuming from an acked LSN replays no
+//! committed transaction before it and loses none after it (at-least-once:
+//! the transaction in flight at a crash is sent again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_walstream::{
+    CancellationToken, LogicalReplicationStream, ReplicationStreamConfig, RetryConfig, SharedLsnFeedback, StreamingMode,
+};
+use secrecy::ExposeSecret;
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+use crate::config::{HEARTBEAT_PREFIX, PgSourceConfig};
+use crate::decoder::{PgDecoder, PgItem};
+use crate::error::{PgError, lsn_text};
+use crate::pgoutput::{self, Message};
+use crate::values::PgKind;
+
+/// A running PostgreSQL source. See the module documentation.
+pub struct PgSource {
+    stream: LogicalReplicationStream,
+    feedback: Arc<SharedLsnFeedback>,
+    catalog: Arc<Client>,
+    decoder: PgDecoder,
+    cancel: CancellationToken,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+fn connection(e: impl std::fmt::Display) -> PgError {
+    PgError::Connection { reason: e.to_string() }
+}
+
+/// Connects the catalog client.
+pub async fn connect_catalog(cfg: &PgSourceConfig) -> Result<Client, PgError> {
+    let (client, conn) = tokio_postgres::connect(cfg.url.expose_secret(), NoTls)
+        .await
+        .map_err(|e| PgError::Connection { reason: format!("catalog connection: {}", pg_reason(&e)) })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            warn!(error = %pg_reason(&e), "catalog connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A tokio-postgres error without anything that could carry values.
+fn pg_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+impl PgSource {
+    /// Checks the server, creates the publication and slot when missing,
+    /// and starts streaming from `resume` (an acked LSN) or, on first start,
+    /// from the slot's position. A missing slot or lost WAL when resuming is
+    /// [`PgError::PositionLost`].
+    pub async fn start(cfg: &PgSourceConfig, resume: Option<u64>) -> Result<PgSource, PgError> {
+        let decoder = PgDecoder::new(cfg.decoder_config()?);
+        let catalog = Arc::new(connect_catalog(cfg).await?);
+        let one = |q: &'static str| {
+            let c = catalog.clone();
+            async move { c.query_one(q, &[]).await.map(|r| r.get::<_, String>(0)).map_err(|e| connection(pg_reason(&e))) }
+        };
+        let wal_level = one("SHOW wal_level").await?;
+        if wal_level != "logical" {
+            return Err(PgError::ServerConfig {
+                setting: "wal_level".into(),
+                reason: format!("is `{wal_level}`, logical replication needs `logical`"),
+            });
+        }
+        let encoding = one("SHOW server_encoding").await?;
+        if encoding != "UTF8" {
+            return Err(PgError::ServerConfig {
+                setting: "server_encoding".into(),
+                reason: format!("is `{encoding}`, only UTF8 is supported"),
+            });
+        }
+        let has_pub = catalog
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&cfg.publication])
+            .await
+            .map_err(|e| connection(pg_reason(&e)))?
+            .is_some();
+        if !has_pub {
+            if !cfg.create_publication {
+                return Err(PgError::Config {
+                    key: "publication".into(),
+                    reason: format!("publication `{}` does not exist (create_publication = false)", cfg.publication),
+                });
+            }
+            info!(publication = %cfg.publication, "creating publication FOR ALL TABLES");
+            catalog
+                .batch_execute(&format!("CREATE PUBLICATION \"{}\" FOR ALL TABLES", cfg.publication))
+                .await
+                .map_err(|e| PgError::ServerConfig { setting: "publication".into(), reason: pg_reason(&e) })?;
+        }
+        let slot = catalog
+            .query_opt(
+                "SELECT coalesce(wal_status, ''), plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&cfg.slot],
+            )
+            .await
+            .map_err(|e| connection(pg_reason(&e)))?;
+        match (&slot, resume) {
+            (None, Some(lsn)) => {
+                return Err(PgError::PositionLost {
+                    reason: format!(
+                        "replication slot `{}` does not exist but the checkpoint is at {}; changes since then are \
+                         lost: take a new snapshot of this source's tables, then restart",
+                        cfg.slot,
+                        lsn_text(lsn)
+                    ),
+                });
+            }
+            (None, None) => {
+                info!(slot = %cfg.slot, "creating logical replication slot");
+                catalog
+                    .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&cfg.slot])
+                    .await
+                    .map_err(|e| PgError::ServerConfig { setting: "slot".into(), reason: pg_reason(&e) })?;
+            }
+            (Some(row), _) => {
+                let (wal_status, plugin): (String, String) = (row.get(0), row.get(1));
+                if wal_status == "lost" {
+                    return Err(PgError::PositionLost {
+                        reason: format!(
+                            "the WAL of replication slot `{}` was removed (wal_status = lost): take a new snapshot, \
+                             drop and recreate the slot",
+                            cfg.slot
+                        ),
+                    });
+                }
+                if plugin != "pgoutput" {
+                    return Err(PgError::ServerConfig {
+                        setting: "slot".into(),
+                        reason: format!("slot `{}` uses plugin `{plugin}`, not pgoutput", cfg.slot),
+                    });
+                }
+            }
+        }
+        let config = ReplicationStreamConfig::new(
+            cfg.slot.clone(),
+            cfg.publication.clone(),
+            2,
+            StreamingMode::On,
+            cfg.status_interval,
+            Duration::from_secs(30),
+            Duration::from_secs(10),
+            RetryConfig::default(),
+        )
+        .with_binary(true)
+        .with_messages(true);
+        let url = cfg.url.expose_secret();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let conninfo = format!("{url}{sep}replication=database");
+        let mut stream = LogicalReplicationStream::new(&conninfo, config).await.map_err(connection)?;
+        stream.start(resume).await.map_err(connection)?;
+        let feedback = stream.shared_lsn_feedback.clone();
+        info!(slot = %cfg.slot, from = %resume.map_or("slot position".into(), lsn_text), "streaming");
+        let hb_client = catalog.clone();
+        let period = cfg.heartbeat_interval;
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) =
+                    hb_client.execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX]).await
+                {
+                    warn!(error = %pg_reason(&e), "heartbeat failed");
+                }
+            }
+        });
+        Ok(PgSource { stream, feedback, catalog, decoder, cancel: CancellationToken::new(), heartbeat })
+    }
+
+    /// The next item. Reads the stream only when the decoder has nothing left.
+    pub async fn next(&mut self) -> Result<PgItem, PgError> {
+        loop {
+            if let Some(item) = self.decoder.pop()? {
+                return Ok(item);
+            }
+            // pg_walstream checks its feedback timer only every 128 frames;
+            // on a quiet stream that would hold acked WAL for minutes.
+            self.stream.maybe_send_feedback().await;
+            let raw = self.stream.next_raw_event(&self.cancel).await.map_err(connection)?;
+            let end = raw.wal_end.value();
+            if raw.data.is_empty() {
+                continue;
+            }
+            if raw.data[0] == b'R' {
+                match pgoutput::parse(&raw.data, self.decoder.in_stream()) {
+                    Ok(Message::Relation { relation, .. }) => {
+                        for oid in self.decoder.unknown_types(&relation) {
+                            let kind = Box::pin(resolve_kind(&self.catalog, oid, 0)).await?;
+                            self.decoder.put_kind(oid, kind);
+                        }
+                        let pk = primary_key(&self.catalog, relation.oid).await?;
+                        self.decoder.put_relation(relation, &pk);
+                    }
+                    Ok(_) => {}
+                    Err(reason) => return Err(PgError::Protocol { lsn: lsn_text(end), reason }),
+                }
+                continue;
+            }
+            self.decoder.push(&raw.data, end)?;
+        }
+    }
+
+    /// Reports `lsn` (from a [`PgItem::Commit`] or [`PgItem::Heartbeat`]) as
+    /// flushed: call only once everything before it is durable downstream.
+    pub fn ack(&self, lsn: u64) {
+        self.feedback.update_flushed_lsn(lsn);
+        self.feedback.update_applied_lsn(lsn);
+    }
+
+    /// Sends a final status update and stops.
+    pub async fn close(mut self) {
+        self.heartbeat.abort();
+        let _ = self.stream.stop().await;
+        self.cancel.cancel();
+    }
+}
+
+/// The kind of a catalog type: enums, domains (their base type), arrays.
+async fn resolve_kind(catalog: &Client, oid: u32, depth: u8) -> Result<PgKind, PgError> {
+    if depth > 8 {
+        return Ok(PgKind::Other);
+    }
+    let row = catalog
+        .query_opt(
+            "SELECT typtype::text, typbasetype, typtypmod, typelem, typcategory::text FROM pg_type WHERE oid = $1",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| connection(pg_reason(&e)))?;
+    let Some(row) = row else { return Ok(PgKind::Other) };
+    let (typtype, base, typmod, elem, category): (String, u32, i32, u32, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let known = |oid: u32, typmod: i32| PgKind::builtin(oid, typmod);
+    Ok(match (typtype.as_str(), category.as_str()) {
+        ("e", _) => PgKind::Enum,
+        ("d", _) => match known(base, typmod) {
+            Some(k) => k,
+            None => Box::pin(resolve_kind(catalog, base, depth + 1)).await?,
+        },
+        (_, "A") if elem != 0 => PgKind::Array(Box::new(match known(elem, -1) {
+            Some(k) => k,
+            None => Box::pin(resolve_kind(catalog, elem, depth + 1)).await?,
+        })),
+        _ => PgKind::Other,
+    })
+}
+
+/// Primary-key column names of a table, in key order (empty without one).
+async fn primary_key(catalog: &Client, rel: u32) -> Result<Vec<String>, PgError> {
+    let rows = catalog
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&rel],
+        )
+        .await
+        .map_err(|e| connection(pg_reason(&e)))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

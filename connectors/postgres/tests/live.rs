@@ -1,0 +1,392 @@
+//! Live tests against PostgreSQL (`LABLAKE_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:25432/postgres`, `wal_level=logical`,
+//! `logical_decoding_work_mem=64kB` so large transactions are streamed).
+//! They fail, never skip, when the server is unreachable.
+//!
+//! Each test uses its own schemas, slot and publication, dropped at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use lablake_model::{ColumnType, Date, DateTime, Op, Value};
+use lablake_postgres::{PgError, PgItem, PgSource, PgSourceConfig};
+use tokio_postgres::{Client, NoTls};
+
+fn url() -> String {
+    std::env::var("LABLAKE_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:25432/postgres".into())
+}
+
+async fn admin() -> Client {
+    let url = url();
+    let (c, conn) = match tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(&url, NoTls)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!("PostgreSQL at {url} is unreachable ({e}); start dev/services or set LABLAKE_PG_URL"),
+        Err(_) => panic!("PostgreSQL at {url} did not answer within 10s"),
+    };
+    tokio::spawn(conn);
+    c
+}
+
+struct Fixture {
+    admin: Client,
+    id: String,
+    tenants: Vec<String>,
+}
+
+impl Fixture {
+    async fn new(tenants: usize) -> Fixture {
+        let id = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+        let admin = admin().await;
+        let tenants: Vec<String> = (0..tenants).map(|i| format!("t{id}{i}")).collect();
+        for t in &tenants {
+            admin
+                .batch_execute(&format!(
+                    "CREATE SCHEMA lab_{t};
+                     CREATE TYPE lab_{t}.flag AS ENUM ('N', 'H', 'L');
+                     CREATE DOMAIN lab_{t}.code AS varchar(16);
+                     CREATE TABLE lab_{t}.results (
+                        id bigint PRIMARY KEY, small smallint, i int, ok boolean, f4 real, f8 double precision,
+                        dec numeric(18,6), num numeric, txt text, vc varchar(20), bp char(4), bin bytea, d date,
+                        tm time, ttz timetz, ts timestamp, tstz timestamptz, iv interval, u uuid, j json,
+                        jb jsonb, arr int[], tarr text[], fl lab_{t}.flag, code lab_{t}.code)"
+                ))
+                .await
+                .unwrap();
+        }
+        Fixture { admin, id, tenants }
+    }
+
+    fn config(&self, extra: &str) -> PgSourceConfig {
+        let toml = format!(
+            "name = \"pg-test\"\nurl = \"{}\"\nslot = \"lablake_t{}\"\npublication = \"lablake_t{}\"\n\
+             tenant = {{ kind = \"schema\", pattern = \"lab_{{tenant}}\" }}\ninclude = [\"lab_t{}*.*\"]\n\
+             heartbeat_interval = \"200ms\"\nstatus_interval = \"100ms\"\nspill_memory_bytes = 65536\n{extra}",
+            url(),
+            self.id,
+            self.id,
+            self.id
+        );
+        toml_config(&toml)
+    }
+
+    async fn confirmed_flush(&self) -> u64 {
+        let row = self
+            .admin
+            .query_one(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&format!("lablake_t{}", self.id)],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) as u64
+    }
+
+    async fn current_lsn(&self) -> u64 {
+        let row = self.admin.query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[]).await.unwrap();
+        row.get::<_, i64>(0) as u64
+    }
+
+    async fn cleanup(self) {
+        let slot = format!("lablake_t{}", self.id);
+        for _ in 0..50 {
+            let r = self.admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await;
+            match r {
+                Ok(_) => break,
+                Err(e) if e.to_string().contains("does not exist") => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let _ = self.admin.batch_execute(&format!("DROP PUBLICATION IF EXISTS lablake_t{}", self.id)).await;
+        for t in &self.tenants {
+            let _ = self.admin.batch_execute(&format!("DROP SCHEMA lab_{t} CASCADE")).await;
+        }
+    }
+}
+
+fn toml_config(s: &str) -> PgSourceConfig {
+    // The workspace has no toml crate in this crate's tree: a tiny JSON-ish
+    // bridge is not worth it; build the struct through serde_json instead.
+    let mut map = serde_json::Map::new();
+    for line in s.lines() {
+        let Some((k, v)) = line.split_once(" = ") else { continue };
+        let v = v.trim();
+        let value: serde_json::Value = if let Some(inner) = v.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+            let mut m = serde_json::Map::new();
+            for part in inner.split(',') {
+                let (ik, iv) = part.split_once('=').unwrap();
+                m.insert(ik.trim().into(), serde_json::Value::String(iv.trim().trim_matches('"').into()));
+            }
+            serde_json::Value::Object(m)
+        } else if let Some(inner) = v.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+            serde_json::Value::Array(
+                inner.split(',').map(|x| serde_json::Value::String(x.trim().trim_matches('"').into())).collect(),
+            )
+        } else if let Ok(n) = v.parse::<u64>() {
+            serde_json::Value::Number(n.into())
+        } else {
+            serde_json::Value::String(v.trim_matches('"').into())
+        };
+        map.insert(k.trim().into(), value);
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).unwrap()
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish()
+}
+
+/// Reads items until `n` changes and the commit after the last were seen.
+async fn read_changes(src: &mut PgSource, n: usize) -> (Vec<lablake_model::ChangeEvent>, u64) {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let item = tokio::time::timeout_at(deadline, src.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {} of {n} changes", out.len()))
+            .unwrap();
+        match item {
+            PgItem::Change(e) => out.push(e),
+            PgItem::Commit { lsn, .. } if out.len() >= n => return (out, lsn),
+            PgItem::Unresolved { table, reason, .. } => panic!("unresolved row of {table}: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_is_exact_across_three_tenants() {
+    let fx = Fixture::new(3).await;
+    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    for (i, t) in fx.tenants.iter().enumerate() {
+        fx.admin
+            .batch_execute(&format!(
+                "INSERT INTO lab_{t}.results VALUES ({i}, -32768, 2147483647, true, 1.5, -2.25e-300,
+                 '-123456789012.123456', 'NaN', 'héllo \"x\"', 'vc', 'ab', '\\x00ff10', '2026-11-27',
+                 '23:59:59.999999', '12:34:56.000001+05:30', '2026-11-27 10:11:12.345678',
+                 '2026-11-27 10:11:12.345678+02', '1 year 2 mons 3 days 04:05:06.000007',
+                 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"k\": [1, 2]}}', '{{\"b\": 1, \"a\": 2}}',
+                 '{{{{1,NULL}},{{3,4}}}}', '{{\"x,y\",NULL}}', 'H', 'code-{i}');
+                 UPDATE lab_{t}.results SET txt = 'updated', num = 12.5 WHERE id = {i};
+                 INSERT INTO lab_{t}.results (id) VALUES ({i} + 100);
+                 DELETE FROM lab_{t}.results WHERE id = {i} + 100;"
+            ))
+            .await
+            .unwrap();
+    }
+    let mut changes = Vec::new();
+    for _ in 0..3 {
+        // Each tenant's batch is one transaction: 4 changes.
+        let (mut c, _) = read_changes(&mut src, 4).await;
+        changes.append(&mut c);
+    }
+    assert_eq!(changes.len(), 12);
+    for (i, t) in fx.tenants.iter().enumerate() {
+        let mine: Vec<_> = changes.iter().filter(|c| &*c.table.tenant == t.as_str()).collect();
+        assert_eq!(mine.len(), 4, "tenant {t}");
+        assert!(mine.iter().all(|c| *c.table.database == *format!("lab_{t}") && &*c.table.table == "results"));
+        assert_eq!(mine.iter().map(|c| c.op).collect::<Vec<_>>(), vec![Op::Create, Op::Update, Op::Create, Op::Delete]);
+        let schema = &mine[0].schema;
+        let ty = |name: &str| schema.columns[schema.column_index(name).unwrap()].ty.clone();
+        assert_eq!(ty("dec"), ColumnType::Decimal { precision: 18, scale: 6 });
+        assert_eq!(ty("num"), ColumnType::Numeric);
+        assert_eq!(ty("fl"), ColumnType::Enum);
+        assert_eq!(ty("code"), ColumnType::String, "domain over varchar");
+        assert_eq!(ty("arr"), ColumnType::Array);
+        assert_eq!(schema.primary_key, vec![0]);
+        let row = mine[0].after.as_ref().unwrap();
+        let v = |name: &str| row[schema.column_index(name).unwrap()].clone();
+        assert_eq!(v("id"), Value::Int(i as i64));
+        assert_eq!(v("small"), Value::Int(-32768));
+        assert_eq!(v("i"), Value::Int(2_147_483_647));
+        assert_eq!(v("ok"), Value::Bool(true));
+        assert_eq!(v("f4"), Value::Float(1.5));
+        assert_eq!(v("f8"), Value::Double(-2.25e-300));
+        assert_eq!(v("dec"), Value::Decimal("-123456789012.123456".into()));
+        assert_eq!(v("num"), Value::Decimal("NaN".into()));
+        assert_eq!(v("txt"), Value::String("héllo \"x\"".into()));
+        assert_eq!(v("vc"), Value::String("vc".into()));
+        assert_eq!(v("bp"), Value::String("ab  ".into()), "char(n) keeps its padding");
+        assert_eq!(v("bin"), Value::Bytes(vec![0, 0xff, 0x10]));
+        assert_eq!(v("d"), Value::Date(Date { year: 2026, month: 11, day: 27 }));
+        assert_eq!(v("tm"), Value::Time(86_399_999_999));
+        assert_eq!(v("ttz"), Value::String("12:34:56.000001+05:30".into()));
+        assert_eq!(
+            v("ts"),
+            Value::DateTime(DateTime {
+                date: Date { year: 2026, month: 11, day: 27 },
+                hour: 10,
+                minute: 11,
+                second: 12,
+                micros: 345_678
+            })
+        );
+        let tstz = fx
+            .admin
+            .query_one(
+                "SELECT (extract(epoch FROM timestamptz '2026-11-27 10:11:12.345678+02') * 1000000)::bigint",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(v("tstz"), Value::Timestamp(tstz));
+        assert_eq!(v("iv"), Value::String("P1Y2M3DT4H5M6.000007S".into()));
+        assert_eq!(v("u"), Value::String("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()));
+        assert_eq!(v("j"), Value::Json("{\"k\": [1, 2]}".into()));
+        assert_eq!(v("jb"), Value::Json("{\"a\": 2, \"b\": 1}".into()));
+        assert_eq!(v("arr"), Value::Json("[[1,null],[3,4]]".into()));
+        assert_eq!(v("tarr"), Value::Json("[\"x,y\",null]".into()));
+        assert_eq!(v("fl"), Value::Enum("H".into()));
+        assert_eq!(v("code"), Value::String(format!("code-{i}")));
+        // The update: DEFAULT identity sends no old row; unchanged TOAST-able
+        // but small values are sent in full.
+        let upd = &mine[1];
+        assert!(upd.before.is_none());
+        let after = upd.after.as_ref().unwrap();
+        assert_eq!(after[schema.column_index("txt").unwrap()], Value::String("updated".into()));
+        assert_eq!(after[schema.column_index("num").unwrap()], Value::Decimal("12.5".into()));
+        // The delete carries the key.
+        let del = &mine[3];
+        assert_eq!(del.before.as_ref().unwrap()[0], Value::Int(i as i64 + 100));
+        // Positions increase within the transaction.
+        assert!(mine.windows(2).all(|w| w[0].source.position.as_str() < w[1].source.position.as_str()));
+    }
+    src.close().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slot_only_advances_with_acks_and_unacked_changes_come_again() {
+    let fx = Fixture::new(1).await;
+    let t = fx.tenants[0].clone();
+    let cfg = fx.config("");
+    let mut src = PgSource::start(&cfg, None).await.unwrap();
+    let start = fx.confirmed_flush().await;
+    fx.admin.batch_execute(&format!("INSERT INTO lab_{t}.results (id) VALUES (1), (2)")).await.unwrap();
+    let (first, lsn) = read_changes(&mut src, 2).await;
+    assert_eq!(first.len(), 2);
+    // Not acked: after several status intervals the slot has not moved past it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(fx.confirmed_flush().await < lsn, "the slot advanced without an ack");
+    src.close().await;
+    // A restart from the slot delivers the same changes again.
+    let mut src = PgSource::start(&cfg, None).await.unwrap();
+    let (again, lsn2) = read_changes(&mut src, 2).await;
+    assert_eq!(
+        again.iter().map(|e| e.after.clone()).collect::<Vec<_>>(),
+        first.iter().map(|e| e.after.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(lsn, lsn2);
+    src.ack(lsn2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.confirmed_flush().await < lsn2 {
+        assert!(tokio::time::Instant::now() < deadline, "the slot did not advance to the acked LSN");
+        // The source reports progress while it is being read (heartbeats keep it busy).
+        let _ = tokio::time::timeout(Duration::from_millis(300), src.next()).await;
+    }
+    assert!(fx.confirmed_flush().await > start);
+    src.close().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_advance_an_idle_slot_while_the_server_is_busy() {
+    let fx = Fixture::new(1).await;
+    fx.admin.batch_execute(&format!("CREATE TABLE public.busy_{} (x int)", fx.id)).await.unwrap();
+    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    let start = fx.confirmed_flush().await;
+    // Other tables are busy; the captured ones are idle.
+    for _ in 0..20 {
+        fx.admin
+            .batch_execute(&format!("INSERT INTO public.busy_{} SELECT generate_series(1, 500)", fx.id))
+            .await
+            .unwrap();
+    }
+    let busy_until = fx.current_lsn().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no heartbeat past the busy writes");
+        match tokio::time::timeout_at(deadline, src.next()).await.unwrap().unwrap() {
+            PgItem::Heartbeat { lsn } => {
+                src.ack(lsn);
+                if lsn > busy_until {
+                    break;
+                }
+            }
+            PgItem::Change(e) => panic!("change of an unselected table: {}", e.table.table),
+            _ => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.confirmed_flush().await <= busy_until {
+        assert!(tokio::time::Instant::now() < deadline, "confirmed_flush_lsn did not pass the busy writes");
+        if let Ok(Ok(PgItem::Heartbeat { lsn })) = tokio::time::timeout(Duration::from_millis(300), src.next()).await {
+            src.ack(lsn);
+        }
+    }
+    assert!(fx.confirmed_flush().await > start);
+    src.close().await;
+    let _ = fx.admin.batch_execute(&format!("DROP TABLE public.busy_{}", fx.id)).await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transactions_are_streamed_spilled_and_aborts_dropped() {
+    let fx = Fixture::new(1).await;
+    let t = fx.tenants[0].clone();
+    let spill = std::env::temp_dir().join(format!("lablake-pg-live-spill-{}", fx.id));
+    let mut src = PgSource::start(&fx.config(&format!("spill_dir = \"{}\"", spill.display())), None).await.unwrap();
+    // Rolled back: streamed (over logical_decoding_work_mem) then aborted.
+    fx.admin
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO lab_{t}.results (id, txt) SELECT g, repeat('x', 200) FROM generate_series(1000000, 1020000) g; ROLLBACK;"
+        ))
+        .await
+        .unwrap();
+    // Committed, with an aborted savepoint in the middle.
+    fx.admin
+        .batch_execute(&format!(
+            "BEGIN;
+             INSERT INTO lab_{t}.results (id, txt) SELECT g, repeat('y', 200) FROM generate_series(1, 20000) g;
+             SAVEPOINT s; INSERT INTO lab_{t}.results (id) SELECT g FROM generate_series(50001, 55000) g; ROLLBACK TO s;
+             INSERT INTO lab_{t}.results (id) VALUES (20001);
+             COMMIT;"
+        ))
+        .await
+        .unwrap();
+    let (changes, _) = read_changes(&mut src, 20_001).await;
+    let ids: Vec<i64> = changes
+        .iter()
+        .map(|e| match e.after.as_ref().unwrap()[0] {
+            Value::Int(v) => v,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(ids, (1..=20_001).collect::<Vec<i64>>(), "exactly the committed rows, in order");
+    assert!(std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0) == 0, "spill files are removed");
+    src.close().await;
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_slot_is_reported_not_recreated_when_resuming() {
+    let fx = Fixture::new(1).await;
+    let cfg = fx.config("");
+    let src = PgSource::start(&cfg, None).await.unwrap();
+    let lsn = fx.confirmed_flush().await;
+    src.close().await;
+    let slot = format!("lablake_t{}", fx.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "slot still active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let err = PgSource::start(&cfg, Some(lsn)).await.err().expect("must fail");
+    assert!(matches!(err, PgError::PositionLost { .. }), "{err}");
+    assert!(err.to_string().contains(&slot) && err.to_string().contains("snapshot"), "{err}");
+    fx.cleanup().await;
+}
