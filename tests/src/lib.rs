@@ -22,6 +22,19 @@ pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
+pub fn pg_url() -> String {
+    env_or("LABLAKE_PG_URL", "postgres://postgres@127.0.0.1:25432/postgres")
+}
+
+/// A connected PostgreSQL client (the connection runs on its own task).
+pub async fn pg_client() -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .context("connecting to PostgreSQL (is `dev/services up` running?)")?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
 pub fn mysql_url() -> String {
     env_or("LABLAKE_MYSQL_URL", "mysql://lablake:lablake@127.0.0.1:23306")
 }
@@ -87,6 +100,8 @@ pub struct World {
     pub pool: mysql_async::Pool,
     child: Option<Child>,
     pub log_path: PathBuf,
+    /// The PostgreSQL source's slot and publication, dropped with the world.
+    pub pg_slot: Option<String>,
 }
 
 impl World {
@@ -159,7 +174,51 @@ start = {{ file = "{file}", pos = {pos} }}
         std::fs::write(&config_path, config)?;
         // Outside the temporary folder, so a failed run leaves its log behind.
         let log_path = std::env::temp_dir().join(format!("lablake-test-{id}.log"));
-        Ok(World { id, tenants, prefix, dir, config_path, pool, child: None, log_path })
+        Ok(World { id, tenants, prefix, dir, config_path, pool, child: None, log_path, pg_slot: None })
+    }
+
+    /// Like [`World::new`] with a PostgreSQL source: `n` tenants (schemas
+    /// `lab_<tenant>` in `LABLAKE_PG_URL`'s database), `ddl` run in each with
+    /// `search_path` set to it; the slot and publication are named after the
+    /// world and dropped with it.
+    pub async fn new_postgres(n: usize, ddl: &[&str], extra_config: &str) -> anyhow::Result<World> {
+        let mut w = World::new(0, &[], "").await?;
+        let client = pg_client().await?;
+        let tenants: Vec<String> = (0..n).map(|i| format!("t{}{i}", w.id)).collect();
+        for t in &tenants {
+            client.batch_execute(&format!("CREATE SCHEMA lab_{t}")).await?;
+            for stmt in ddl {
+                client.batch_execute(&format!("SET search_path = lab_{t}; {stmt}; RESET search_path")).await?;
+            }
+        }
+        let slot = format!("lablake_{}", w.id);
+        let config = std::fs::read_to_string(&w.config_path)?;
+        let base = config.split("[[sources]]").next().unwrap_or_default().to_owned();
+        let include: Vec<String> = tenants.iter().map(|t| format!("\"lab_{t}.*\"")).collect();
+        let config = format!(
+            r#"{base}
+[[postgres_sources]]
+name = "pg"
+url = "{url}"
+slot = "{slot}"
+publication = "{slot}"
+include = [{include}]
+tenant = {{ kind = "schema", pattern = "lab_{{tenant}}" }}
+heartbeat_interval = "1s"
+{extra_config}
+"#,
+            url = pg_url(),
+            include = include.join(", "),
+        );
+        std::fs::write(&w.config_path, config)?;
+        // Create the publication and then the slot now (in that order: decoding
+        // needs the publication to exist at the slot's start), so the changes
+        // made before the first start are captured.
+        client.batch_execute(&format!("CREATE PUBLICATION {slot} FOR ALL TABLES")).await?;
+        client.query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await?;
+        w.tenants = tenants;
+        w.pg_slot = Some(slot);
+        Ok(w)
     }
 
     /// Starts `lablake run`.
@@ -293,7 +352,48 @@ pub fn curated_state(rows: Vec<BTreeMap<String, String>>, pk: &str) -> BTreeMap<
 impl Drop for World {
     fn drop(&mut self) {
         self.kill();
+        if let Some(slot) = self.pg_slot.take() {
+            // Best effort, on a thread with its own runtime (drop cannot await):
+            // a leftover slot would pin WAL on the shared server.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                rt.block_on(async {
+                    let c = pg_client().await.ok()?;
+                    for _ in 0..50 {
+                        match c.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+                            Ok(_) => break,
+                            Err(e) if e.to_string().contains("does not exist") => break,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                    c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {slot}")).await.ok()
+                })
+            })
+            .join();
+        }
     }
+}
+
+/// Source rows of `SELECT <exprs> FROM lab_<tenant>.<table>` in PostgreSQL
+/// (each expression cast to text), keyed by the first expression.
+pub async fn pg_source_rows(
+    client: &tokio_postgres::Client,
+    tenant: &str,
+    table: &str,
+    exprs: &[(&str, &str)],
+) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let select: Vec<String> = exprs.iter().map(|(_, e)| format!("({e})::text")).collect();
+    let q = format!("SELECT {} FROM lab_{tenant}.{table}", select.join(", "));
+    let mut out = BTreeMap::new();
+    for r in client.query(&q, &[]).await? {
+        let mut m = BTreeMap::new();
+        for (i, (name, _)) in exprs.iter().enumerate() {
+            let v: Option<String> = r.get(i);
+            m.insert((*name).to_owned(), v.unwrap_or_else(|| "NULL".into()));
+        }
+        out.insert(m[exprs[0].0].clone(), m);
+    }
+    Ok(out)
 }
 
 /// Rows of a record batch as column → display string (binary as hex, nulls as `NULL`).

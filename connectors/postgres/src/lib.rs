@@ -14,4 +14,4 @@ pub mod values;
 pub use config::{PgSourceConfig, TenantConfig};
 pub use decoder::{DecoderConfig, PgDecoder, PgItem};
 pub use error::PgError;
-pub use source::PgSource;
+pub use source::{PgAcker, PgSource};

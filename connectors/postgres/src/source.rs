@@ -220,8 +220,12 @@ impl PgSource {
     /// Reports `lsn` (from a [`PgItem::Commit`] or [`PgItem::Heartbeat`]) as
     /// flushed: call only once everything before it is durable downstream.
     pub fn ack(&self, lsn: u64) {
-        self.feedback.update_flushed_lsn(lsn);
-        self.feedback.update_applied_lsn(lsn);
+        self.acker().ack(lsn);
+    }
+
+    /// A handle that acknowledges from another task (the checkpoint saver).
+    pub fn acker(&self) -> PgAcker {
+        PgAcker(self.feedback.clone())
     }
 
     /// Sends a final status update and stops.
@@ -229,6 +233,26 @@ impl PgSource {
         self.heartbeat.abort();
         let _ = self.stream.stop().await;
         self.cancel.cancel();
+    }
+}
+
+impl Drop for PgSource {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// Acknowledges LSNs of a [`PgSource`] from any task. Reported to the server
+/// with the next status update (at most `status_interval` later, while the
+/// source is being read).
+#[derive(Clone)]
+pub struct PgAcker(Arc<SharedLsnFeedback>);
+
+impl PgAcker {
+    /// See [`PgSource::ack`].
+    pub fn ack(&self, lsn: u64) {
+        self.0.update_flushed_lsn(lsn);
+        self.0.update_applied_lsn(lsn);
     }
 }
 

@@ -41,9 +41,11 @@ use lablake_model::TableId;
 /// Where a source (one MySQL server) has been acknowledged up to.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceCheckpoint {
-    /// Binlog file to resume from.
+    /// Binlog file to resume from (MySQL); empty for PostgreSQL.
     pub file: String,
-    /// Offset in `file` of the first event not yet acknowledged (a transaction boundary).
+    /// MySQL: offset in `file` of the first event not yet acknowledged (a
+    /// transaction boundary). PostgreSQL: the acknowledged LSN (the end of a
+    /// committed transaction or a heartbeat), reported to the slot as flushed.
     pub pos: u64,
     /// GTID state at that point (MySQL executed GTID set, or MariaDB `domain-server-seq` list), if known.
     pub gtid: Option<String>,

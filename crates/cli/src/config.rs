@@ -14,6 +14,7 @@ use lablake_checkpoint::DynamoConfig;
 use lablake_curate::BatchPolicy;
 use lablake_lake::LakeConfig;
 use lablake_mysql::MysqlSourceConfig;
+use lablake_postgres::PgSourceConfig;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -33,6 +34,10 @@ pub struct Config {
     /// MySQL/MariaDB sources (`[[sources]]`, each with a unique `name`).
     #[serde(default)]
     pub sources: Vec<MysqlSourceConfig>,
+    /// PostgreSQL sources (`[[postgres_sources]]`); names are unique across
+    /// both lists (checkpoints are keyed by them).
+    #[serde(default)]
+    pub postgres_sources: Vec<PgSourceConfig>,
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -204,6 +209,27 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: format!("{key}.url"),
                     reason: "scheme must be mysql://".into(),
+                });
+            }
+            if url.username().is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.url"),
+                    reason: "missing credentials: the URL has no user".into(),
+                });
+            }
+        }
+        for (i, s) in self.postgres_sources.iter().enumerate() {
+            let key = format!("postgres_sources[{i}] (name `{}`)", s.name);
+            if !names.insert(s.name.as_str()) {
+                return Err(ConfigError::Invalid { key, reason: "duplicate source name".into() });
+            }
+            s.decoder_config().map_err(|e| ConfigError::Invalid { key: key.clone(), reason: e.to_string() })?;
+            let url = url::Url::parse(s.url.expose_secret())
+                .map_err(|e| ConfigError::Invalid { key: format!("{key}.url"), reason: format!("not a URL: {e}") })?;
+            if !matches!(url.scheme(), "postgres" | "postgresql") {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.url"),
+                    reason: "scheme must be postgres:// or postgresql://".into(),
                 });
             }
             if url.username().is_empty() {

@@ -165,8 +165,17 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let (bus, store, stop) = (cfg.kafka.clone(), store.clone(), stop_rx.clone());
             tasks.spawn(async move { source::run_source(&name, scfg, &bus, store, stop).await });
         }
+        for scfg in cfg.postgres_sources.clone() {
+            let name = scfg.name.clone();
+            if only.as_ref().is_some_and(|o| o != &name) {
+                continue;
+            }
+            any = true;
+            let (bus, store, stop) = (cfg.kafka.clone(), store.clone(), stop_rx.clone());
+            tasks.spawn(async move { source::run_pg_source(&name, scfg, &bus, store, stop).await });
+        }
         if !any {
-            anyhow::bail!("no source to run: configure [[sources]]");
+            anyhow::bail!("no source to run: configure [[sources]] or [[postgres_sources]]");
         }
     }
     if run_curator {

@@ -1,12 +1,16 @@
-//! The source stage: MySQL binlog → Kafka, checkpointing positions only after
-//! Kafka acknowledged everything before them.
+//! The source stage: a database's change stream → Kafka, checkpointing
+//! positions only after Kafka acknowledged everything before them, and (for
+//! PostgreSQL) reporting a position to the slot only after it is checkpointed.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
 use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
+use lablake_model::{ChangeEvent, SourcePosition};
 use lablake_mysql::{MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
+use lablake_postgres::{PgAcker, PgItem, PgSource, PgSourceConfig};
 use tokio::sync::watch;
 
 use crate::metrics;
@@ -14,14 +18,99 @@ use crate::metrics;
 /// How often acknowledged positions are saved.
 const SAVE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Runs one source until `shutdown` turns true or an error occurs. On
-/// shutdown, every record already read is acknowledged and checkpointed.
+/// What the source stage needs from a change source.
+///
+/// Delivery contract: `next` yields changes in commit order, each
+/// transaction's changes followed by a `Checkpoint` from which a restart
+/// resumes without losing any later change (it may repeat the ones after the
+/// last saved checkpoint). A checkpoint is saved only after Kafka acknowledged
+/// every record before it; `saved` is then called with it, and only then may
+/// the source tell its server that the position is consumed.
+trait Reader: Send {
+    fn next(&mut self) -> impl Future<Output = anyhow::Result<Item>> + Send;
+}
+
+/// A normalized source item.
+enum Item {
+    Change(ChangeEvent),
+    Checkpoint(SourceCheckpoint),
+    Unresolved { table: String, reason: String, position: SourcePosition },
+    Skip,
+}
+
+struct Mysql {
+    source: MysqlSource,
+    last_position: String,
+}
+
+impl Reader for Mysql {
+    async fn next(&mut self) -> anyhow::Result<Item> {
+        Ok(match self.source.next().await? {
+            SourceItem::Change(event) => {
+                self.last_position = event.source.position.as_str().to_owned();
+                Item::Change(event)
+            }
+            SourceItem::Commit { resume, position, commit_ts_ms } => Item::Checkpoint(SourceCheckpoint {
+                file: resume.file,
+                pos: resume.pos,
+                gtid: resume.gtid,
+                position: position.as_str().to_owned(),
+                commit_ts_ms,
+            }),
+            SourceItem::Heartbeat { resume } => Item::Checkpoint(SourceCheckpoint {
+                file: resume.file,
+                pos: resume.pos,
+                gtid: resume.gtid,
+                position: self.last_position.clone(),
+                commit_ts_ms: (metrics::now_secs() * 1000.0) as i64,
+            }),
+            SourceItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
+            _ => anyhow::bail!("the MySQL source produced an item this version cannot handle"),
+        })
+    }
+}
+
+struct Postgres {
+    source: PgSource,
+    name: String,
+    last_position: String,
+}
+
+impl Reader for Postgres {
+    async fn next(&mut self) -> anyhow::Result<Item> {
+        let checkpoint = |lsn: u64, position: String, commit_ts_ms: i64| {
+            Item::Checkpoint(SourceCheckpoint { file: String::new(), pos: lsn, gtid: None, position, commit_ts_ms })
+        };
+        Ok(match self.source.next().await? {
+            PgItem::Change(event) => {
+                self.last_position = event.source.position.as_str().to_owned();
+                Item::Change(event)
+            }
+            PgItem::Commit { lsn, commit_ts_ms, .. } => checkpoint(lsn, self.last_position.clone(), commit_ts_ms),
+            PgItem::Heartbeat { lsn } => {
+                checkpoint(lsn, self.last_position.clone(), (metrics::now_secs() * 1000.0) as i64)
+            }
+            PgItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
+            PgItem::Truncate { tables, .. } => {
+                // Not propagated yet: the lake keeps the rows; logged so an operator sees it.
+                for t in tables {
+                    tracing::warn!(source = %self.name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
+                        "TRUNCATE is not propagated to the lake yet");
+                }
+                Item::Skip
+            }
+            _ => anyhow::bail!("the PostgreSQL source produced an item this version cannot handle"),
+        })
+    }
+}
+
+/// Runs one MySQL/MariaDB source until `shutdown` turns true or an error occurs.
 pub async fn run_source<S: CheckpointStore + 'static>(
     name: &str,
     config: MysqlSourceConfig,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let lease = format!("source#{name}");
     let generation = store.acquire_lease(&lease).await.context("acquiring the source lease")?;
@@ -32,7 +121,44 @@ pub async fn run_source<S: CheckpointStore + 'static>(
         }
         None => tracing::info!(source = name, generation, "starting source from its configured start position"),
     }
-    let mut reader = MysqlSource::start(config, resume).await.with_context(|| format!("starting source `{name}`"))?;
+    let source = MysqlSource::start(config, resume).await.with_context(|| format!("starting source `{name}`"))?;
+    drive(name, Mysql { source, last_position: String::new() }, None, generation, bus, store, shutdown).await
+}
+
+/// Runs one PostgreSQL source until `shutdown` turns true or an error occurs.
+pub async fn run_pg_source<S: CheckpointStore + 'static>(
+    name: &str,
+    config: PgSourceConfig,
+    bus: &BusConfig,
+    store: std::sync::Arc<S>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let lease = format!("source#{name}");
+    let generation = store.acquire_lease(&lease).await.context("acquiring the source lease")?;
+    let resume = store.load_source(name).await?.map(|c| c.pos);
+    match resume {
+        Some(lsn) => {
+            tracing::info!(source = name, lsn = %lablake_postgres::error::lsn_text(lsn), generation, "resuming source")
+        }
+        None => tracing::info!(source = name, generation, "starting source from its slot's position"),
+    }
+    let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
+    let acker = source.acker();
+    let reader = Postgres { source, name: name.to_owned(), last_position: String::new() };
+    drive(name, reader, Some(acker), generation, bus, store, shutdown).await
+}
+
+/// The source loop: reader → Kafka, checkpoints after acknowledgement. On
+/// shutdown, every record already read is acknowledged and checkpointed.
+async fn drive<S: CheckpointStore + 'static, R: Reader>(
+    name: &str,
+    mut reader: R,
+    acker: Option<PgAcker>,
+    generation: u64,
+    bus: &BusConfig,
+    store: std::sync::Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut producer = ChangeProducer::new(bus)?;
     let (acks, mut acked) = ack_queue::<SourceCheckpoint>(bus.max_in_flight);
 
@@ -64,6 +190,10 @@ pub async fn run_source<S: CheckpointStore + 'static>(
                     && saved.as_ref() != Some(cp)
                 {
                     store.save_source(&name, generation, cp).await.context("saving the source checkpoint")?;
+                    if let Some(a) = &acker {
+                        // Only now may the server release what came before.
+                        a.ack(cp.pos);
+                    }
                     metrics::SOURCE_CHECKPOINT_AGE.with_label_values(&[&name]).set(metrics::now_secs());
                     saved = Some(cp.clone());
                     last_save = Instant::now();
@@ -77,7 +207,6 @@ pub async fn run_source<S: CheckpointStore + 'static>(
 
     let records = metrics::SOURCE_RECORDS.with_label_values(&[name]);
     let lag = metrics::SOURCE_LAG.with_label_values(&[name]);
-    let mut last_position = String::new();
     let result: anyhow::Result<()> = async {
         loop {
             let item = tokio::select! {
@@ -86,39 +215,19 @@ pub async fn run_source<S: CheckpointStore + 'static>(
                 item = reader.next() => item.with_context(|| format!("reading source `{name}`"))?,
             };
             match item {
-                SourceItem::Change(event) => {
+                Item::Change(event) => {
                     let (topic, fut) = producer.send(&event).await?;
                     acks.delivery(topic, fut).await?;
                     records.inc();
                     lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
-                    last_position = event.source.position.as_str().to_owned();
                 }
-                SourceItem::Commit { resume, position, commit_ts_ms } => {
-                    acks.marker(SourceCheckpoint {
-                        file: resume.file,
-                        pos: resume.pos,
-                        gtid: resume.gtid,
-                        position: position.as_str().to_owned(),
-                        commit_ts_ms,
-                    })
-                    .await?;
-                }
-                SourceItem::Heartbeat { resume } => {
-                    acks.marker(SourceCheckpoint {
-                        file: resume.file,
-                        pos: resume.pos,
-                        gtid: resume.gtid,
-                        position: last_position.clone(),
-                        commit_ts_ms: (metrics::now_secs() * 1000.0) as i64,
-                    })
-                    .await?;
-                }
-                SourceItem::Unresolved { table, reason, position } => {
+                Item::Checkpoint(cp) => acks.marker(cp).await?,
+                Item::Unresolved { table, reason, position } => {
                     tracing::warn!(
                         source = name,
                         table,
                         reason,
-                        "row without a resolvable tenant sent to the dead-letter topic"
+                        "row that cannot become a change sent to the dead-letter topic"
                     );
                     let payload = format!(
                         "{{\"table\":{},\"position\":\"{}\"}}",
@@ -138,7 +247,7 @@ pub async fn run_source<S: CheckpointStore + 'static>(
                     acks.delivery(topic, fut).await?;
                     metrics::SOURCE_DEAD_LETTERS.with_label_values(&[name]).inc();
                 }
-                _ => anyhow::bail!("source `{name}` produced an item this version cannot handle"),
+                Item::Skip => {}
             }
         }
         Ok(())
