@@ -90,3 +90,29 @@ fn missing_section_is_named() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("checkpoint"), "{err}");
 }
+
+const PG: &str = r#"
+[[postgres_sources]]
+name = "audit"
+url = "postgres://lablake@127.0.0.1:25432/lims"
+slot = "lablake_audit"
+tenant = { kind = "schema", pattern = "lab_{tenant}" }
+"#;
+
+#[test]
+fn postgres_sources_are_validated_with_named_keys() {
+    let (code, err) = check(&format!("{GOOD}{PG}"), &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check(&format!("{GOOD}{}", PG.replace("postgres://", "mysql://")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("postgres_sources[0] (name `audit`).url"), "{err}");
+    let (code, err) = check(&format!("{GOOD}{}", PG.replace("lablake_audit", "Bad-Slot")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("slot"), "{err}");
+    let (code, err) = check(&format!("{GOOD}{}", PG.replace("name = \"audit\"", "name = \"main\"")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("duplicate source name"), "{err}");
+    let (code, err) = check(&format!("{GOOD}{}", PG.replace("slot =", "slott =")), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("slott"), "{err}");
+}
