@@ -8,6 +8,7 @@
 //! tenant = { kind = "schema", pattern = "lab_{tenant}" }
 //! include = ["lab_*.*"]
 //! heartbeat_interval = "10s"
+//! tls = { mode = "verify-full", ca_file = "/etc/ssl/db-ca.pem" }
 //! ```
 
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ pub struct PgSourceConfig {
     /// spilling to `spill_dir`.
     #[serde(default = "default_spill_memory")]
     pub spill_memory_bytes: usize,
+    /// Transport encryption of both connections (authentication follows the
+    /// server: SCRAM-SHA-256, MD5 or trust).
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// How the tenant of a change is found (the same rules as the MySQL source).
@@ -119,6 +124,17 @@ impl PgSourceConfig {
         }
         if self.spill_memory_bytes < 1 << 16 {
             return Err(config("spill_memory_bytes", "must be at least 65536"));
+        }
+        if let Some(ca) = &self.tls.ca_file
+            && !ca.is_file()
+        {
+            return Err(PgError::Config {
+                key: "tls.ca_file".into(),
+                reason: format!("{} is not a file", ca.display()),
+            });
+        }
+        if self.tls.ca_file.is_some() && self.tls.mode == crate::tls::TlsMode::Disable {
+            return Err(config("tls.mode", "is `disable` but tls.ca_file is set"));
         }
         let tenant = match &self.tenant {
             TenantConfig::Schema { pattern } => TenantRule::schema_pattern(pattern)

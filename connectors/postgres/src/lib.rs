@@ -9,9 +9,11 @@ pub mod decoder;
 pub mod error;
 pub mod pgoutput;
 pub mod source;
+pub mod tls;
 pub mod values;
 
 pub use config::{PgSourceConfig, TenantConfig};
 pub use decoder::{DecoderConfig, PgDecoder, PgItem};
 pub use error::PgError;
 pub use source::{PgAcker, PgSource};
+pub use tls::{TlsConfig, TlsMode};

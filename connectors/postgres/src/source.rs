@@ -23,6 +23,7 @@ use crate::config::{HEARTBEAT_PREFIX, PgSourceConfig};
 use crate::decoder::{PgDecoder, PgItem};
 use crate::error::{PgError, lsn_text};
 use crate::pgoutput::{self, Message};
+use crate::tls::TlsMode;
 use crate::values::PgKind;
 
 /// A running PostgreSQL source. See the module documentation.
@@ -39,17 +40,54 @@ fn connection(e: impl std::fmt::Display) -> PgError {
     PgError::Connection { reason: e.to_string() }
 }
 
-/// Connects the catalog client.
+/// Connects the catalog client (TLS as configured).
 pub async fn connect_catalog(cfg: &PgSourceConfig) -> Result<Client, PgError> {
-    let (client, conn) = tokio_postgres::connect(cfg.url.expose_secret(), NoTls)
-        .await
-        .map_err(|e| PgError::Connection { reason: format!("catalog connection: {}", pg_reason(&e)) })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            warn!(error = %pg_reason(&e), "catalog connection closed");
-        }
-    });
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PgError::Config { key: "url".into(), reason: e.to_string() })?;
+    let failed =
+        |e: tokio_postgres::Error| PgError::Connection { reason: format!("catalog connection: {}", pg_reason(&e)) };
+    let client = if cfg.tls.mode == TlsMode::Disable {
+        let (client, conn) = pg.connect(NoTls).await.map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                warn!(error = %pg_reason(&e), "catalog connection closed");
+            }
+        });
+        client
+    } else {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(&cfg.tls)?);
+        let (client, conn) = pg.connect(tls).await.map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                warn!(error = %pg_reason(&e), "catalog connection closed");
+            }
+        });
+        client
+    };
     Ok(client)
+}
+
+/// The replication connection's conninfo: the URL plus replication and TLS
+/// parameters (percent-encoded path of the CA file).
+fn replication_conninfo(cfg: &PgSourceConfig) -> String {
+    let url = cfg.url.expose_secret();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut out = format!("{url}{sep}replication=database&sslmode={}", cfg.tls.mode.sslmode());
+    if let Some(ca) = &cfg.tls.ca_file {
+        out.push_str("&sslrootcert=");
+        for b in ca.to_string_lossy().bytes() {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
 }
 
 /// A tokio-postgres error without anything that could carry values.
@@ -160,9 +198,7 @@ impl PgSource {
         )
         .with_binary(true)
         .with_messages(true);
-        let url = cfg.url.expose_secret();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let conninfo = format!("{url}{sep}replication=database");
+        let conninfo = replication_conninfo(cfg);
         let mut stream = LogicalReplicationStream::new(&conninfo, config).await.map_err(connection)?;
         stream.start(resume).await.map_err(connection)?;
         let feedback = stream.shared_lsn_feedback.clone();

@@ -58,14 +58,15 @@ impl Fixture {
     }
 
     fn config(&self, extra: &str) -> PgSourceConfig {
+        self.config_with_url(&url(), extra)
+    }
+
+    fn config_with_url(&self, url: &str, extra: &str) -> PgSourceConfig {
         let toml = format!(
             "name = \"pg-test\"\nurl = \"{}\"\nslot = \"lablake_t{}\"\npublication = \"lablake_t{}\"\n\
              tenant = {{ kind = \"schema\", pattern = \"lab_{{tenant}}\" }}\ninclude = [\"lab_t{}*.*\"]\n\
              heartbeat_interval = \"200ms\"\nstatus_interval = \"100ms\"\nspill_memory_bytes = 65536\n{extra}",
-            url(),
-            self.id,
-            self.id,
-            self.id
+            url, self.id, self.id, self.id
         );
         toml_config(&toml)
     }
@@ -388,5 +389,42 @@ async fn a_dropped_slot_is_reported_not_recreated_when_resuming() {
     let err = PgSource::start(&cfg, Some(lsn)).await.err().expect("must fail");
     assert!(matches!(err, PgError::PositionLost { .. }), "{err}");
     assert!(err.to_string().contains(&slot) && err.to_string().contains("snapshot"), "{err}");
+    fx.cleanup().await;
+}
+
+/// TLS (every verifying mode) with SCRAM-SHA-256, on both connections, against
+/// the local server's test CA (`LABLAKE_PG_TLS_URL`, `LABLAKE_PG_TLS_CA` from
+/// `dev/services env`; the user may only connect over TLS with SCRAM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_scram_streams_and_unknown_cas_are_refused() {
+    let (Ok(tls_url), Ok(ca)) = (std::env::var("LABLAKE_PG_TLS_URL"), std::env::var("LABLAKE_PG_TLS_CA")) else {
+        eprintln!("TLS NOT TESTED: LABLAKE_PG_TLS_URL / LABLAKE_PG_TLS_CA are not set (dev/services env sets them)");
+        return;
+    };
+    let fx = Fixture::new(1).await;
+    let t = fx.tenants[0].clone();
+    for (i, mode) in ["verify-full", "verify-ca", "require"].into_iter().enumerate() {
+        let extra = format!("tls = {{ mode = \"{mode}\", ca_file = \"{ca}\" }}");
+        let mut src = PgSource::start(&fx.config_with_url(&tls_url, &extra), None)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        fx.admin.batch_execute(&format!("INSERT INTO lab_{t}.results (id) VALUES ({i})")).await.unwrap();
+        let (changes, lsn) = read_changes(&mut src, 1).await;
+        assert_eq!(changes[0].after.as_ref().unwrap()[0], Value::Int(i as i64), "{mode}");
+        src.ack(lsn);
+        src.close().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Without the test CA (Mozilla roots only) the server is not trusted.
+    let err = PgSource::start(&fx.config_with_url(&tls_url, "tls = { mode = \"verify-full\" }"), None)
+        .await
+        .err()
+        .expect("an unknown CA must be refused");
+    assert!(matches!(err, PgError::Connection { .. }), "{err}");
+    // Without TLS the server refuses this user; the error says so and carries no password.
+    let err = PgSource::start(&fx.config_with_url(&tls_url, ""), None).await.err().expect("must fail");
+    let text = err.to_string();
+    assert!(text.contains("no encryption") || text.contains("pg_hba"), "{text}");
+    assert!(!text.contains(":lablake@"), "the password leaked: {text}");
     fx.cleanup().await;
 }
