@@ -75,3 +75,111 @@ pub fn results_events(n: usize) -> Vec<ChangeEvent> {
         })
         .collect()
 }
+
+/// pgoutput messages (protocol 2, binary values) of a 12-column results
+/// table: the Relation, then `n` transactions of one Insert each, as
+/// `(payload, wal_end)`, built exactly as PostgreSQL sends them.
+pub mod pgoutput {
+    /// Relation message of `lab_acme.results` (oid 16384).
+    pub fn relation() -> Vec<u8> {
+        let cols: [(&str, u32, i32); 12] = [
+            ("id", 20, -1),
+            ("order_id", 20, -1),
+            ("patient_id", 23, -1),
+            ("loinc", 25, -1),
+            ("value_num", 1700, ((18 << 16) | 6) + 4),
+            ("value_text", 25, -1),
+            ("unit", 1043, 24),
+            ("ref_low", 701, -1),
+            ("abnormal", 25, -1),
+            ("collected_at", 1114, -1),
+            ("resulted_at", 1184, -1),
+            ("status", 21, -1),
+        ];
+        let mut m = vec![b'R'];
+        m.extend_from_slice(&16384u32.to_be_bytes());
+        m.extend_from_slice(b"lab_acme\0results\0");
+        m.push(b'd');
+        m.extend_from_slice(&(cols.len() as i16).to_be_bytes());
+        for (i, (name, oid, typmod)) in cols.iter().enumerate() {
+            m.push(u8::from(i == 0));
+            m.extend_from_slice(name.as_bytes());
+            m.push(0);
+            m.extend_from_slice(&oid.to_be_bytes());
+            m.extend_from_slice(&typmod.to_be_bytes());
+        }
+        m
+    }
+
+    fn value(m: &mut Vec<u8>, b: &[u8]) {
+        m.push(b'b');
+        m.extend_from_slice(&(b.len() as i32).to_be_bytes());
+        m.extend_from_slice(b);
+    }
+
+    /// Binary `numeric` of `int.frac` (frac has 6 digits), dscale 6.
+    fn numeric(int: u32, frac_micros: u32) -> Vec<u8> {
+        // Groups of 4 decimal digits: integer groups, then 0.xxxx xx00.
+        let mut digits: Vec<u16> = Vec::new();
+        let mut weight: i16 = -1;
+        if int > 0 {
+            let mut groups = Vec::new();
+            let mut x = int;
+            while x > 0 {
+                groups.push((x % 10_000) as u16);
+                x /= 10_000;
+            }
+            weight = groups.len() as i16 - 1;
+            digits.extend(groups.iter().rev());
+        }
+        digits.push((frac_micros / 100) as u16);
+        digits.push(((frac_micros % 100) * 100) as u16);
+        let mut b = Vec::new();
+        b.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+        b.extend_from_slice(&weight.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&6u16.to_be_bytes());
+        for d in digits {
+            b.extend_from_slice(&d.to_be_bytes());
+        }
+        b
+    }
+
+    /// `n` committed single-insert transactions: Begin, Insert, Commit each.
+    pub fn transactions(n: usize) -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::with_capacity(3 * n);
+        let mut lsn: u64 = 0x1_0000_0000;
+        for i in 0..n as u64 {
+            let commit = lsn + 300;
+            let mut b = vec![b'B'];
+            b.extend_from_slice(&commit.to_be_bytes());
+            b.extend_from_slice(&(846_000_000_000_000i64 + i as i64).to_be_bytes());
+            b.extend_from_slice(&(1000 + i as u32).to_be_bytes());
+            out.push((b, lsn + 20));
+            let mut m = vec![b'I'];
+            m.extend_from_slice(&16384u32.to_be_bytes());
+            m.push(b'N');
+            m.extend_from_slice(&12i16.to_be_bytes());
+            value(&mut m, &(i as i64).to_be_bytes());
+            value(&mut m, &(i as i64 / 4).to_be_bytes());
+            value(&mut m, &((i % 100_000) as i32).to_be_bytes());
+            value(&mut m, format!("{}-{}", 1000 + i % 9000, i % 10).as_bytes());
+            value(&mut m, &numeric((i % 500) as u32, (i % 1_000_000) as u32));
+            value(&mut m, b"within range");
+            value(&mut m, b"mmol/L");
+            value(&mut m, &3.5f64.to_be_bytes());
+            value(&mut m, if i % 10 == 0 { b"H" } else { b"N" });
+            value(&mut m, &(846_000_000_000_000i64 + i as i64 * 1000).to_be_bytes());
+            value(&mut m, &(846_000_000_000_000i64 + i as i64 * 1000).to_be_bytes());
+            value(&mut m, &1i16.to_be_bytes());
+            out.push((m, lsn + 250));
+            let mut c = vec![b'C', 0];
+            c.extend_from_slice(&commit.to_be_bytes());
+            c.extend_from_slice(&(commit + 40).to_be_bytes());
+            c.extend_from_slice(&(846_000_000_000_000i64 + i as i64).to_be_bytes());
+            out.push((c, commit + 40));
+            lsn = commit + 48;
+        }
+        out
+    }
+}

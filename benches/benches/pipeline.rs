@@ -8,6 +8,7 @@ use lablake_curate::BatchBuilder;
 use lablake_model::envelope::{Decoder, encode, encode_key};
 use lablake_model::tenant::{TableFilter, TenantRule};
 use lablake_mysql::{BinlogDecoder, BinlogFileReader, DecoderConfig, SourceItem};
+use lablake_postgres::{PgDecoder, PgItem};
 
 /// A MariaDB 10.11 binlog (ROW, FULL image, FULL metadata) of the results
 /// table: 2,000 inserts in 4 transactions, 1,000 updates, 200 deletes.
@@ -39,6 +40,56 @@ fn decode_and_encode(data: &[u8], key: &mut Vec<u8>, value: &mut Vec<u8>) -> usi
         }
     }
     rows
+}
+
+/// pgoutput messages → decoder (relation, binary values, tenant) → key and
+/// envelope of every change. Returns the number of changes.
+fn pg_decode_and_encode(
+    relation: &[u8],
+    msgs: &[(Vec<u8>, u64)],
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) -> usize {
+    let mut dec = PgDecoder::new(lablake_postgres::DecoderConfig {
+        source_name: "bench".into(),
+        tenant: TenantRule::schema_pattern("lab_{tenant}").expect("pattern"),
+        filter: TableFilter::new(&[], &[]).expect("filter"),
+        heartbeat_prefix: "lablake.heartbeat".into(),
+        spill_dir: std::env::temp_dir(),
+        spill_memory_bytes: 64 << 20,
+    });
+    let rel = match lablake_postgres::pgoutput::parse(relation, false).expect("relation") {
+        lablake_postgres::pgoutput::Message::Relation { relation, .. } => relation,
+        _ => unreachable!("a Relation message"),
+    };
+    dec.put_relation(rel, &["id".to_owned()]);
+    let mut rows = 0;
+    for (m, end) in msgs {
+        dec.push(m, *end).expect("decode");
+        while let Some(item) = dec.pop().expect("pop") {
+            if let PgItem::Change(e) = item {
+                key.clear();
+                value.clear();
+                encode_key(&e, key);
+                encode(&e, value);
+                rows += 1;
+            }
+        }
+    }
+    rows
+}
+
+fn pgoutput(c: &mut Criterion) {
+    let relation = lablake_benches::pgoutput::relation();
+    let msgs = lablake_benches::pgoutput::transactions(10_000);
+    let (mut key, mut value) = (Vec::new(), Vec::new());
+    assert_eq!(pg_decode_and_encode(&relation, &msgs, &mut key, &mut value), 10_000);
+    let mut g = c.benchmark_group("pgoutput");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("decode_encode_10k_results_inserts", |b| {
+        b.iter(|| pg_decode_and_encode(&relation, &msgs, &mut key, &mut value))
+    });
+    g.finish();
 }
 
 fn binlog(c: &mut Criterion) {
@@ -110,5 +161,5 @@ fn parquet(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, binlog, envelope, parquet);
+criterion_group!(benches, binlog, pgoutput, envelope, parquet);
 criterion_main!(benches);
