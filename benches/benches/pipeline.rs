@@ -44,12 +44,7 @@ fn decode_and_encode(data: &[u8], key: &mut Vec<u8>, value: &mut Vec<u8>) -> usi
 
 /// pgoutput messages → decoder (relation, binary values, tenant) → key and
 /// envelope of every change. Returns the number of changes.
-fn pg_decode_and_encode(
-    relation: &[u8],
-    msgs: &[(Vec<u8>, u64)],
-    key: &mut Vec<u8>,
-    value: &mut Vec<u8>,
-) -> usize {
+fn pg_decode_and_encode(relation: &[u8], msgs: &[(Vec<u8>, u64)], key: &mut Vec<u8>, value: &mut Vec<u8>) -> usize {
     let mut dec = PgDecoder::new(lablake_postgres::DecoderConfig {
         source_name: "bench".into(),
         tenant: TenantRule::schema_pattern("lab_{tenant}").expect("pattern"),

@@ -334,11 +334,27 @@ pub async fn curated_rows(lake: &Lake, tenant: &str, table: &str) -> anyhow::Res
 /// deduplicated by (pk, _position), newest position wins, deletes removed,
 /// metadata columns dropped.
 pub fn curated_state(rows: Vec<BTreeMap<String, String>>, pk: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // Changes per key in position order; a column listed in `_unchanged`
+    // keeps the value it had before (PostgreSQL unchanged TOAST).
+    let mut by_key: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
     for row in rows {
-        let k = row.get(pk).cloned().unwrap_or_default();
-        let newer = latest.get(&k).is_none_or(|old| old["_position"] < row["_position"]);
-        if newer {
+        by_key.entry(row.get(pk).cloned().unwrap_or_default()).or_default().push(row);
+    }
+    let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (k, mut changes) in by_key {
+        changes.sort_by(|a, b| a["_position"].cmp(&b["_position"]));
+        let mut state: Option<BTreeMap<String, String>> = None;
+        for mut row in changes {
+            if let (Some(prev), Some(cols)) = (&state, row.get("_unchanged").filter(|u| *u != "NULL").cloned()) {
+                for c in cols.split(',') {
+                    if let Some(v) = prev.get(c) {
+                        row.insert(c.to_owned(), v.clone());
+                    }
+                }
+            }
+            state = Some(row);
+        }
+        if let Some(row) = state {
             latest.insert(k, row);
         }
     }

@@ -468,14 +468,11 @@ fn decode_row(rel: &RelInfo, tuple: &[TupleValue<'_>], old: Option<&[Value]>) ->
             TupleValue::Null => Value::Null,
             TupleValue::Binary(b) => values::decode(kind, b).map_err(|e| format!("column `{name}`: {e}"))?,
             TupleValue::Text(_) => return Err(format!("column `{name}`: text value in a binary stream")),
+            // An unchanged TOASTed value: from the full old row when there is
+            // one (REPLICA IDENTITY FULL), otherwise marked unchanged.
             TupleValue::Unchanged => match old.and_then(|o| o.get(i)) {
                 Some(v) => v.clone(),
-                None => {
-                    return Err(format!(
-                        "column `{name}`: unchanged TOAST value without the old row \
-                         (not supported yet; REPLICA IDENTITY FULL sends it)"
-                    ));
-                }
+                None => Value::Unchanged,
             },
         });
     }
@@ -645,7 +642,7 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_rows_are_unresolved_not_errors() {
+    fn undecodable_rows_are_unresolved_and_unchanged_toast_is_marked() {
         let mut d = decoder(1 << 20);
         relation(&mut d, 1, "lab_acme");
         d.push(&Msg::new(b'B').u64(0x100).u64(0).u32(5).0, 0x90).unwrap();
@@ -655,10 +652,11 @@ mod tests {
         d.push(&toast, 0x96).unwrap();
         let items = drain(&mut d);
         assert_eq!(items.len(), 2);
-        for i in &items {
-            let PgItem::Unresolved { table, reason, .. } = i else { panic!("{i:?}") };
-            assert_eq!(table, "lab_acme.results");
-            assert!(!reason.contains("text"), "no values in reasons: {reason}");
-        }
+        let PgItem::Unresolved { table, reason, .. } = &items[0] else { panic!("{items:?}") };
+        assert_eq!(table, "lab_acme.results");
+        assert!(!reason.contains("text"), "no values in reasons: {reason}");
+        // An unchanged TOAST value without the old row is marked, not nulled.
+        let PgItem::Change(e) = &items[1] else { panic!("{items:?}") };
+        assert_eq!(e.after.as_deref(), Some(&[Value::Int(1), Value::Unchanged][..]));
     }
 }

@@ -19,6 +19,10 @@ pub mod meta {
     pub const SOURCE: &str = "_source";
     pub const KAFKA_PARTITION: &str = "_kafka_partition";
     pub const KAFKA_OFFSET: &str = "_kafka_offset";
+    /// Comma-separated names of the columns the source did not send because
+    /// they did not change (PostgreSQL unchanged TOAST); those columns are
+    /// null in the row and keep their previous value. Null when none.
+    pub const UNCHANGED: &str = "_unchanged";
 }
 
 /// Errors of curation. A row error sends that record to the dead-letter topic.
@@ -103,6 +107,7 @@ pub fn curated_schema(table: &TableSchema) -> SchemaRef {
     fields.push(Field::new(meta::SOURCE, DataType::Utf8, false));
     fields.push(Field::new(meta::KAFKA_PARTITION, DataType::Int32, false));
     fields.push(Field::new(meta::KAFKA_OFFSET, DataType::Int64, false));
+    fields.push(Field::new(meta::UNCHANGED, DataType::Utf8, true));
     let pk: Vec<&str> = table.primary_key.iter().map(|i| table.columns[*i].name.as_str()).collect();
     Arc::new(Schema::new(fields).with_metadata(std::collections::HashMap::from([
         ("lablake.schema".to_owned(), table.fingerprint().to_owned()),
@@ -233,6 +238,7 @@ struct MetaBuilders {
     source: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
+    unchanged: StringBuilder,
 }
 
 impl Default for MetaBuilders {
@@ -245,6 +251,7 @@ impl Default for MetaBuilders {
             source: StringBuilder::new(),
             partition: Int32Builder::new(),
             offset: Int64Builder::new(),
+            unchanged: StringBuilder::new(),
         }
     }
 }
@@ -258,6 +265,18 @@ impl MetaBuilders {
         self.source.append_value(&e.source.name);
         self.partition.append_value(partition);
         self.offset.append_value(offset);
+        match e.after.as_deref().filter(|row| row.iter().any(|v| matches!(v, Value::Unchanged))) {
+            None => self.unchanged.append_null(),
+            Some(row) => {
+                let names: Vec<&str> = row
+                    .iter()
+                    .zip(&e.schema.columns)
+                    .filter(|(v, _)| matches!(v, Value::Unchanged))
+                    .map(|(_, c)| c.name.as_str())
+                    .collect();
+                self.unchanged.append_value(names.join(","));
+            }
+        }
     }
 
     fn finish(&mut self, out: &mut Vec<ArrayRef>) {
@@ -268,6 +287,7 @@ impl MetaBuilders {
         out.push(Arc::new(self.source.finish()));
         out.push(Arc::new(self.partition.finish()));
         out.push(Arc::new(self.offset.finish()));
+        out.push(Arc::new(self.unchanged.finish()));
     }
 }
 
@@ -445,7 +465,7 @@ fn row_of(e: &ChangeEvent) -> &[Value] {
 /// queued in `decimals` for the append.
 fn check_value(ty: &ColumnType, v: &Value, decimals: &mut Vec<Decimal>) -> Result<(), String> {
     let ok = match (ty, v) {
-        (_, Value::Null) => true,
+        (_, Value::Null | Value::Unchanged) => true,
         (ColumnType::Int { unsigned: false, .. }, Value::Int(_)) => true,
         (ColumnType::Int { unsigned: true, .. }, Value::UInt(_)) => true,
         (ColumnType::Float, Value::Float(_)) | (ColumnType::Double, Value::Double(_)) => true,

@@ -30,6 +30,11 @@ use crate::{
     Value,
 };
 
+/// What an unchanged value looks like in a row image (Debezium's
+/// `unavailable.value.placeholder`, as a JSON string). Which columns are
+/// unchanged is listed in `lablake.unchanged`.
+pub const UNCHANGED_PLACEHOLDER: &str = "\"__debezium_unavailable_value\"";
+
 /// Envelope format version written in `lablake.v`.
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -87,6 +92,19 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"tenant\":");
     push_str(out, &event.table.tenant);
     out.push(b',');
+    if let Some(after) = &event.after
+        && after.iter().any(|v| matches!(v, Value::Unchanged))
+    {
+        out.extend_from_slice(b"\"unchanged\":[");
+        let names = after.iter().zip(&event.schema.columns).filter(|(v, _)| matches!(v, Value::Unchanged));
+        for (i, (_, c)) in names.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_str(out, &c.name);
+        }
+        out.extend_from_slice(b"],");
+    }
     out.extend_from_slice(&event.schema.envelope_fragment);
     out.extend_from_slice(b"}}");
 }
@@ -175,6 +193,8 @@ fn encode_row(schema: &TableSchema, row: Option<&[Value]>, out: &mut Vec<u8>) {
 pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
+        // Debezium's placeholder; the `lablake.unchanged` list is authoritative.
+        Value::Unchanged => out.extend_from_slice(UNCHANGED_PLACEHOLDER.as_bytes()),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Int(i) => push_int(out, *i),
         Value::UInt(u) => push_int(out, *u),
@@ -343,6 +363,9 @@ struct RawMeta<'a> {
     columns: Vec<(std::borrow::Cow<'a, str>, &'a str, bool)>,
     #[serde(borrow)]
     pk: Vec<std::borrow::Cow<'a, str>>,
+    /// Columns of the after image that are unchanged (not sent by the source).
+    #[serde(default, borrow)]
+    unchanged: Vec<std::borrow::Cow<'a, str>>,
 }
 
 /// Decodes envelopes, reusing the parsed schema while its fingerprint stays
@@ -392,8 +415,18 @@ impl Decoder {
                 s
             }
         };
-        let before = decode_row(&schema, raw.before)?;
-        let after = decode_row(&schema, raw.after)?;
+        let before = decode_row(&schema, raw.before, &[])?;
+        let mut unchanged = Vec::with_capacity(raw.lablake.unchanged.len());
+        for name in &raw.lablake.unchanged {
+            let i = schema
+                .column_index(name)
+                .ok_or_else(|| ModelError::InvalidEnvelope(format!("unchanged column `{name}` is not a column")))?;
+            unchanged.push(i);
+        }
+        if !unchanged.is_empty() && op != Op::Update {
+            return Err(ModelError::InvalidEnvelope("unchanged columns outside an update".into()));
+        }
+        let after = decode_row(&schema, raw.after, &unchanged)?;
         let needs = match op {
             Op::Create | Op::Read => after.is_some(),
             Op::Update => after.is_some(),
@@ -446,13 +479,17 @@ fn schema_of(meta: &RawMeta<'_>) -> Result<Arc<TableSchema>, ModelError> {
     Ok(TableSchema::new(columns, primary_key))
 }
 
-fn decode_row(schema: &TableSchema, raw: Option<&RawValue>) -> Result<Option<Vec<Value>>, ModelError> {
+fn decode_row(
+    schema: &TableSchema,
+    raw: Option<&RawValue>,
+    unchanged: &[usize],
+) -> Result<Option<Vec<Value>>, ModelError> {
     let Some(raw) = raw else { return Ok(None) };
     if raw.get() == "null" {
         return Ok(None);
     }
     let failure = std::cell::RefCell::new(None);
-    let seed = RowSeed { schema, failure: &failure };
+    let seed = RowSeed { schema, unchanged, failure: &failure };
     let mut de = serde_json::Deserializer::from_str(raw.get());
     match serde::de::DeserializeSeed::deserialize(seed, &mut de) {
         Ok(row) => Ok(Some(row)),
@@ -464,6 +501,8 @@ fn decode_row(schema: &TableSchema, raw: Option<&RawValue>) -> Result<Option<Vec
 /// per-key allocation.
 struct RowSeed<'a> {
     schema: &'a TableSchema,
+    /// Column indexes whose value is the unchanged placeholder.
+    unchanged: &'a [usize],
     failure: &'a std::cell::RefCell<Option<ModelError>>,
 }
 
@@ -491,6 +530,11 @@ impl<'de> serde::de::Visitor<'de> for RowSeed<'_> {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             };
+            if self.unchanged.contains(&i) {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                row[i] = Some(Value::Unchanged);
+                continue;
+            }
             let scalar: serde_json::Value = map.next_value()?;
             match decode_value(&columns[i], &scalar) {
                 Ok(v) => row[i] = Some(v),
@@ -639,6 +683,26 @@ pub fn parse_datetime(s: &str) -> Option<DateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_values_round_trip_and_are_listed() {
+        let mut e = sample_event();
+        let n = e.schema.column_index("n").unwrap();
+        let s = e.schema.column_index("s").unwrap();
+        let after = e.after.as_mut().unwrap();
+        after[n] = Value::Unchanged;
+        after[s] = Value::Unchanged;
+        let mut out = Vec::new();
+        encode(&e, &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("\"unchanged\":[\"s\",\"n\"]"), "{text}");
+        assert!(text.contains("\"n\":\"__debezium_unavailable_value\""), "{text}");
+        let back = Decoder::new().decode(&out).unwrap();
+        assert_eq!(back.after, e.after);
+        // Unchanged outside an update is rejected.
+        let bad = text.replace("\"op\":\"u\"", "\"op\":\"c\"");
+        assert!(Decoder::new().decode(bad.as_bytes()).is_err());
+    }
 
     #[test]
     fn hand_written_formatters_match_display() {

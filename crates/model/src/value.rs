@@ -116,6 +116,10 @@ pub enum Value {
     Bit(Vec<u8>),
     /// JSON document as text.
     Json(String),
+    /// Not sent by the source because it did not change (a PostgreSQL
+    /// TOASTed value in an UPDATE without the old row): the previous value
+    /// of the column stands. Only in `after` images of updates.
+    Unchanged,
 }
 
 impl Value {
