@@ -685,6 +685,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn doubles_round_trip_bit_for_bit() {
+        let col = Column { name: "d".into(), ty: ColumnType::Double, nullable: true };
+        for d in [-2.25e-300, 5e-324, f64::MIN_POSITIVE, f64::MAX, 0.1 + 0.2, -0.0, 1e23, 123_456.789_012_345_68] {
+            let mut out = Vec::new();
+            encode_value(&Value::Double(d), &mut out);
+            let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let Value::Double(back) = decode_value(&col, &json).unwrap() else { panic!() };
+            assert_eq!(back.to_bits(), d.to_bits(), "{d:e}");
+        }
+    }
+
+    #[test]
     fn unchanged_values_round_trip_and_are_listed() {
         let mut e = sample_event();
         let n = e.schema.column_index("n").unwrap();
@@ -779,7 +791,7 @@ mod tests {
             Value::UInt(u64::MAX),
             Value::Int(-128),
             Value::Float(0.1),
-            Value::Double(-1.0e-300),
+            Value::Double(-2.25e-300),
             Value::Decimal("-12345678901234567890123456789012345.123456789012345678901234567890".into()),
             Value::Date(Date { year: 0, month: 0, day: 0 }),
             Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000),
