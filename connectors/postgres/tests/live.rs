@@ -428,3 +428,48 @@ async fn tls_with_scram_streams_and_unknown_cas_are_refused() {
     assert!(!text.contains(":lablake@"), "the password leaked: {text}");
     fx.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_identity_full_using_index_and_none() {
+    let fx = Fixture::new(1).await;
+    let t = fx.tenants[0].clone();
+    fx.admin
+        .batch_execute(&format!(
+            "CREATE TABLE lab_{t}.full_t (id bigint PRIMARY KEY, body text, n int);
+             ALTER TABLE lab_{t}.full_t ALTER COLUMN body SET STORAGE EXTERNAL, REPLICA IDENTITY FULL;
+             CREATE TABLE lab_{t}.idx_t (a int NOT NULL, b int NOT NULL, v text);
+             CREATE UNIQUE INDEX idx_t_ab ON lab_{t}.idx_t (a, b);
+             ALTER TABLE lab_{t}.idx_t REPLICA IDENTITY USING INDEX idx_t_ab;
+             CREATE TABLE lab_{t}.nokey (v text);"
+        ))
+        .await
+        .unwrap();
+    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    fx.admin
+        .batch_execute(&format!(
+            "INSERT INTO lab_{t}.full_t VALUES (1, repeat(md5('x'), 400), 0);
+             UPDATE lab_{t}.full_t SET n = 1;
+             INSERT INTO lab_{t}.idx_t VALUES (1, 2, 'v');
+             DELETE FROM lab_{t}.idx_t;
+             INSERT INTO lab_{t}.nokey VALUES ('k');"
+        ))
+        .await
+        .unwrap();
+    let (ch, _) = read_changes(&mut src, 5).await;
+    let big = Value::String("9dd4e461268c8034f5c8564e155c67a6".repeat(400));
+    // FULL: the update carries the whole old row; the unchanged TOASTed body comes from it.
+    let upd = &ch[1];
+    assert_eq!(upd.op, Op::Update);
+    assert_eq!(upd.before.as_ref().unwrap()[1], big);
+    assert_eq!(upd.after.as_ref().unwrap()[1], big);
+    assert_eq!(upd.after.as_ref().unwrap()[2], Value::Int(1));
+    // USING INDEX without a primary key: the index columns are the key.
+    let del = &ch[3];
+    assert_eq!(del.schema.primary_key, vec![0, 1]);
+    assert_eq!(del.before.as_ref().unwrap()[..2], [Value::Int(1), Value::Int(2)]);
+    // No key at all: every column is the key (and a warning names the table).
+    assert_eq!(ch[4].schema.primary_key, vec![0]);
+    assert_eq!(ch[4].schema.columns.len(), 1);
+    src.close().await;
+    fx.cleanup().await;
+}
