@@ -29,3 +29,7 @@ pub use consumer::{ChangeConsumer, Record};
 pub use error::BusError;
 pub use producer::{ChangeProducer, DeadLetter, header};
 pub use rdkafka::producer::DeliveryFuture;
+
+/// Records per producer batch, at most (`batch.num.messages`). Consumers that
+/// must start fetching at a batch boundary start this many records early.
+pub const MAX_BATCH_RECORDS: usize = 1000;

@@ -54,6 +54,7 @@ impl ChangeProducer {
             ("message.timeout.ms", "300000".to_owned()),
             ("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string()),
             ("queue.buffering.max.kbytes", "65536".to_owned()),
+            ("batch.num.messages", crate::MAX_BATCH_RECORDS.to_string()),
         ];
         let fixed = [("enable.idempotence", "true".to_owned()), ("acks", "all".to_owned())];
         let producer: FutureProducer =

@@ -18,6 +18,10 @@ use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, Curat
 use lablake_lake::{Lake, PutOutcome, curated_key, encode_parquet};
 use lablake_model::envelope::Decoder;
 use lablake_model::{ChangeEvent, Date, topic};
+
+/// How many records before the resume offset a partition's fetch starts
+/// (the records before it are skipped): the producer's largest batch.
+const ASSIGN_LOOKBACK: i64 = lablake_bus::MAX_BATCH_RECORDS as i64;
 use tokio::sync::watch;
 
 use crate::config::CurateConfig;
@@ -93,7 +97,11 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                                 None => (0, None, None),
                             };
                             tracing::info!(topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
-                            consumer.assign(&t, p, start)?;
+                            // Fetch from a little before `start` (records before it are skipped):
+                            // tansu 0.6 answers a fetch from inside a record batch with the *next*
+                            // batch, which at the end of the log means nothing at all until more
+                            // records arrive. Producer batches hold at most 1,000 records.
+                            consumer.assign(&t, p, start.saturating_sub(ASSIGN_LOOKBACK).max(0))?;
                             parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0 });
                         }
                     }
