@@ -305,6 +305,51 @@ heartbeat_interval = "1s"
         curated_rows(&self.lake()?, tenant, table).await
     }
 
+    /// Waits until the curated state of a tenant's table (see [`curated_state`])
+    /// equals `expected`, checking that the pipeline keeps running. After
+    /// `timeout` the error lists the differing keys and the log tail.
+    pub async fn await_curated_state(
+        &mut self,
+        tenant: &str,
+        table: &str,
+        pk: &str,
+        expected: &BTreeMap<String, BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_running()?;
+            let got = self.curated_state(tenant, table, pk).await?;
+            if &got == expected {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let diff: Vec<String> = expected
+                    .iter()
+                    .filter(|(k, v)| got.get(*k) != Some(*v))
+                    .take(5)
+                    .map(|(k, v)| format!("{k}: source {v:?}\n   lake {:?}", got.get(k)))
+                    .collect();
+                let extra = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect::<Vec<_>>();
+                bail!(
+                    "curated {table} of {tenant} differs from the source after {timeout:?}: source {} rows, lake {} \
+                     rows\n{}\nonly in the lake: {extra:?}\nlog:\n{}",
+                    expected.len(),
+                    got.len(),
+                    diff.join("\n"),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// A `kB` field (`VmHWM:`, `VmRSS:`) of the running pipeline's `/proc/<pid>/status`.
+    pub fn proc_status_kb(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// See [`curated_state`].
     pub async fn curated_state(
         &self,

@@ -98,26 +98,7 @@ async fn every_type_lands_exactly_across_three_tenants() -> anyhow::Result<()> {
     for t in w.tenants.clone() {
         let expected = source_rows(&w.pool, &t, "results", RESULTS_COLUMNS).await?;
         assert_eq!(expected.len(), 5, "source rows of {t}");
-        let mut last = BTreeMap::new();
-        let mut ok = false;
-        for _ in 0..400 {
-            w.assert_running()?;
-            let got = w.curated_state(&t, "results", "id").await?;
-            if got == expected {
-                ok = true;
-                break;
-            }
-            last = got;
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        if !ok {
-            let diff: Vec<_> = expected
-                .iter()
-                .filter(|(k, v)| last.get(*k) != Some(*v))
-                .map(|(k, v)| format!("{k}: source {v:?}\n   lake {:?}", last.get(k)))
-                .collect();
-            panic!("curated results of {t} differ from the source:\n{}\nlog:\n{}", diff.join("\n"), w.log_tail());
-        }
+        w.await_curated_state(&t, "results", "id", &expected, Duration::from_secs(120)).await?;
     }
 
     // Isolation: every curated row of a tenant carries that tenant's marker,
@@ -278,26 +259,7 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
 
     for t in w.tenants.clone() {
         let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
-        let mut last = BTreeMap::new();
-        let mut ok = false;
-        for _ in 0..200 {
-            w.assert_running()?;
-            let got = w.curated_state(&t, "orders", "id").await?;
-            if got == expected {
-                ok = true;
-                break;
-            }
-            last = got;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert!(
-            ok,
-            "tenant {t}: source has {} rows, lake state {} rows; first difference: {:?}\nlog:\n{}",
-            expected.len(),
-            last.len(),
-            expected.iter().find(|(k, v)| last.get(*k) != Some(*v)),
-            w.log_tail()
-        );
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
         // No two files overlap in offsets (per topic-partition).
         let lake = w.lake()?;
         let keys = lake.list(&t, &format!("{t}/curated/")).await?;
@@ -359,16 +321,8 @@ async fn corrupt_record_goes_to_the_dead_letter_topic() -> anyhow::Result<()> {
         conn.query_drop(format!("INSERT INTO orders VALUES ({i}, 'P{i}', 'new', 1.00, NOW(6), 'b')")).await?;
     }
     let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
-    let mut ok = false;
-    for _ in 0..400 {
-        w.assert_running()?;
-        if w.curated_state(&t, "orders", "id").await? == expected {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(ok, "rows around the corrupt record did not land:\n{}", w.log_tail());
+    // The rows around the corrupt record land.
+    w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
     let dlq = consume_all(&format!("{}-dlq.{t}", w.prefix), Duration::from_secs(5))?;
     let records: Vec<_> = dlq.values().flatten().collect();
     assert_eq!(records.len(), 2, "dead letters: {dlq:?}");
@@ -418,19 +372,13 @@ async fn a_stale_curator_is_fenced_and_stops() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(&w.log_path)?;
     assert!(log.contains("fenced"), "no fencing error in the log:\n{}", w.log_tail());
     // The source (in the stopped process) is restarted alone; the newer curator finishes the job.
+    w.kill(); // reaps the exited process
     let mut source = w.spawn(&["source"])?;
     let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
-    let mut ok = false;
-    for _ in 0..300 {
-        if w.curated_state(&t, "orders", "id").await? == expected {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let landed = w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(90)).await;
     let _ = source.kill();
     let _ = newer.kill();
     let _ = (source.wait(), newer.wait());
-    assert!(ok, "lake differs after the takeover:\n{}", w.log_tail());
+    landed.context("the lake after the takeover")?;
     Ok(())
 }

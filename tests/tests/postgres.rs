@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use lablake_tests::{World, pg_client, pg_source_rows};
@@ -26,27 +25,7 @@ async fn assert_lake_equals_source(w: &mut World) -> anyhow::Result<()> {
     let client = pg_client().await?;
     for t in w.tenants.clone() {
         let expected = pg_source_rows(&client, &t, "results", RESULTS_COLUMNS).await?;
-        let mut last = BTreeMap::new();
-        let mut ok = false;
-        for _ in 0..240 {
-            w.assert_running()?;
-            let got = w.curated_state(&t, "results", "id").await?;
-            if got == expected {
-                ok = true;
-                break;
-            }
-            last = got;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert!(
-            ok,
-            "tenant {t}: source has {} rows, lake state {} rows; first difference: {:?} vs {:?}\nlog:\n{}",
-            expected.len(),
-            last.len(),
-            expected.iter().find(|(k, v)| last.get(*k) != Some(*v)),
-            expected.iter().find(|(k, v)| last.get(*k) != Some(*v)).and_then(|(k, _)| last.get(k)),
-            w.log_tail()
-        );
+        w.await_curated_state(&t, "results", "id", &expected, Duration::from_secs(120)).await?;
     }
     Ok(())
 }
@@ -145,7 +124,7 @@ async fn a_million_row_transaction_lands_in_bounded_memory() -> anyhow::Result<(
     let mut peak_kb = 0u64;
     loop {
         w.assert_running()?;
-        peak_kb = peak_kb.max(child_kb(&w, "VmHWM:").unwrap_or(0));
+        peak_kb = peak_kb.max(w.proc_status_kb("VmHWM:").unwrap_or(0));
         let done: u64 = store.status(Some(&t)).await?.iter().filter(|s| s.table == "big").map(|s| s.rows).sum();
         if done >= ROWS as u64 {
             break;
@@ -153,7 +132,7 @@ async fn a_million_row_transaction_lands_in_bounded_memory() -> anyhow::Result<(
         assert!(tokio::time::Instant::now() < deadline, "only {done} of {ROWS} rows after 600 s\n{}", w.log_tail());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    peak_kb = peak_kb.max(child_kb(&w, "VmHWM:").unwrap_or(0));
+    peak_kb = peak_kb.max(w.proc_status_kb("VmHWM:").unwrap_or(0));
     // Every id exactly once in the curated files.
     let lake = w.lake()?;
     let mut seen = std::collections::HashSet::with_capacity(ROWS as usize);
@@ -172,12 +151,6 @@ async fn a_million_row_transaction_lands_in_bounded_memory() -> anyhow::Result<(
     assert!(peak_kb <= 512 * 1024, "peak RSS {} MB > 512 MB", peak_kb / 1024);
     let _ = w.stop();
     Ok(())
-}
-
-/// A `kB` field of the running pipeline's `/proc/<pid>/status`.
-fn child_kb(w: &World, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid()?)).ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// An UPDATE that leaves a TOASTed column alone (REPLICA IDENTITY DEFAULT:
@@ -199,16 +172,7 @@ async fn unchanged_toast_values_keep_their_previous_value() -> anyhow::Result<()
     ))
     .await?;
     let expected = pg_source_rows(&c, &t, "notes", &[("id", "id"), ("body", "body"), ("n", "n")]).await?;
-    let mut ok = false;
-    for _ in 0..120 {
-        w.assert_running()?;
-        if w.curated_state(&t, "notes", "id").await? == expected {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(ok, "lake state differs from the source\n{}", w.log_tail());
+    w.await_curated_state(&t, "notes", "id", &expected, Duration::from_secs(60)).await?;
     let rows = w.curated_rows(&t, "notes").await?;
     let marked = rows.iter().filter(|r| r["_op"] == "u" && r["_unchanged"] == "body" && r["body"] == "NULL").count();
     assert_eq!(marked, 10, "the 10 updates that left the TOASTed body alone are marked");
@@ -285,25 +249,7 @@ async fn postgres_every_type_lands_exactly_across_three_tenants() -> anyhow::Res
     for t in w.tenants.clone() {
         let expected = pg_source_rows(&c, &t, "types", TYPES_COLUMNS).await?;
         assert_eq!(expected.len(), 2);
-        let mut last = BTreeMap::new();
-        let mut ok = false;
-        for _ in 0..120 {
-            w.assert_running()?;
-            let got = w.curated_state(&t, "types", "id").await?;
-            if got == expected {
-                ok = true;
-                break;
-            }
-            last = got;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        assert!(
-            ok,
-            "tenant {t}: first difference: {:?}\nvs lake: {:?}\nlog:\n{}",
-            expected.iter().find(|(k, v)| last.get(*k) != Some(*v)),
-            expected.iter().find(|(k, v)| last.get(*k) != Some(*v)).and_then(|(k, _)| last.get(k)),
-            w.log_tail()
-        );
+        w.await_curated_state(&t, "types", "id", &expected, Duration::from_secs(60)).await?;
     }
     let _ = w.stop();
     Ok(())

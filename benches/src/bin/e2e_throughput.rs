@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(wait).await;
             }
             if id >= rows / 2 {
-                steady_rss_kb = steady_rss_kb.max(child_status_kb(&w, "VmRSS:").unwrap_or(0));
+                steady_rss_kb = steady_rss_kb.max(w.proc_status_kb("VmRSS:").unwrap_or(0));
             }
         }
         let n = 1000.min(rows - id);
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     loop {
         w.assert_running()?;
-        peak_rss_kb = peak_rss_kb.max(child_rss_kb(&w).unwrap_or(0));
+        peak_rss_kb = peak_rss_kb.max(w.proc_status_kb("VmHWM:").unwrap_or(0));
         let done: u64 =
             store.status(Some(&tenant)).await?.iter().filter(|s| s.table == "results").map(|s| s.rows).sum();
         if done >= rows {
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    peak_rss_kb = peak_rss_kb.max(child_rss_kb(&w).unwrap_or(0));
+    peak_rss_kb = peak_rss_kb.max(w.proc_status_kb("VmHWM:").unwrap_or(0));
 
     // Per-row latency: file last-modified minus row commit time.
     let lake = w.lake()?;
@@ -134,15 +134,4 @@ async fn main() -> anyhow::Result<()> {
     println!("{report}");
     let _ = w.stop();
     Ok(())
-}
-
-fn child_rss_kb(w: &World) -> Option<u64> {
-    child_status_kb(w, "VmHWM:")
-}
-
-/// A `kB` field of the child's `/proc/<pid>/status`.
-fn child_status_kb(w: &World, field: &str) -> Option<u64> {
-    let pid = w.pid()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }

@@ -52,7 +52,8 @@ pub enum PgItem {
     Change(ChangeEvent),
     /// End of a transaction: every change before it is committed; once
     /// everything up to here is durable downstream, `lsn` may be reported to
-    /// the server as flushed.
+    /// the server as flushed. `position` sorts after every change of the
+    /// transaction (sequence `u32::MAX`).
     Commit { lsn: u64, position: SourcePosition, commit_ts_ms: i64 },
     /// A heartbeat message outside any transaction: `lsn` may be reported as
     /// flushed once everything before it is durable.
@@ -310,12 +311,14 @@ impl PgDecoder {
     }
 
     fn buffer(&mut self, top: u32, sub: u32, data: &[u8]) -> Result<(), PgError> {
+        // Record: subtransaction xid, length, message (all big-endian).
+        let len = u32::try_from(data.len())
+            .map_err(|_| PgError::Protocol { lsn: "?".into(), reason: "message over 4 GiB".into() })?;
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&sub.to_be_bytes());
+        header[4..].copy_from_slice(&len.to_be_bytes());
         let over = self.buffered_bytes + data.len() + 8 > self.cfg.spill_memory_bytes;
         let b = self.buffers.entry(top).or_default();
-        let mut record = Vec::with_capacity(8 + data.len());
-        record.extend_from_slice(&sub.to_be_bytes());
-        record.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
-        record.extend_from_slice(data);
         if b.file.is_none() && over {
             std::fs::create_dir_all(&self.cfg.spill_dir)?;
             let path = self.cfg.spill_dir.join(format!("stream-{}-{top}.spill", std::process::id()));
@@ -327,10 +330,14 @@ impl PgDecoder {
             b.file = Some((path, w));
         }
         match &mut b.file {
-            Some((_, w)) => w.write_all(&record)?,
+            Some((_, w)) => {
+                w.write_all(&header)?;
+                w.write_all(data)?;
+            }
             None => {
-                self.buffered_bytes += record.len();
-                b.mem.extend_from_slice(&record);
+                self.buffered_bytes += header.len() + data.len();
+                b.mem.extend_from_slice(&header);
+                b.mem.extend_from_slice(data);
             }
         }
         Ok(())

@@ -49,23 +49,22 @@ pub async fn connect_catalog(cfg: &PgSourceConfig) -> Result<Client, PgError> {
         .map_err(|e: tokio_postgres::Error| PgError::Config { key: "url".into(), reason: e.to_string() })?;
     let failed =
         |e: tokio_postgres::Error| PgError::Connection { reason: format!("catalog connection: {}", pg_reason(&e)) };
-    let client = if cfg.tls.mode == TlsMode::Disable {
-        let (client, conn) = pg.connect(NoTls).await.map_err(failed)?;
+    fn drive(conn: impl std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static) {
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 warn!(error = %pg_reason(&e), "catalog connection closed");
             }
         });
+    }
+    let client = if cfg.tls.mode == TlsMode::Disable {
+        let (client, conn) = pg.connect(NoTls).await.map_err(failed)?;
+        drive(conn);
         client
     } else {
         pg.ssl_mode(tokio_postgres::config::SslMode::Require);
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(crate::tls::client_config(&cfg.tls)?);
         let (client, conn) = pg.connect(tls).await.map_err(failed)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                warn!(error = %pg_reason(&e), "catalog connection closed");
-            }
-        });
+        drive(conn);
         client
     };
     Ok(client)

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use lablake_model::{ColumnType, Date, DateTime, Op, Value};
 use lablake_postgres::{PgError, PgItem, PgSource, PgSourceConfig};
+use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
 fn url() -> String {
@@ -36,7 +37,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(tenants: usize) -> Fixture {
-        let id = format!("{:012x}", rand_u64() & 0xffff_ffff_ffff);
+        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let admin = admin().await;
         let tenants: Vec<String> = (0..tenants).map(|i| format!("t{id}{i}")).collect();
         for t in &tenants {
@@ -57,18 +58,23 @@ impl Fixture {
         Fixture { admin, id, tenants }
     }
 
-    fn config(&self, extra: &str) -> PgSourceConfig {
+    fn config(&self, extra: serde_json::Value) -> PgSourceConfig {
         self.config_with_url(&url(), extra)
     }
 
-    fn config_with_url(&self, url: &str, extra: &str) -> PgSourceConfig {
-        let toml = format!(
-            "name = \"pg-test\"\nurl = \"{}\"\nslot = \"lablake_t{}\"\npublication = \"lablake_t{}\"\n\
-             tenant = {{ kind = \"schema\", pattern = \"lab_{{tenant}}\" }}\ninclude = [\"lab_t{}*.*\"]\n\
-             heartbeat_interval = \"200ms\"\nstatus_interval = \"100ms\"\nspill_memory_bytes = 65536\n{extra}",
-            url, self.id, self.id, self.id
-        );
-        toml_config(&toml)
+    /// The test's source configuration; `extra` (a JSON object) adds or replaces keys.
+    fn config_with_url(&self, url: &str, extra: serde_json::Value) -> PgSourceConfig {
+        let mut cfg = json!({
+            "name": "pg-test", "url": url, "slot": format!("lablake_t{}", self.id),
+            "publication": format!("lablake_t{}", self.id),
+            "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
+            "include": [format!("lab_t{}*.*", self.id)],
+            "heartbeat_interval": "200ms", "status_interval": "100ms", "spill_memory_bytes": 65536,
+        });
+        if let (Some(c), serde_json::Value::Object(e)) = (cfg.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        serde_json::from_value(cfg).unwrap()
     }
 
     async fn confirmed_flush(&self) -> u64 {
@@ -105,41 +111,6 @@ impl Fixture {
     }
 }
 
-fn toml_config(s: &str) -> PgSourceConfig {
-    // The workspace has no toml crate in this crate's tree: a tiny JSON-ish
-    // bridge is not worth it; build the struct through serde_json instead.
-    let mut map = serde_json::Map::new();
-    for line in s.lines() {
-        let Some((k, v)) = line.split_once(" = ") else { continue };
-        let v = v.trim();
-        let value: serde_json::Value = if let Some(inner) = v.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
-            let mut m = serde_json::Map::new();
-            for part in inner.split(',') {
-                let (ik, iv) = part.split_once('=').unwrap();
-                m.insert(ik.trim().into(), serde_json::Value::String(iv.trim().trim_matches('"').into()));
-            }
-            serde_json::Value::Object(m)
-        } else if let Some(inner) = v.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
-            serde_json::Value::Array(
-                inner.split(',').map(|x| serde_json::Value::String(x.trim().trim_matches('"').into())).collect(),
-            )
-        } else if let Ok(n) = v.parse::<u64>() {
-            serde_json::Value::Number(n.into())
-        } else {
-            serde_json::Value::String(v.trim_matches('"').into())
-        };
-        map.insert(k.trim().into(), value);
-    }
-    serde_json::from_value(serde_json::Value::Object(map)).unwrap()
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    h.finish()
-}
-
 /// Reads items until `n` changes and the commit after the last were seen.
 async fn read_changes(src: &mut PgSource, n: usize) -> (Vec<lablake_model::ChangeEvent>, u64) {
     let mut out = Vec::new();
@@ -161,7 +132,7 @@ async fn read_changes(src: &mut PgSource, n: usize) -> (Vec<lablake_model::Chang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_is_exact_across_three_tenants() {
     let fx = Fixture::new(3).await;
-    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    let mut src = PgSource::start(&fx.config(json!({})), None).await.unwrap();
     for (i, t) in fx.tenants.iter().enumerate() {
         fx.admin
             .batch_execute(&format!(
@@ -264,7 +235,7 @@ async fn every_type_is_exact_across_three_tenants() {
 async fn the_slot_only_advances_with_acks_and_unacked_changes_come_again() {
     let fx = Fixture::new(1).await;
     let t = fx.tenants[0].clone();
-    let cfg = fx.config("");
+    let cfg = fx.config(json!({}));
     let mut src = PgSource::start(&cfg, None).await.unwrap();
     let start = fx.confirmed_flush().await;
     fx.admin.batch_execute(&format!("INSERT INTO lab_{t}.results (id) VALUES (1), (2)")).await.unwrap();
@@ -298,7 +269,7 @@ async fn the_slot_only_advances_with_acks_and_unacked_changes_come_again() {
 async fn heartbeats_advance_an_idle_slot_while_the_server_is_busy() {
     let fx = Fixture::new(1).await;
     fx.admin.batch_execute(&format!("CREATE TABLE public.busy_{} (x int)", fx.id)).await.unwrap();
-    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    let mut src = PgSource::start(&fx.config(json!({})), None).await.unwrap();
     let start = fx.confirmed_flush().await;
     // Other tables are busy; the captured ones are idle.
     for _ in 0..20 {
@@ -340,7 +311,7 @@ async fn large_transactions_are_streamed_spilled_and_aborts_dropped() {
     let fx = Fixture::new(1).await;
     let t = fx.tenants[0].clone();
     let spill = std::env::temp_dir().join(format!("lablake-pg-live-spill-{}", fx.id));
-    let mut src = PgSource::start(&fx.config(&format!("spill_dir = \"{}\"", spill.display())), None).await.unwrap();
+    let mut src = PgSource::start(&fx.config(json!({ "spill_dir": spill })), None).await.unwrap();
     // Rolled back: streamed (over logical_decoding_work_mem) then aborted.
     fx.admin
         .batch_execute(&format!(
@@ -376,7 +347,7 @@ async fn large_transactions_are_streamed_spilled_and_aborts_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_slot_is_reported_not_recreated_when_resuming() {
     let fx = Fixture::new(1).await;
-    let cfg = fx.config("");
+    let cfg = fx.config(json!({}));
     let src = PgSource::start(&cfg, None).await.unwrap();
     let lsn = fx.confirmed_flush().await;
     src.close().await;
@@ -404,10 +375,9 @@ async fn tls_with_scram_streams_and_unknown_cas_are_refused() {
     let fx = Fixture::new(1).await;
     let t = fx.tenants[0].clone();
     for (i, mode) in ["verify-full", "verify-ca", "require"].into_iter().enumerate() {
-        let extra = format!("tls = {{ mode = \"{mode}\", ca_file = \"{ca}\" }}");
-        let mut src = PgSource::start(&fx.config_with_url(&tls_url, &extra), None)
-            .await
-            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let extra = json!({ "tls": { "mode": mode, "ca_file": ca } });
+        let mut src =
+            PgSource::start(&fx.config_with_url(&tls_url, extra), None).await.unwrap_or_else(|e| panic!("{mode}: {e}"));
         fx.admin.batch_execute(&format!("INSERT INTO lab_{t}.results (id) VALUES ({i})")).await.unwrap();
         let (changes, lsn) = read_changes(&mut src, 1).await;
         assert_eq!(changes[0].after.as_ref().unwrap()[0], Value::Int(i as i64), "{mode}");
@@ -416,13 +386,13 @@ async fn tls_with_scram_streams_and_unknown_cas_are_refused() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Without the test CA (Mozilla roots only) the server is not trusted.
-    let err = PgSource::start(&fx.config_with_url(&tls_url, "tls = { mode = \"verify-full\" }"), None)
+    let err = PgSource::start(&fx.config_with_url(&tls_url, json!({ "tls": { "mode": "verify-full" } })), None)
         .await
         .err()
         .expect("an unknown CA must be refused");
     assert!(matches!(err, PgError::Connection { .. }), "{err}");
     // Without TLS the server refuses this user; the error says so and carries no password.
-    let err = PgSource::start(&fx.config_with_url(&tls_url, ""), None).await.err().expect("must fail");
+    let err = PgSource::start(&fx.config_with_url(&tls_url, json!({})), None).await.err().expect("must fail");
     let text = err.to_string();
     assert!(text.contains("no encryption") || text.contains("pg_hba"), "{text}");
     assert!(!text.contains(":lablake@"), "the password leaked: {text}");
@@ -444,7 +414,7 @@ async fn replica_identity_full_using_index_and_none() {
         ))
         .await
         .unwrap();
-    let mut src = PgSource::start(&fx.config(""), None).await.unwrap();
+    let mut src = PgSource::start(&fx.config(json!({})), None).await.unwrap();
     fx.admin
         .batch_execute(&format!(
             "INSERT INTO lab_{t}.full_t VALUES (1, repeat(md5('x'), 400), 0);

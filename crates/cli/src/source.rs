@@ -46,17 +46,17 @@ struct Mysql {
 impl Reader for Mysql {
     async fn next(&mut self) -> anyhow::Result<Item> {
         Ok(match self.source.next().await? {
-            SourceItem::Change(event) => {
-                self.last_position = event.source.position.as_str().to_owned();
-                Item::Change(event)
+            SourceItem::Change(event) => Item::Change(event),
+            SourceItem::Commit { resume, position, commit_ts_ms } => {
+                self.last_position = position.as_str().to_owned();
+                Item::Checkpoint(SourceCheckpoint {
+                    file: resume.file,
+                    pos: resume.pos,
+                    gtid: resume.gtid,
+                    position: self.last_position.clone(),
+                    commit_ts_ms,
+                })
             }
-            SourceItem::Commit { resume, position, commit_ts_ms } => Item::Checkpoint(SourceCheckpoint {
-                file: resume.file,
-                pos: resume.pos,
-                gtid: resume.gtid,
-                position: position.as_str().to_owned(),
-                commit_ts_ms,
-            }),
             SourceItem::Heartbeat { resume } => Item::Checkpoint(SourceCheckpoint {
                 file: resume.file,
                 pos: resume.pos,
@@ -82,11 +82,11 @@ impl Reader for Postgres {
             Item::Checkpoint(SourceCheckpoint { file: String::new(), pos: lsn, gtid: None, position, commit_ts_ms })
         };
         Ok(match self.source.next().await? {
-            PgItem::Change(event) => {
-                self.last_position = event.source.position.as_str().to_owned();
-                Item::Change(event)
+            PgItem::Change(event) => Item::Change(event),
+            PgItem::Commit { lsn, position, commit_ts_ms } => {
+                self.last_position = position.as_str().to_owned();
+                checkpoint(lsn, self.last_position.clone(), commit_ts_ms)
             }
-            PgItem::Commit { lsn, commit_ts_ms, .. } => checkpoint(lsn, self.last_position.clone(), commit_ts_ms),
             PgItem::Heartbeat { lsn } => {
                 checkpoint(lsn, self.last_position.clone(), (metrics::now_secs() * 1000.0) as i64)
             }

@@ -36,7 +36,13 @@ impl SourcePosition {
     /// change's sequence number within it, as `{lsn:016X}:{seq:010}`
     /// (fixed-width upper-case hex sorts like the LSN).
     pub fn postgres(commit_lsn: u64, seq: u32) -> Self {
-        SourcePosition(format!("{commit_lsn:016X}:{seq:010}"))
+        // Built per row: fixed-width digits without `fmt`, as `mysql`.
+        let mut buf = [b':'; 27];
+        for (i, slot) in buf[..16].iter_mut().enumerate() {
+            *slot = b"0123456789ABCDEF"[((commit_lsn >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        put_digits(&mut buf[17..27], u64::from(seq));
+        SourcePosition(String::from_utf8_lossy(&buf).into_owned())
     }
 
     /// A position from its sort key (as read back from Kafka or DynamoDB).
@@ -88,6 +94,9 @@ mod tests {
         let c = SourcePosition::postgres(0xA_0000_0000, 1);
         assert!(a.as_str() < b.as_str() && b.as_str() < c.as_str());
         assert_eq!(b.as_str(), "0000000A00000000:0000000000");
+        for (l, q) in [(0, 0), (u64::MAX, u32::MAX), (0x0123_4567_89AB_CDEF, 42)] {
+            assert_eq!(SourcePosition::postgres(l, q).as_str(), format!("{l:016X}:{q:010}"));
+        }
     }
 
     #[test]
