@@ -377,33 +377,22 @@ pub async fn curated_rows(lake: &Lake, tenant: &str, table: &str) -> anyhow::Res
 
 /// Latest state per primary key (`pk` column) from curated rows:
 /// deduplicated by (pk, _position), newest position wins, deletes removed,
-/// metadata columns dropped.
+/// rows older than the newest truncate (`_op = t`) removed, metadata columns
+/// dropped. Values are taken as written: curation fills in unchanged TOAST
+/// values itself.
 pub fn curated_state(rows: Vec<BTreeMap<String, String>>, pk: &str) -> BTreeMap<String, BTreeMap<String, String>> {
-    // Changes per key in position order; a column listed in `_unchanged`
-    // keeps the value it had before (PostgreSQL unchanged TOAST).
-    let mut by_key: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
-    for row in rows {
-        by_key.entry(row.get(pk).cloned().unwrap_or_default()).or_default().push(row);
-    }
+    let truncated_at = rows.iter().filter(|r| r["_op"] == "t").map(|r| r["_position"].clone()).max();
     let mut latest: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for (k, mut changes) in by_key {
-        changes.sort_by(|a, b| a["_position"].cmp(&b["_position"]));
-        let mut state: Option<BTreeMap<String, String>> = None;
-        for mut row in changes {
-            if let (Some(prev), Some(cols)) = (&state, row.get("_unchanged").filter(|u| *u != "NULL").cloned()) {
-                for c in cols.split(',') {
-                    if let Some(v) = prev.get(c) {
-                        row.insert(c.to_owned(), v.clone());
-                    }
-                }
-            }
-            state = Some(row);
+    for row in rows {
+        if row["_op"] == "t" {
+            continue;
         }
-        if let Some(row) = state {
+        let k = row.get(pk).cloned().unwrap_or_default();
+        if latest.get(&k).is_none_or(|old| old["_position"] < row["_position"]) {
             latest.insert(k, row);
         }
     }
-    latest.retain(|_, r| r["_op"] != "d");
+    latest.retain(|_, r| r["_op"] != "d" && truncated_at.as_ref().is_none_or(|t| r["_position"] > *t));
     for r in latest.values_mut() {
         r.retain(|c, _| !c.starts_with('_'));
     }

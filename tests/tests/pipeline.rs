@@ -382,3 +382,37 @@ async fn a_stale_curator_is_fenced_and_stops() -> anyhow::Result<()> {
     landed.context("the lake after the takeover")?;
     Ok(())
 }
+
+/// TRUNCATE TABLE (a statement in the binlog, no row events) empties the
+/// tenant's curated table on every partition; rows written after it stay,
+/// other tenants are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_truncate_empties_the_curated_table() -> anyhow::Result<()> {
+    let mut w = World::new(2, &[ORDERS_DDL], "").await?;
+    let (a, b) = (w.tenants[0].clone(), w.tenants[1].clone());
+    w.start()?;
+    let mut conn = w.pool.get_conn().await?;
+    for t in [&a, &b] {
+        conn.query_drop(format!("USE lab_{t}")).await?;
+        for i in 1..=40 {
+            conn.query_drop(format!("INSERT INTO orders VALUES ({i}, 'P{i}', 'new', 1.00, NOW(6), NULL)")).await?;
+        }
+    }
+    let expected = source_rows(&w.pool, &a, "orders", ORDERS_COLUMNS).await?;
+    w.await_curated_state(&a, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    conn.query_drop(format!("USE lab_{a}")).await?;
+    conn.query_drop("UPDATE orders SET status = 'collected' WHERE id < 5").await?;
+    conn.query_drop("TRUNCATE TABLE orders").await?;
+    conn.query_drop("INSERT INTO orders VALUES (3, 'P3', 'new', 3.00, NOW(6), 'after')").await?;
+    for t in [&a, &b] {
+        let expected = source_rows(&w.pool, t, "orders", ORDERS_COLUMNS).await?;
+        w.await_curated_state(t, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    }
+    let rows = w.curated_rows(&a, "orders").await?;
+    let truncated: BTreeSet<_> =
+        rows.iter().filter(|r| r["_op"] == "t").map(|r| r["_kafka_partition"].clone()).collect();
+    let all: BTreeSet<_> = rows.iter().map(|r| r["_kafka_partition"].clone()).collect();
+    assert!(truncated.len() > 1 && truncated.is_superset(&all), "truncate in {truncated:?}, rows in {all:?}");
+    let _ = w.stop();
+    Ok(())
+}

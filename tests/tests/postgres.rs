@@ -154,28 +154,91 @@ async fn a_million_row_transaction_lands_in_bounded_memory() -> anyhow::Result<(
 }
 
 /// An UPDATE that leaves a TOASTed column alone (REPLICA IDENTITY DEFAULT:
-/// PostgreSQL does not send it): the change marks the column unchanged, the
-/// curated row names it in `_unchanged`, and the curated state keeps the
-/// previous value.
+/// PostgreSQL does not send the value): the curated row itself holds the
+/// previous value, found earlier in the same batch or in an earlier file of
+/// the partition. A key whose earlier changes are not in the lake (inserted
+/// before the slot existed) keeps the column listed in `_unchanged`, null.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_toast_values_keep_their_previous_value() -> anyhow::Result<()> {
     const DDL: &str = "CREATE TABLE notes (id bigint PRIMARY KEY, body text, n int); \
-                       ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL";
+                       ALTER TABLE notes ALTER COLUMN body SET STORAGE EXTERNAL; \
+                       INSERT INTO notes VALUES (100, repeat('before the slot ', 300), 0)";
     let mut w = World::new_postgres(1, &[DDL], "").await?;
     let t = w.tenants[0].clone();
     w.start()?;
     let c = pg_client().await?;
+    let cols: &[(&str, &str)] = &[("id", "id"), ("body", "body"), ("n", "n")];
+    // 1. Inserts land in files of their own.
     c.batch_execute(&format!(
-        "INSERT INTO lab_{t}.notes SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 20) g;
-         UPDATE lab_{t}.notes SET n = n + 1 WHERE id <= 10;
-         UPDATE lab_{t}.notes SET n = n + 1, body = 'short ' || id WHERE id > 15;"
+        "INSERT INTO lab_{t}.notes SELECT g, repeat(md5(g::text), 400), 0 FROM generate_series(1, 20) g"
     ))
     .await?;
-    let expected = pg_source_rows(&c, &t, "notes", &[("id", "id"), ("body", "body"), ("n", "n")]).await?;
+    let mut expected = pg_source_rows(&c, &t, "notes", cols).await?;
+    let before_slot = expected.remove("100").expect("row 100");
+    w.await_curated_state(&t, "notes", "id", &expected, Duration::from_secs(60)).await?;
+    // 2. Updates that leave the body alone: their previous values are in earlier
+    //    files (ids 1-10), in the same batch (21, inserted and updated together),
+    //    or nowhere in the lake (100).
+    c.batch_execute(&format!(
+        "UPDATE lab_{t}.notes SET n = n + 1 WHERE id <= 10 OR id = 100;
+         INSERT INTO lab_{t}.notes VALUES (21, repeat('twenty-one ', 300), 0);
+         UPDATE lab_{t}.notes SET n = n + 1 WHERE id <= 5 OR id = 21;
+         UPDATE lab_{t}.notes SET n = n + 1, body = 'short ' || id WHERE id > 15 AND id < 21;"
+    ))
+    .await?;
+    let mut expected = pg_source_rows(&c, &t, "notes", cols).await?;
+    // Row 100's body was never in the lake: it stays unknown (null).
+    expected.get_mut("100").expect("row 100").insert("body".into(), "NULL".into());
     w.await_curated_state(&t, "notes", "id", &expected, Duration::from_secs(60)).await?;
     let rows = w.curated_rows(&t, "notes").await?;
-    let marked = rows.iter().filter(|r| r["_op"] == "u" && r["_unchanged"] == "body" && r["body"] == "NULL").count();
-    assert_eq!(marked, 10, "the 10 updates that left the TOASTed body alone are marked");
+    let updates: Vec<_> = rows.iter().filter(|r| r["_op"] == "u" && r["id"] != "100" && r["n"] != "0").collect();
+    // 10 + 5 + 1 updates without the body, 5 with it.
+    assert_eq!(updates.len(), 21);
+    for r in &updates {
+        let id = &r["id"];
+        assert_eq!(r["_unchanged"], "NULL", "id {id}: the value was found");
+        assert_ne!(r["body"], "NULL", "id {id}: body materialized in the curated row");
+    }
+    let unknown: Vec<_> = rows.iter().filter(|r| r["id"] == "100").collect();
+    assert_eq!(unknown.len(), 1);
+    assert_eq!((unknown[0]["body"].as_str(), unknown[0]["_unchanged"].as_str()), ("NULL", "body"));
+    assert_ne!(before_slot["body"], "NULL");
+    let _ = w.stop();
+    Ok(())
+}
+
+/// TRUNCATE of a tenant's table empties its curated state; rows inserted
+/// after it in the same and later transactions stay; other tenants are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_truncate_empties_the_curated_table() -> anyhow::Result<()> {
+    const DDL: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, status text)";
+    let mut w = World::new_postgres(2, &[DDL], "").await?;
+    let (a, b) = (w.tenants[0].clone(), w.tenants[1].clone());
+    w.start()?;
+    let c = pg_client().await?;
+    let cols: &[(&str, &str)] = &[("id", "id"), ("status", "status")];
+    for t in [&a, &b] {
+        c.batch_execute(&format!("INSERT INTO lab_{t}.orders SELECT g, 'new' FROM generate_series(1, 50) g")).await?;
+    }
+    let expected = pg_source_rows(&c, &a, "orders", cols).await?;
+    w.await_curated_state(&a, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE lab_{a}.orders SET status = 'seen' WHERE id < 10;
+         TRUNCATE lab_{a}.orders;
+         INSERT INTO lab_{a}.orders VALUES (7, 'after'), (70, 'after'); COMMIT;
+         INSERT INTO lab_{a}.orders VALUES (71, 'later');"
+    ))
+    .await?;
+    for t in [&a, &b] {
+        let expected = pg_source_rows(&c, t, "orders", cols).await?;
+        w.await_curated_state(t, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    }
+    // The truncate is one record per Kafka partition.
+    let rows = w.curated_rows(&a, "orders").await?;
+    let partitions: std::collections::BTreeSet<_> =
+        rows.iter().filter(|r| r["_op"] == "t").map(|r| r["_kafka_partition"].clone()).collect();
+    let all: std::collections::BTreeSet<_> = rows.iter().map(|r| r["_kafka_partition"].clone()).collect();
+    assert!(partitions.len() > 1 && partitions.is_superset(&all), "truncate in {partitions:?}, rows in {all:?}");
     let _ = w.stop();
     Ok(())
 }

@@ -429,6 +429,57 @@ impl BinlogDecoder {
         Ok(())
     }
 
+    /// A TRUNCATE of a selected table → one `Op::Truncate` event (schema
+    /// per tenant), or an unresolved item for tables shared by tenants.
+    fn truncate(&mut self, db: &str, table: &str, log_pos: u64, row: u32, event: &Event) {
+        let position = SourcePosition::mysql(self.file_seq, log_pos, row);
+        let tenant = match &self.cfg.tenant {
+            TenantRule::SchemaPattern { .. } => self.names.tenant_of_database(&self.cfg.tenant, db),
+            TenantRule::Column { .. } => {
+                self.pending.push_back(SourceItem::Unresolved {
+                    table: format!("{db}.{table}"),
+                    reason: "TRUNCATE of a table shared by tenants (tenant column) is not propagated".into(),
+                    position,
+                });
+                return;
+            }
+        };
+        let Some(tenant) = tenant else { return };
+        // The table's last known schema (the event carries no rows; the
+        // curated file keeps the schema of the rows around it).
+        let info = self
+            .tables
+            .values()
+            .filter_map(|e| e.info.as_ref())
+            .find(|i| &*i.database == db && i.table.eq_ignore_ascii_case(table))
+            .cloned();
+        let (database, name, schema) = match info {
+            Some(i) => (i.database.clone(), i.table.clone(), i.schema.clone()),
+            None => (Arc::from(db), Arc::from(table), lablake_model::TableSchema::new(Vec::new(), Vec::new())),
+        };
+        let h = event.header();
+        let source = SourceInfo {
+            connector: self.names.connector.clone(),
+            name: self.names.source.clone(),
+            server_id: h.server_id(),
+            file: self.names.file.clone(),
+            pos: log_pos,
+            row,
+            gtid: self.trx.gtid.clone(),
+            ts_ms: i64::from(h.timestamp()) * 1000,
+            position,
+        };
+        self.pending.push_back(SourceItem::Change(ChangeEvent {
+            table: TableId { tenant, database, table: name },
+            op: Op::Truncate,
+            schema,
+            before: None,
+            after: None,
+            source,
+            ts_ms: now_ms(),
+        }));
+    }
+
     fn selected(&self, database: &str, table: &str) -> bool {
         if !self.cfg.filter.matches(database, table) {
             return false;
@@ -531,11 +582,16 @@ impl BinlogDecoder {
                 }
             }
             QueryKind::Truncate { tables } => {
-                for (db, table) in tables.iter().flatten() {
-                    if self.selected(db, table) {
-                        warn!(source = %self.cfg.source_name, database = %db, table = %table,
-                            "TRUNCATE removes rows without row events; downstream copies keep them");
+                match &tables {
+                    Some(tables) => {
+                        for (i, (db, table)) in tables.iter().enumerate() {
+                            if self.selected(db, table) {
+                                self.truncate(db, table, log_pos, u32::try_from(i).unwrap_or(u32::MAX), event);
+                            }
+                        }
                     }
+                    None => warn!(source = %self.cfg.source_name,
+                        "a TRUNCATE statement could not be parsed; downstream copies keep the rows"),
                 }
                 if !self.trx.open {
                     self.commit(log_pos, event.header().timestamp())?;

@@ -61,8 +61,6 @@ pub enum PgItem {
     /// A row that cannot be turned into a change (tenant unresolved, value
     /// undecodable). Carries no row values.
     Unresolved { table: String, reason: String, position: SourcePosition },
-    /// A TRUNCATE of selected tables.
-    Truncate { tables: Vec<TableId>, position: SourcePosition },
 }
 
 /// A relation as the decoder uses it.
@@ -366,14 +364,47 @@ impl PgDecoder {
                     .filter_map(|oid| self.relations.get(oid).cloned())
                     .filter(|r| r.selected)
                     .collect();
-                let mut tables = Vec::new();
+                let (commit_lsn, mut seq) = (tx.commit_lsn, tx.seq);
                 for r in rels {
-                    if let Some(tenant) = self.tenant_of_schema(&r.namespace) {
-                        tables.push(TableId { tenant, database: r.namespace.clone(), table: r.table.clone() });
-                    }
+                    let position = SourcePosition::postgres(commit_lsn, seq);
+                    seq = seq.saturating_add(1);
+                    let tenant = match &self.cfg.tenant {
+                        TenantRule::SchemaPattern { .. } => self.tenant_of_schema(&r.namespace),
+                        TenantRule::Column { .. } => {
+                            // Rows of every tenant went; which tenants had rows is unknown here.
+                            self.pending.push_back(PgItem::Unresolved {
+                                table: r.qualified(),
+                                reason: "TRUNCATE of a table shared by tenants (tenant column) is not propagated"
+                                    .into(),
+                                position,
+                            });
+                            continue;
+                        }
+                    };
+                    let Some(tenant) = tenant else { continue };
+                    let source = SourceInfo {
+                        connector: self.connector.clone(),
+                        name: self.source.clone(),
+                        server_id: 0,
+                        file: "".into(),
+                        pos: lsn,
+                        row: 0,
+                        gtid: None,
+                        ts_ms,
+                        position,
+                    };
+                    self.pending.push_back(PgItem::Change(ChangeEvent {
+                        table: TableId { tenant, database: r.namespace.clone(), table: r.table.clone() },
+                        op: Op::Truncate,
+                        schema: r.schema.clone(),
+                        before: None,
+                        after: None,
+                        source,
+                        ts_ms: now_ms(),
+                    }));
                 }
-                if !tables.is_empty() {
-                    self.pending.push_back(PgItem::Truncate { tables, position });
+                if let Some(tx) = &mut self.tx {
+                    tx.seq = seq;
                 }
                 return;
             }
@@ -635,6 +666,32 @@ mod tests {
         assert_eq!(d.buffered_bytes, 0);
         let left: Vec<_> = std::fs::read_dir(&d.cfg.spill_dir).unwrap().collect();
         assert!(left.is_empty(), "spill files are removed");
+    }
+
+    #[test]
+    fn truncate_becomes_one_event_per_selected_table_in_order() {
+        let mut d = decoder(1 << 20);
+        relation(&mut d, 1, "lab_acme");
+        relation(&mut d, 2, "other");
+        relation(&mut d, 3, "lab_beta");
+        d.push(&Msg::new(b'B').u64(0x200).u64(0).u32(6).0, 0x190).unwrap();
+        d.push(&insert(1, 7, None), 0x195).unwrap();
+        // TRUNCATE lab_acme.results, other.results, lab_beta.results
+        d.push(&Msg::new(b'T').u32(3).u8(0).u32(1).u32(2).u32(3).0, 0x196).unwrap();
+        d.push(&Msg::new(b'C').u8(0).u64(0x200).u64(0x208).u64(0).0, 0x208).unwrap();
+        let items = drain(&mut d);
+        let changes: Vec<&ChangeEvent> =
+            items.iter().filter_map(|i| if let PgItem::Change(e) = i { Some(e) } else { None }).collect();
+        assert_eq!(changes.len(), 3, "{items:?}");
+        assert_eq!(changes[1].op, Op::Truncate);
+        assert_eq!(&*changes[1].table.tenant, "acme");
+        assert!(changes[1].before.is_none() && changes[1].after.is_none());
+        assert_eq!(changes[2].op, Op::Truncate);
+        assert_eq!(&*changes[2].table.tenant, "beta");
+        // Positions keep increasing through the transaction.
+        assert!(changes[0].source.position < changes[1].source.position);
+        assert!(changes[1].source.position < changes[2].source.position);
+        assert!(matches!(items.last(), Some(PgItem::Commit { lsn: 0x208, .. })));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct ChangeProducer {
     admin: AdminClient<DefaultClientContext>,
     config: BusConfig,
     known: HashSet<String>,
+    /// Partition counts of topics truncates were sent to.
+    partition_counts: std::collections::HashMap<Arc<str>, i32>,
     topic_names: std::collections::HashMap<lablake_model::TableId, Arc<str>>,
     key: Vec<u8>,
     value: Vec<u8>,
@@ -66,6 +68,7 @@ impl ChangeProducer {
             admin,
             config: config.clone(),
             known: HashSet::new(),
+            partition_counts: Default::default(),
             topic_names: Default::default(),
             key: Vec::with_capacity(256),
             value: Vec::with_capacity(4096),
@@ -102,8 +105,12 @@ impl ChangeProducer {
     }
 
     /// Encodes and enqueues a change; returns its topic and delivery future.
-    /// Waits (does not fail) while the local queue is full.
+    /// Waits (does not fail) while the local queue is full. A truncate goes
+    /// through [`Self::send_truncate`] instead.
     pub async fn send(&mut self, event: &ChangeEvent) -> Result<(Arc<str>, DeliveryFuture), BusError> {
+        if event.op == lablake_model::Op::Truncate {
+            return Err(BusError::Config("a truncate must be sent with send_truncate".into()));
+        }
         let topic = self.topic_of(event);
         self.ensure_topic(&topic).await?;
         self.key.clear();
@@ -112,6 +119,45 @@ impl ChangeProducer {
         envelope::encode(event, &mut self.value);
         let fut = enqueue(&self.producer, FutureRecord::to(&topic).key(&self.key).payload(&self.value)).await?;
         Ok((topic, fut))
+    }
+
+    /// Sends a truncate (`op = t`, no key) to *every* partition of its
+    /// table's topic, so that each partition's stream says where the table
+    /// was emptied relative to its own changes. Returns one delivery future
+    /// per partition.
+    pub async fn send_truncate(&mut self, event: &ChangeEvent) -> Result<Vec<(Arc<str>, DeliveryFuture)>, BusError> {
+        let topic = self.topic_of(event);
+        self.ensure_topic(&topic).await?;
+        let partitions = match self.partition_counts.get(&topic) {
+            Some(n) => *n,
+            None => {
+                let producer = self.producer.clone();
+                let t = topic.to_string();
+                let n = tokio::task::spawn_blocking(move || {
+                    let md = producer.client().fetch_metadata(Some(&t), Duration::from_secs(30))?;
+                    Ok::<_, KafkaError>(md.topics().iter().find(|x| x.name() == t).map_or(0, |x| x.partitions().len()))
+                })
+                .await
+                .map_err(|_| BusError::Closed)??;
+                if n == 0 {
+                    return Err(BusError::TopicCreate {
+                        topic: topic.to_string(),
+                        reason: "topic has no partitions".into(),
+                    });
+                }
+                let n = n as i32;
+                self.partition_counts.insert(topic.clone(), n);
+                n
+            }
+        };
+        self.value.clear();
+        envelope::encode(event, &mut self.value);
+        let mut out = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).partition(p).payload(&self.value);
+            out.push((topic.clone(), enqueue(&self.producer, rec).await?));
+        }
+        Ok(out)
     }
 
     /// Sends a record to the tenant's dead-letter topic with the reason and

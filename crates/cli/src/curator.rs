@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arrow::record_batch::RecordBatch;
 use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
 use lablake_checkpoint::{BatchCommit, BatchIntent, CheckpointStore};
+use lablake_curate::toast::Resolution;
 use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, CurateError, OpenBatch};
-use lablake_lake::{Lake, PutOutcome, curated_key, encode_parquet};
+use lablake_lake::{Lake, PutOutcome, curated_key, curated_prefix, decode_parquet, encode_parquet, parse_curated_key};
 use lablake_model::envelope::Decoder;
-use lablake_model::{ChangeEvent, Date, topic};
+use lablake_model::{ChangeEvent, Date, Op, TableId, topic};
 
 /// How many records before the resume offset a partition's fetch starts
 /// (the records before it are skipped): the producer's largest batch.
@@ -228,7 +230,8 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         if part.replay.is_none()
             && let (Ok(ev), Some(open)) = (&decoded, part.open.as_ref())
         {
-            let schema_change = open.builder.as_ref().is_some_and(|b| !b.accepts(&ev.schema));
+            // A truncate carries no row, so it fits the open batch of its table.
+            let schema_change = ev.op != Op::Truncate && open.builder.as_ref().is_some_and(|b| !b.accepts(&ev.schema));
             let table_change =
                 open.builder.as_ref().and_then(|b| b.summary()).is_some_and(|first| first.table != ev.table);
             if schema_change || table_change {
@@ -286,6 +289,49 @@ impl<S: CheckpointStore> Ctx<'_, S> {
             self.close(&topic, rec.partition, part, reason).await?;
         }
         Ok(())
+    }
+
+    /// Fills in unchanged (TOAST) values from the earlier rows of their keys:
+    /// the batch itself, then this partition's earlier curated files, newest
+    /// first (see `lablake_curate::toast`). Reads files only when a key's
+    /// previous change is not in the batch.
+    async fn fill_unchanged(
+        &self,
+        batch: RecordBatch,
+        table: &TableId,
+        topic: &str,
+        partition: i32,
+        first_offset: i64,
+    ) -> anyhow::Result<RecordBatch> {
+        let mut r = Resolution::new(batch)?;
+        if r.is_complete() {
+            return Ok(r.finish()?);
+        }
+        let mut earlier: Vec<(i64, String)> = self
+            .lake
+            .list(&table.tenant, &curated_prefix(table))
+            .await?
+            .into_iter()
+            .filter_map(|k| {
+                let f = parse_curated_key(&k)?;
+                (f.topic == topic && f.partition == partition && f.last < first_offset).then_some((f.first, k))
+            })
+            .collect();
+        earlier.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut read = 0u64;
+        for (_, key) in earlier {
+            if r.is_complete() {
+                break;
+            }
+            let bytes = self.lake.get(&table.tenant, &key).await?;
+            read += 1;
+            let batches = tokio::task::spawn_blocking(move || decode_parquet(bytes)).await??;
+            for b in batches.into_iter().rev() {
+                r.offer(b)?;
+            }
+        }
+        metrics::CURATE_UNCHANGED_FILES_READ.with_label_values(&[&table.tenant]).inc_by(read);
+        Ok(r.finish()?)
     }
 
     /// Makes the open batch durable and commits its offsets.
@@ -351,6 +397,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         }
         let mut builder = open.builder.take().context("batch without builder")?;
         let batch = builder.finish()?;
+        let batch = self.fill_unchanged(batch, &table, topic, partition, intent.first_offset).await?;
         let level = self.lake.config().zstd_level;
         let bytes = tokio::task::spawn_blocking(move || encode_parquet(&batch, level)).await??;
         let size = bytes.len() as u64;

@@ -89,8 +89,15 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LABLAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let spec = std::env::var("LABLAKE_LOG").unwrap_or_else(|_| cfg.log.level.clone());
+    let mut filter = tracing_subscriber::EnvFilter::new(&spec);
+    // pg_walstream logs every standby status update at INFO; keep it quiet
+    // unless asked for by name.
+    if !spec.contains("pg_walstream")
+        && let Ok(d) = "pg_walstream=warn".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cfg.log.format == LogFormat::Json { b.json().init() } else { b.init() }
 }

@@ -43,6 +43,13 @@ pub static CURATE_RECORDS: LazyLock<IntCounterVec> =
 pub static CURATE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_curate_dead_letters_total", "Records sent to the dead-letter topic", &["tenant"])
 });
+pub static CURATE_UNCHANGED_FILES_READ: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_curate_unchanged_files_read_total",
+        "Earlier curated files read to fill in unchanged (TOAST) values",
+        &["tenant"],
+    )
+});
 pub static CURATE_BATCHES: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter("lablake_curate_batches_total", "Curated batches committed", &["tenant", "reason"]));
 pub static CURATE_BATCH_ROWS: LazyLock<HistogramVec> = LazyLock::new(|| {

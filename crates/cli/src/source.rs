@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
 use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
-use lablake_model::{ChangeEvent, SourcePosition};
+use lablake_model::{ChangeEvent, Op, SourcePosition};
 use lablake_mysql::{MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
 use lablake_postgres::{PgAcker, PgItem, PgSource, PgSourceConfig};
 use tokio::sync::watch;
@@ -35,7 +35,6 @@ enum Item {
     Change(ChangeEvent),
     Checkpoint(SourceCheckpoint),
     Unresolved { table: String, reason: String, position: SourcePosition },
-    Skip,
 }
 
 struct Mysql {
@@ -72,7 +71,6 @@ impl Reader for Mysql {
 
 struct Postgres {
     source: PgSource,
-    name: String,
     last_position: String,
 }
 
@@ -91,14 +89,6 @@ impl Reader for Postgres {
                 checkpoint(lsn, self.last_position.clone(), (metrics::now_secs() * 1000.0) as i64)
             }
             PgItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
-            PgItem::Truncate { tables, .. } => {
-                // Not propagated yet: the lake keeps the rows; logged so an operator sees it.
-                for t in tables {
-                    tracing::warn!(source = %self.name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
-                        "TRUNCATE is not propagated to the lake yet");
-                }
-                Item::Skip
-            }
             _ => anyhow::bail!("the PostgreSQL source produced an item this version cannot handle"),
         })
     }
@@ -144,7 +134,7 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     }
     let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
     let acker = source.acker();
-    let reader = Postgres { source, name: name.to_owned(), last_position: String::new() };
+    let reader = Postgres { source, last_position: String::new() };
     drive(name, reader, Some(acker), generation, bus, store, shutdown).await
 }
 
@@ -215,6 +205,14 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                 item = reader.next() => item.with_context(|| format!("reading source `{name}`"))?,
             };
             match item {
+                Item::Change(event) if event.op == Op::Truncate => {
+                    tracing::info!(source = name, tenant = %event.table.tenant,
+                        table = %format!("{}.{}", event.table.database, event.table.table), "TRUNCATE propagated");
+                    for (topic, fut) in producer.send_truncate(&event).await? {
+                        acks.delivery(topic, fut).await?;
+                    }
+                    records.inc();
+                }
                 Item::Change(event) => {
                     let (topic, fut) = producer.send(&event).await?;
                     acks.delivery(topic, fut).await?;
@@ -247,7 +245,6 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                     acks.delivery(topic, fut).await?;
                     metrics::SOURCE_DEAD_LETTERS.with_label_values(&[name]).inc();
                 }
-                Item::Skip => {}
             }
         }
         Ok(())

@@ -7,7 +7,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, i256};
 use arrow::record_batch::RecordBatch;
-use lablake_model::{ChangeEvent, ColumnType, TableId, TableSchema, Value};
+use lablake_model::{ChangeEvent, ColumnType, Op, TableId, TableSchema, Value};
 use thiserror::Error;
 
 /// Names of the CDC metadata columns.
@@ -174,24 +174,36 @@ impl BatchBuilder {
     /// Adds a change read at `partition`/`offset`. Checks every value first,
     /// so a bad row is rejected alone (to the dead-letter topic), nothing of
     /// it is added, and [`Self::finish`] cannot fail on values.
+    ///
+    /// A truncate (no row image) fits any batch of its table: it becomes a
+    /// row with `_op = t` and every column null.
     pub fn push(&mut self, event: &ChangeEvent, partition: i32, offset: i64) -> Result<(), CurateError> {
-        if !self.accepts(&event.schema) {
-            return Err(CurateError::SchemaMismatch);
+        if event.op == Op::Truncate {
+            let mut none = std::iter::empty();
+            for b in &mut self.columns {
+                b.append(&Value::Null, &mut none);
+            }
+        } else {
+            if !self.accepts(&event.schema) {
+                return Err(CurateError::SchemaMismatch);
+            }
+            let row = row_of(event);
+            if row.len() != self.schema.columns.len() {
+                return Err(CurateError::Value {
+                    column: "*".into(),
+                    reason: "row has the wrong number of values".into(),
+                });
+            }
+            self.decimals.clear();
+            for (c, v) in self.schema.columns.iter().zip(row) {
+                check_value(&c.ty, v, &mut self.decimals)
+                    .map_err(|reason| CurateError::Value { column: c.name.clone(), reason })?;
+            }
+            let mut decimals = self.decimals.drain(..);
+            for (b, v) in self.columns.iter_mut().zip(row) {
+                b.append(v, &mut decimals);
+            }
         }
-        let row = row_of(event);
-        if row.len() != self.schema.columns.len() {
-            return Err(CurateError::Value { column: "*".into(), reason: "row has the wrong number of values".into() });
-        }
-        self.decimals.clear();
-        for (c, v) in self.schema.columns.iter().zip(row) {
-            check_value(&c.ty, v, &mut self.decimals)
-                .map_err(|reason| CurateError::Value { column: c.name.clone(), reason })?;
-        }
-        let mut decimals = self.decimals.drain(..);
-        for (b, v) in self.columns.iter_mut().zip(row) {
-            b.append(v, &mut decimals);
-        }
-        drop(decimals);
         self.meta.append(event, partition, offset);
         self.rows += 1;
         let src = &event.source;

@@ -91,6 +91,35 @@ pub fn curated_key(table: &TableId, date: Date, topic: &str, partition: i32, fir
     )
 }
 
+/// What a curated key says about its file: topic, partition, first and last
+/// offset (the inverse of [`curated_key`] for the file name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CuratedFile<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+/// Parses the file name of a curated key; `None` for anything else.
+pub fn parse_curated_key(key: &str) -> Option<CuratedFile<'_>> {
+    let name = key.rsplit('/').next()?.strip_suffix(".parquet")?;
+    let mut parts = name.rsplitn(3, '-');
+    let last = parts.next()?;
+    let first = parts.next()?;
+    let (topic, partition) = parts.next()?.rsplit_once("-p")?;
+    let digits = |s: &str| s.len() >= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(last) || !digits(first) || !digits(partition) {
+        return None;
+    }
+    Some(CuratedFile {
+        topic,
+        partition: partition.parse().ok()?,
+        first: first.parse().ok()?,
+        last: last.parse().ok()?,
+    })
+}
+
 /// The prefix of a tenant's curated table.
 pub fn curated_prefix(table: &TableId) -> String {
     format!("{}/curated/{}/{}/", table.tenant, path_segment(&table.database), path_segment(&table.table))
@@ -236,6 +265,13 @@ mod tests {
         );
         assert!(a < b);
         assert!(a.starts_with(&curated_prefix(&t)));
+        let f = parse_curated_key(&b).unwrap();
+        assert_eq!(f, CuratedFile { topic: "lablake.acme.lab_acme.results", partition: 1, first: 100, last: 1000 });
+        let odd = curated_key(&t, d, "lablake.a-p00001-b.c", 12, 7, 9);
+        assert_eq!(parse_curated_key(&odd).unwrap().topic, "lablake.a-p00001-b.c");
+        assert_eq!(parse_curated_key(&odd).unwrap().partition, 12);
+        assert!(parse_curated_key("acme/curated/x/y/dt=2026-01-01/notes.parquet").is_none());
+        assert!(parse_curated_key("acme/curated/x/y/dt=2026-01-01/t-p00001-1-2.json").is_none());
     }
 
     #[test]

@@ -431,9 +431,10 @@ impl Decoder {
             Op::Create | Op::Read => after.is_some(),
             Op::Update => after.is_some(),
             Op::Delete => before.is_some(),
+            Op::Truncate => before.is_none() && after.is_none(),
         };
         if !needs {
-            return Err(ModelError::InvalidEnvelope(format!("op `{}` without its row image", raw.op)));
+            return Err(ModelError::InvalidEnvelope(format!("op `{}` with the wrong row images", raw.op)));
         }
         let s = raw.source;
         let [tenant, db, table, connector, name, file, gtid] = &mut self.names;
@@ -714,6 +715,27 @@ mod tests {
         // Unchanged outside an update is rejected.
         let bad = text.replace("\"op\":\"u\"", "\"op\":\"c\"");
         assert!(Decoder::new().decode(bad.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn truncates_round_trip_without_row_images() {
+        let mut e = sample_event();
+        e.op = Op::Truncate;
+        e.before = None;
+        e.after = None;
+        let mut out = Vec::new();
+        encode(&e, &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.contains("\"op\":\"t\""), "{text}");
+        let back = Decoder::new().decode(&out).unwrap();
+        assert_eq!(back.op, Op::Truncate);
+        assert!(back.before.is_none() && back.after.is_none());
+        // A truncate with a row image is malformed.
+        let mut with_row = sample_event();
+        with_row.op = Op::Truncate;
+        let mut out = Vec::new();
+        encode(&with_row, &mut out);
+        assert!(Decoder::new().decode(&out).is_err());
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub enum Op {
     Delete,
     /// `r`: a row was read by a snapshot.
     Read,
+    /// `t`: every row of the table was removed (TRUNCATE). No row images;
+    /// the record is sent to every partition of the table's topic so each
+    /// partition's stream is complete on its own.
+    Truncate,
 }
 
 impl Op {
@@ -24,6 +28,7 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Read => "r",
+            Op::Truncate => "t",
         }
     }
 
@@ -33,6 +38,7 @@ impl Op {
             "u" => Op::Update,
             "d" => Op::Delete,
             "r" => Op::Read,
+            "t" => Op::Truncate,
             _ => return None,
         })
     }
