@@ -97,6 +97,56 @@ fn pg_reason(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What the server says about the configured slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotState {
+    wal_status: String,
+    plugin: String,
+    confirmed_flush: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotAction {
+    Create,
+    Use,
+}
+
+/// Decides whether the slot can serve `resume`. Every way the changes after
+/// the checkpoint can be gone is [`PgError::PositionLost`], never a silent
+/// skip: the slot was dropped, its WAL was removed, or it was moved past the
+/// checkpoint by someone else (the server would start after it).
+fn check_slot(name: &str, slot: Option<&SlotState>, resume: Option<u64>) -> Result<SlotAction, PgError> {
+    let lost = |why: String| PgError::PositionLost {
+        reason: format!("{why}; changes since the checkpoint are lost: take a new snapshot of this source's tables"),
+    };
+    match (slot, resume) {
+        (None, None) => Ok(SlotAction::Create),
+        (None, Some(lsn)) => Err(lost(format!(
+            "replication slot `{name}` does not exist but the checkpoint is at {} (recreate the slot after the snapshot)",
+            lsn_text(lsn)
+        ))),
+        (Some(s), _) if s.wal_status == "lost" => Err(lost(format!(
+            "the WAL of replication slot `{name}` was removed (wal_status = lost; drop and recreate the slot)"
+        ))),
+        (Some(s), _) if s.plugin != "pgoutput" => Err(PgError::ServerConfig {
+            setting: "slot".into(),
+            reason: format!("slot `{name}` uses plugin `{}`, not pgoutput", s.plugin),
+        }),
+        (Some(SlotState { confirmed_flush: Some(flushed), .. }), Some(lsn)) if *flushed > lsn => Err(lost(format!(
+            "replication slot `{name}` was advanced to {} past the checkpoint at {} by something else",
+            lsn_text(*flushed),
+            lsn_text(lsn)
+        ))),
+        (Some(_), _) => Ok(SlotAction::Use),
+    }
+}
+
+/// Parses `X/Y` (PostgreSQL's LSN text).
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from(u32::from_str_radix(hi, 16).ok()?) << 32) | u64::from(u32::from_str_radix(lo, 16).ok()?))
+}
+
 impl PgSource {
     /// Checks the server, creates the publication and slot when missing,
     /// and starts streaming from `resume` (an acked LSN) or, on first start,
@@ -143,47 +193,23 @@ impl PgSource {
         }
         let slot = catalog
             .query_opt(
-                "SELECT coalesce(wal_status, ''), plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT coalesce(wal_status, ''), plugin::text, confirmed_flush_lsn::text FROM pg_replication_slots \
+                 WHERE slot_name = $1",
                 &[&cfg.slot],
             )
             .await
-            .map_err(|e| connection(pg_reason(&e)))?;
-        match (&slot, resume) {
-            (None, Some(lsn)) => {
-                return Err(PgError::PositionLost {
-                    reason: format!(
-                        "replication slot `{}` does not exist but the checkpoint is at {}; changes since then are \
-                         lost: take a new snapshot of this source's tables, then restart",
-                        cfg.slot,
-                        lsn_text(lsn)
-                    ),
-                });
-            }
-            (None, None) => {
-                info!(slot = %cfg.slot, "creating logical replication slot");
-                catalog
-                    .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&cfg.slot])
-                    .await
-                    .map_err(|e| PgError::ServerConfig { setting: "slot".into(), reason: pg_reason(&e) })?;
-            }
-            (Some(row), _) => {
-                let (wal_status, plugin): (String, String) = (row.get(0), row.get(1));
-                if wal_status == "lost" {
-                    return Err(PgError::PositionLost {
-                        reason: format!(
-                            "the WAL of replication slot `{}` was removed (wal_status = lost): take a new snapshot, \
-                             drop and recreate the slot",
-                            cfg.slot
-                        ),
-                    });
-                }
-                if plugin != "pgoutput" {
-                    return Err(PgError::ServerConfig {
-                        setting: "slot".into(),
-                        reason: format!("slot `{}` uses plugin `{plugin}`, not pgoutput", cfg.slot),
-                    });
-                }
-            }
+            .map_err(|e| connection(pg_reason(&e)))?
+            .map(|row| SlotState {
+                wal_status: row.get(0),
+                plugin: row.get(1),
+                confirmed_flush: row.get::<_, Option<String>>(2).as_deref().and_then(parse_lsn),
+            });
+        if check_slot(&cfg.slot, slot.as_ref(), resume)? == SlotAction::Create {
+            info!(slot = %cfg.slot, "creating logical replication slot");
+            catalog
+                .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&cfg.slot])
+                .await
+                .map_err(|e| PgError::ServerConfig { setting: "slot".into(), reason: pg_reason(&e) })?;
         }
         let config = ReplicationStreamConfig::new(
             cfg.slot.clone(),
@@ -334,4 +360,46 @@ async fn primary_key(catalog: &Client, rel: u32) -> Result<Vec<String>, PgError>
         .await
         .map_err(|e| connection(pg_reason(&e)))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn state(wal_status: &str, plugin: &str, confirmed_flush: Option<u64>) -> SlotState {
+        SlotState { wal_status: wal_status.into(), plugin: plugin.into(), confirmed_flush }
+    }
+
+    #[test]
+    fn slot_checks_report_every_way_changes_can_be_lost() {
+        assert_eq!(check_slot("s", None, None).unwrap(), SlotAction::Create);
+        let ok = state("reserved", "pgoutput", Some(0x100));
+        assert_eq!(check_slot("s", Some(&ok), None).unwrap(), SlotAction::Use);
+        assert_eq!(check_slot("s", Some(&ok), Some(0x100)).unwrap(), SlotAction::Use);
+        assert_eq!(check_slot("s", Some(&ok), Some(0x200)).unwrap(), SlotAction::Use);
+        let lost = |r: Result<SlotAction, PgError>, needle: &str| match r {
+            Err(PgError::PositionLost { reason }) => {
+                assert!(reason.contains(needle) && reason.contains("snapshot"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        };
+        lost(check_slot("s", None, Some(0x1_0000_0010)), "does not exist but the checkpoint is at 1/10");
+        lost(check_slot("s", Some(&state("lost", "pgoutput", Some(0x100))), Some(0x100)), "wal_status = lost");
+        lost(check_slot("s", Some(&state("lost", "pgoutput", None)), None), "wal_status = lost");
+        lost(check_slot("s", Some(&ok), Some(0xff)), "advanced to 0/100 past the checkpoint at 0/FF");
+        assert!(matches!(
+            check_slot("s", Some(&state("reserved", "test_decoding", None)), None),
+            Err(PgError::ServerConfig { .. })
+        ));
+    }
+
+    #[test]
+    fn lsn_text_parses_back() {
+        for lsn in [0u64, 0x16B3748, 0x1_0000_0010, u64::MAX] {
+            assert_eq!(parse_lsn(&lsn_text(lsn)), Some(lsn));
+        }
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert!(parse_lsn("nope").is_none() && parse_lsn("1/").is_none() && parse_lsn("1/2/3").is_none());
+    }
 }

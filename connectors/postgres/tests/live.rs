@@ -363,6 +363,34 @@ async fn a_dropped_slot_is_reported_not_recreated_when_resuming() {
     fx.cleanup().await;
 }
 
+/// A slot moved past the checkpoint by something else (here
+/// `pg_replication_slot_advance`) would silently skip the changes in
+/// between: it is reported instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_advanced_past_the_checkpoint_is_reported() {
+    let fx = Fixture::new(1).await;
+    let t = fx.tenants[0].clone();
+    let cfg = fx.config(json!({}));
+    let src = PgSource::start(&cfg, None).await.unwrap();
+    let checkpoint = fx.confirmed_flush().await;
+    src.close().await;
+    fx.admin.batch_execute(&format!("INSERT INTO lab_{t}.results (id) VALUES (1)")).await.unwrap();
+    let slot = format!("lablake_t{}", fx.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fx.admin.execute("SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())", &[&slot]).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "slot still active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fx.confirmed_flush().await > checkpoint);
+    let err = PgSource::start(&cfg, Some(checkpoint)).await.err().expect("must fail");
+    assert!(matches!(err, PgError::PositionLost { .. }), "{err}");
+    assert!(err.to_string().contains("advanced") && err.to_string().contains("snapshot"), "{err}");
+    // Resuming from the slot's own position is fine.
+    let src = PgSource::start(&cfg, Some(fx.confirmed_flush().await)).await.unwrap();
+    src.close().await;
+    fx.cleanup().await;
+}
+
 /// TLS (every verifying mode) with SCRAM-SHA-256, on both connections, against
 /// the local server's test CA (`LABLAKE_PG_TLS_URL`, `LABLAKE_PG_TLS_CA` from
 /// `dev/services env`; the user may only connect over TLS with SCRAM).
