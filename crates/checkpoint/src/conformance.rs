@@ -19,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lablake_model::TableId;
 
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SourceCheckpoint,
-    TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotState,
+    SourceCheckpoint, TableStatus,
 };
 
 /// Runs every conformance check under a fresh [`unique_prefix`].
@@ -36,6 +36,7 @@ pub async fn run_all<S: CheckpointStore>(store: &S) {
     racing_writers_with_one_generation(store, &format!("{p}-race")).await;
     status_is_filtered_by_tenant(store, &format!("{p}-status")).await;
     manifest_is_ordered_and_per_table(store, &format!("{p}-manifest")).await;
+    snapshot_requests_progress_and_supersede(store, &format!("{p}-snap")).await;
 }
 
 /// A prefix unique to this process and call: lowercase, usable in tenant names.
@@ -561,4 +562,42 @@ fn manifest_entry(topic: &str, partition: i32, c: &BatchCommit) -> ManifestEntry
         rows: c.rows,
         bytes: c.bytes,
     }
+}
+
+/// Snapshot requests: first-seen requests are recorded once, on-demand ones
+/// renumber; progress saves need the source lease and the current request,
+/// and a save for a superseded request writes nothing.
+pub async fn snapshot_requests_progress_and_supersede<S: CheckpointStore>(store: &S, prefix: &str) {
+    let source = format!("{prefix}-pg");
+    let other_source = format!("{prefix}-other");
+    let a = TableId { tenant: format!("{prefix}a").into(), database: "lab".into(), table: "orders".into() };
+    let b = TableId { tenant: format!("{prefix}b").into(), database: "lab".into(), table: "results#1".into() };
+    assert!(store.snapshots(&source).await.expect("list").is_empty());
+    assert!(store.request_snapshot(&source, &a, true).await.expect("request a"));
+    assert!(!store.request_snapshot(&source, &a, true).await.expect("request a again"), "first-seen only once");
+    assert!(store.request_snapshot(&source, &b, false).await.expect("request b"));
+    assert!(store.request_snapshot(&other_source, &a, true).await.expect("other source"));
+    let list = store.snapshots(&source).await.expect("list");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!((&list[0].table, list[0].request, list[0].state), (&a, 1, SnapshotState::Requested));
+    assert_eq!((&list[1].table, list[1].request, list[1].last_key.as_ref()), (&b, 1, None));
+
+    let g = store.acquire_lease(&format!("source#{source}")).await.expect("lease");
+    let mut p = list[0].clone();
+    p.state = SnapshotState::Running;
+    p.last_key = Some(vec!["42".into(), "it's \"quoted\"".into()]);
+    p.chunks = 3;
+    p.rows = 3000;
+    p.estimate = 10_000;
+    assert!(store.save_snapshot(&source, g, &p).await.expect("save"));
+    let back = store.snapshots(&source).await.expect("list");
+    assert_eq!(back[0], p);
+    expect_fenced(store.save_snapshot(&source, g - 1, &p).await.map(|_| ()), "save_snapshot with an old generation");
+
+    // An on-demand request supersedes the running one: its saves become no-ops.
+    assert!(store.request_snapshot(&source, &a, false).await.expect("re-request"));
+    let fresh = store.snapshots(&source).await.expect("list")[0].clone();
+    assert_eq!((fresh.request, fresh.state, fresh.rows, fresh.last_key.as_ref()), (2, SnapshotState::Requested, 0, None));
+    assert!(!store.save_snapshot(&source, g, &p).await.expect("stale save"), "superseded save must write nothing");
+    assert_eq!(store.snapshots(&source).await.expect("list")[0], fresh);
 }

@@ -13,6 +13,10 @@
 //! | manifest entry | `manifest#<tenant>#<database>#<table>` | `<topic>#<partition:010>#<first_offset:020>` |
 //! | table status | `status#<tenant>` | `table#<source>#<database>#<table>` |
 //! | database status | `status#<tenant>` | `db#<source>#<database>` |
+//! | snapshot progress | `snapshot#<source>` | `<tenant>#<database>#<table>` |
+//!
+//! A snapshot item keeps its [`SnapshotProgress`] as JSON in `progress` and
+//! the request number in `request` (N) for conditions.
 //!
 //! Every item also carries `kind` and its names as plain attributes; values
 //! are read from those attributes, never parsed back out of keys. A pending
@@ -38,8 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{self, ALL_TABLES};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SourceCheckpoint,
-    TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
+    SnapshotState, SourceCheckpoint, TableStatus,
 };
 
 /// Configuration of the DynamoDB checkpoint store. Credentials come from the
@@ -575,6 +579,92 @@ impl CheckpointStore for DynamoStore {
         rules::sort_status(&mut rows);
         Ok(rows)
     }
+
+    async fn request_snapshot(&self, source: &str, table: &TableId, if_absent: bool) -> Result<bool, CheckpointError> {
+        let what = format!("snapshot request of `{source}` for {}.{}.{}", table.tenant, table.database, table.table);
+        // A read, then a put conditional on what was read: two racing
+        // requests cannot both take the same number.
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let current = self.get(snapshot_pk(source), snapshot_sk(table), &what).await?;
+            let previous: Option<u64> = current.as_ref().map(|i| get_n(i, "request", &what)).transpose()?;
+            if if_absent && previous.is_some() {
+                return Ok(false);
+            }
+            let now = rules::now_ms();
+            let progress = SnapshotProgress {
+                table: table.clone(),
+                request: previous.unwrap_or(0) + 1,
+                state: SnapshotState::Requested,
+                last_key: None,
+                chunks: 0,
+                rows: 0,
+                estimate: 0,
+                started_ms: now,
+                updated_ms: now,
+            };
+            let put = self.client.put_item().table_name(&self.table).set_item(Some(snapshot_item(source, &progress)?));
+            let put = match previous {
+                None => put.condition_expression("attribute_not_exists(pk)"),
+                Some(r) => put
+                    .condition_expression("#request = :request")
+                    .expression_attribute_names("#request", "request")
+                    .expression_attribute_values(":request", n(r)),
+            };
+            match put.send().await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                    if if_absent {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(sdk_error(format!("writing {what}"), e)),
+            }
+        }
+        Err(CheckpointError::Backend { message: format!("{what}: too many concurrent requests"), source: None })
+    }
+
+    async fn snapshots(&self, source: &str) -> Result<Vec<SnapshotProgress>, CheckpointError> {
+        let what = format!("snapshots of `{source}`");
+        let mut out = self
+            .query_pk(snapshot_pk(source), &what)
+            .await?
+            .iter()
+            .map(|item| {
+                let json = get_s(item, "progress", &what)?;
+                serde_json::from_str::<SnapshotProgress>(&json).map_err(|_| corrupt(&what, "progress"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.table.cmp(&b.table));
+        Ok(out)
+    }
+
+    async fn save_snapshot(
+        &self,
+        source: &str,
+        generation: u64,
+        progress: &SnapshotProgress,
+    ) -> Result<bool, CheckpointError> {
+        let t = &progress.table;
+        let what = format!("snapshot progress of `{source}` for {}.{}.{}", t.tenant, t.database, t.table);
+        let lease = rules::source_lease(source);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(snapshot_item(source, progress)?))
+            .condition_expression("#request = :request")
+            .expression_attribute_names("#request", "request")
+            .expression_attribute_values(":request", n(progress.request))
+            .build()
+            .map_err(|e| backend(&what, e))?;
+        let items = vec![self.lease_check(&lease, generation)?, TransactWriteItem::builder().put(put).build()];
+        let lease_err = || rules::lease_fenced(&lease, generation);
+        match self.transact(&format!("saving {what}"), items, &[Some(&lease_err), None]).await {
+            Ok(()) => Ok(true),
+            // The request was replaced by a newer one (or removed).
+            Err(TxError::Condition(1, None)) => Ok(false),
+            Err(e) => Err(e.into_error(&what)),
+        }
+    }
 }
 
 impl DynamoStore {
@@ -732,6 +822,28 @@ fn manifest_pk(t: &TableId) -> String {
 
 fn manifest_sk(topic: &str, partition: i32, first_offset: i64) -> String {
     format!("{}#{partition:010}#{first_offset:020}", esc(topic))
+}
+
+fn snapshot_pk(source: &str) -> String {
+    format!("snapshot#{}", esc(source))
+}
+
+fn snapshot_sk(t: &TableId) -> String {
+    format!("{}#{}#{}", esc(&t.tenant), esc(&t.database), esc(&t.table))
+}
+
+fn snapshot_item(source: &str, p: &SnapshotProgress) -> Result<Item, CheckpointError> {
+    let json = serde_json::to_string(p).map_err(|e| backend("encoding snapshot progress", e))?;
+    let mut item = Item::new();
+    item.insert("pk".into(), s(snapshot_pk(source)));
+    item.insert("sk".into(), s(snapshot_sk(&p.table)));
+    item.insert("kind".into(), s("snapshot"));
+    item.insert("source".into(), s(source));
+    item.insert("request".into(), n(p.request));
+    item.insert("state".into(), s(p.state.as_str()));
+    item.insert("progress".into(), s(json));
+    item.insert("updated_at_ms".into(), n(rules::now_ms()));
+    Ok(item)
 }
 
 fn status_pk(tenant: &str) -> String {

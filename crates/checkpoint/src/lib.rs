@@ -125,6 +125,50 @@ pub struct TableStatus {
     pub updated_at_ms: i64,
 }
 
+/// Where a table's snapshot (full load) stands, per source.
+///
+/// A snapshot reads the table in primary-key order, chunk by chunk; `last_key`
+/// is the key of the last row whose chunk Kafka acknowledged, so a killed
+/// snapshot resumes after it. Each request has a number: a new request (an
+/// on-demand re-snapshot) starts over and makes saves of the older request
+/// no-ops.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotProgress {
+    #[serde(with = "table_id_serde")]
+    pub table: TableId,
+    /// Number of the request this progress belongs to (1, 2, ...).
+    pub request: u64,
+    pub state: SnapshotState,
+    /// Key of the last row delivered, as the source's text forms of the key
+    /// columns in key order (a JSON array in the store). `None`: not started.
+    pub last_key: Option<Vec<String>>,
+    pub chunks: u64,
+    pub rows: u64,
+    /// The source's row estimate when the snapshot started.
+    pub estimate: u64,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// State of a [`SnapshotProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotState {
+    Requested,
+    Running,
+    Done,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Requested => "requested",
+            SnapshotState::Running => "running",
+            SnapshotState::Done => "done",
+        }
+    }
+}
+
 /// Storage of checkpoints. Implementations: [`DynamoStore`] (production) and
 /// [`MemoryStore`] (tests, single process). Both pass [`conformance`].
 ///
@@ -197,4 +241,29 @@ pub trait CheckpointStore: Send + Sync {
 
     /// Processing status rows, of one tenant or of all.
     fn status(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<TableStatus>, CheckpointError>> + Send;
+
+    /// Requests a snapshot of `table` from `source`. With `if_absent`, only
+    /// when the table never had one (a table seen for the first time);
+    /// otherwise a new request (its number one higher) replaces any earlier
+    /// one, finished or not. Returns whether a request was recorded.
+    fn request_snapshot(
+        &self,
+        source: &str,
+        table: &TableId,
+        if_absent: bool,
+    ) -> impl Future<Output = Result<bool, CheckpointError>> + Send;
+
+    /// Every snapshot of `source`, any state, ordered by table.
+    fn snapshots(&self, source: &str) -> impl Future<Output = Result<Vec<SnapshotProgress>, CheckpointError>> + Send;
+
+    /// Saves progress if the lease `source#<source>` still has `generation`
+    /// (else [`CheckpointError::Fenced`]) and the table's current request is
+    /// still `progress.request`; returns `false` (nothing written) when a
+    /// newer request superseded it.
+    fn save_snapshot(
+        &self,
+        source: &str,
+        generation: u64,
+        progress: &SnapshotProgress,
+    ) -> impl Future<Output = Result<bool, CheckpointError>> + Send;
 }

@@ -7,8 +7,8 @@ use lablake_model::TableId;
 
 use crate::rules::{self, ALL_TABLES};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SourceCheckpoint,
-    TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
+    SnapshotState, SourceCheckpoint, TableStatus,
 };
 
 /// A [`CheckpointStore`] held in process memory. Cloning shares the state.
@@ -32,6 +32,7 @@ struct State {
     partitions: HashMap<PartitionKey, PartitionCheckpoint>,
     manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
     status: BTreeMap<StatusKey, TableStatus>,
+    snapshots: BTreeMap<(String, TableId), SnapshotProgress>,
 }
 
 impl State {
@@ -168,6 +169,51 @@ impl CheckpointStore for MemoryStore {
             self.lock().status.values().filter(|s| tenant.is_none_or(|t| s.tenant == t)).cloned().collect();
         rules::sort_status(&mut rows);
         Ok(rows)
+    }
+
+    async fn request_snapshot(&self, source: &str, table: &TableId, if_absent: bool) -> Result<bool, CheckpointError> {
+        let mut state = self.lock();
+        let key = (source.to_owned(), table.clone());
+        let previous = state.snapshots.get(&key).map(|p| p.request);
+        if if_absent && previous.is_some() {
+            return Ok(false);
+        }
+        let now = rules::now_ms();
+        state.snapshots.insert(
+            key,
+            SnapshotProgress {
+                table: table.clone(),
+                request: previous.unwrap_or(0) + 1,
+                state: SnapshotState::Requested,
+                last_key: None,
+                chunks: 0,
+                rows: 0,
+                estimate: 0,
+                started_ms: now,
+                updated_ms: now,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn snapshots(&self, source: &str) -> Result<Vec<SnapshotProgress>, CheckpointError> {
+        Ok(self.lock().snapshots.iter().filter(|((s, _), _)| s == source).map(|(_, p)| p.clone()).collect())
+    }
+
+    async fn save_snapshot(
+        &self,
+        source: &str,
+        generation: u64,
+        progress: &SnapshotProgress,
+    ) -> Result<bool, CheckpointError> {
+        let mut state = self.lock();
+        state.check_lease(&rules::source_lease(source), generation)?;
+        let key = (source.to_owned(), progress.table.clone());
+        if state.snapshots.get(&key).map(|p| p.request) != Some(progress.request) {
+            return Ok(false);
+        }
+        state.snapshots.insert(key, progress.clone());
+        Ok(true)
     }
 }
 
