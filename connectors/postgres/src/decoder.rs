@@ -58,10 +58,18 @@ pub enum PgItem {
     /// A heartbeat message outside any transaction: `lsn` may be reported as
     /// flushed once everything before it is durable.
     Heartbeat { lsn: u64 },
+    /// A snapshot watermark ([`WATERMARK_PREFIX`] logical message written
+    /// transactionally), in commit order with the changes around it.
+    /// `commit_lsn` is its transaction's commit LSN: rows emitted at the
+    /// watermark take positions `(commit_lsn, 0..)`.
+    Watermark { id: String, commit_lsn: u64 },
     /// A row that cannot be turned into a change (tenant unresolved, value
     /// undecodable). Carries no row values.
     Unresolved { table: String, reason: String, position: SourcePosition },
 }
+
+/// Prefix of the logical messages that mark snapshot chunk windows.
+pub const WATERMARK_PREFIX: &str = "lablake.watermark";
 
 /// A relation as the decoder uses it.
 #[derive(Debug)]
@@ -170,9 +178,19 @@ impl PgDecoder {
         PgKind::builtin(oid, typmod).or_else(|| self.kinds.get(&oid).cloned())
     }
 
-    /// Applies a Relation message. `primary_key` lists the table's primary
-    /// key columns from the catalog (empty: use the replica identity).
-    pub fn put_relation(&mut self, rel: Relation, primary_key: &[String]) {
+    /// The schema a relation's changes carry, and the kinds of its columns:
+    /// the same for a Relation message and for a snapshot of the table built
+    /// from the catalog, so both produce identical events. The key is the
+    /// primary key, else the replica identity, else every column.
+    pub fn relation_schema(&self, rel: &Relation, primary_key: &[String]) -> (Arc<TableSchema>, Vec<PgKind>) {
+        let (kinds, columns, mut pk) = self.relation_layout(rel, primary_key);
+        if pk.is_empty() {
+            pk = (0..columns.len()).collect();
+        }
+        (TableSchema::new(columns, pk), kinds)
+    }
+
+    fn relation_layout(&self, rel: &Relation, primary_key: &[String]) -> (Vec<PgKind>, Vec<Column>, Vec<usize>) {
         let kinds: Vec<PgKind> =
             rel.columns.iter().map(|c| self.kind_of(c.type_oid, c.type_modifier).unwrap_or(PgKind::Other)).collect();
         let columns: Vec<Column> = rel
@@ -181,12 +199,19 @@ impl PgDecoder {
             .zip(&kinds)
             .map(|(c, k)| Column { name: c.name.clone(), ty: k.column_type(), nullable: true })
             .collect();
-        let qualified = format!("{}.{}", rel.namespace, rel.name);
         let mut pk: Vec<usize> =
             primary_key.iter().filter_map(|k| rel.columns.iter().position(|c| &c.name == k)).collect();
         if pk.len() != primary_key.len() || pk.is_empty() {
             pk = rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect();
         }
+        (kinds, columns, pk)
+    }
+
+    /// Applies a Relation message. `primary_key` lists the table's primary
+    /// key columns from the catalog (empty: use the replica identity).
+    pub fn put_relation(&mut self, rel: Relation, primary_key: &[String]) {
+        let (kinds, columns, mut pk) = self.relation_layout(&rel, primary_key);
+        let qualified = format!("{}.{}", rel.namespace, rel.name);
         let selected = self.cfg.filter.matches(&rel.namespace, &rel.name);
         if selected && rel.replica_identity == b'n' && self.warned.insert(format!("ri:{qualified}")) {
             warn!(table = %qualified, "table has REPLICA IDENTITY NOTHING: updates and deletes cannot be captured");
@@ -257,6 +282,12 @@ impl PgDecoder {
             Message::Message { transactional: false, prefix, .. } if prefix == self.cfg.heartbeat_prefix => {
                 if self.tx.is_none() && self.stream.is_none() {
                     self.pending.push_back(PgItem::Heartbeat { lsn: wal_end });
+                }
+            }
+            Message::Message { transactional: true, prefix: WATERMARK_PREFIX, content, xid: None, .. } => {
+                if let (Some(tx), None) = (&self.tx, self.stream) {
+                    let id = String::from_utf8_lossy(content).into_owned();
+                    self.pending.push_back(PgItem::Watermark { id, commit_lsn: tx.commit_lsn });
                 }
             }
             Message::Relation { .. } => return Err(protocol(wal_end, "Relation message passed to push".into())),
@@ -692,6 +723,21 @@ mod tests {
         assert!(changes[0].source.position < changes[1].source.position);
         assert!(changes[1].source.position < changes[2].source.position);
         assert!(matches!(items.last(), Some(PgItem::Commit { lsn: 0x208, .. })));
+    }
+
+    #[test]
+    fn watermarks_come_in_commit_order_with_their_commit_lsn() {
+        let mut d = decoder(1 << 20);
+        relation(&mut d, 1, "lab_acme");
+        d.push(&Msg::new(b'B').u64(0x300).u64(0).u32(7).0, 0x290).unwrap();
+        let wm = Msg::new(b'M').u8(1).u64(0x295).cstr(WATERMARK_PREFIX).u32(5).0;
+        let mut wm = wm;
+        wm.extend_from_slice(b"w:1:l");
+        d.push(&wm, 0x295).unwrap();
+        d.push(&Msg::new(b'C').u8(0).u64(0x300).u64(0x308).u64(0).0, 0x308).unwrap();
+        let items = drain(&mut d);
+        assert_eq!(items[0], PgItem::Watermark { id: "w:1:l".into(), commit_lsn: 0x300 });
+        assert!(matches!(items[1], PgItem::Commit { lsn: 0x308, .. }));
     }
 
     #[test]

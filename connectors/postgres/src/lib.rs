@@ -8,12 +8,14 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod pgoutput;
+pub mod snapshot;
 pub mod source;
 pub mod tls;
 pub mod values;
 
 pub use config::{PgSourceConfig, TenantConfig};
-pub use decoder::{DecoderConfig, PgDecoder, PgItem};
+pub use decoder::{DecoderConfig, PgDecoder, PgItem, WATERMARK_PREFIX};
 pub use error::PgError;
+pub use snapshot::{Chunk, PgSnapshotter, SnapshotTable};
 pub use source::{PgAcker, PgSource};
 pub use tls::{TlsConfig, TlsMode};

@@ -36,7 +36,7 @@ pub struct PgSource {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
-fn connection(e: impl std::fmt::Display) -> PgError {
+pub(crate) fn connection(e: impl std::fmt::Display) -> PgError {
     PgError::Connection { reason: e.to_string() }
 }
 
@@ -90,7 +90,7 @@ fn replication_conninfo(cfg: &PgSourceConfig) -> String {
 }
 
 /// A tokio-postgres error without anything that could carry values.
-fn pg_reason(e: &tokio_postgres::Error) -> String {
+pub(crate) fn pg_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
@@ -318,7 +318,7 @@ impl PgAcker {
 }
 
 /// The kind of a catalog type: enums, domains (their base type), arrays.
-async fn resolve_kind(catalog: &Client, oid: u32, depth: u8) -> Result<PgKind, PgError> {
+pub(crate) async fn resolve_kind(catalog: &Client, oid: u32, depth: u8) -> Result<PgKind, PgError> {
     if depth > 8 {
         return Ok(PgKind::Other);
     }
@@ -348,7 +348,7 @@ async fn resolve_kind(catalog: &Client, oid: u32, depth: u8) -> Result<PgKind, P
 }
 
 /// Primary-key column names of a table, in key order (empty without one).
-async fn primary_key(catalog: &Client, rel: u32) -> Result<Vec<String>, PgError> {
+pub(crate) async fn primary_key(catalog: &Client, rel: u32) -> Result<Vec<String>, PgError> {
     let rows = catalog
         .query(
             "SELECT a.attname::text FROM pg_index i \

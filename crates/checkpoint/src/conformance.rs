@@ -597,7 +597,10 @@ pub async fn snapshot_requests_progress_and_supersede<S: CheckpointStore>(store:
     // An on-demand request supersedes the running one: its saves become no-ops.
     assert!(store.request_snapshot(&source, &a, false).await.expect("re-request"));
     let fresh = store.snapshots(&source).await.expect("list")[0].clone();
-    assert_eq!((fresh.request, fresh.state, fresh.rows, fresh.last_key.as_ref()), (2, SnapshotState::Requested, 0, None));
+    assert_eq!(
+        (fresh.request, fresh.state, fresh.rows, fresh.last_key.as_ref()),
+        (2, SnapshotState::Requested, 0, None)
+    );
     assert!(!store.save_snapshot(&source, g, &p).await.expect("stale save"), "superseded save must write nothing");
     assert_eq!(store.snapshots(&source).await.expect("list")[0], fresh);
 }

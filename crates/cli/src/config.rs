@@ -38,6 +38,9 @@ pub struct Config {
     /// both lists (checkpoints are keyed by them).
     #[serde(default)]
     pub postgres_sources: Vec<PgSourceConfig>,
+    /// Snapshots (full loads).
+    #[serde(default)]
+    pub snapshot: crate::snapshot::SnapshotConfig,
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -192,6 +195,9 @@ impl Config {
         }
         if self.curate.max_open_bytes < self.curate.batch.max_bytes.min(1024 * 1024) {
             return Err(invalid("curate.max_open_bytes", "must be at least 1 MiB (or curate.batch.max_bytes)"));
+        }
+        if self.snapshot.chunk_rows == 0 || self.snapshot.chunk_rows > 1_000_000 {
+            return Err(invalid("snapshot.chunk_rows", "must be between 1 and 1000000"));
         }
         if self.curate.batch.max_rows == 0 {
             return Err(invalid("curate.batch.max_rows", "must be at least 1"));

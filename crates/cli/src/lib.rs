@@ -4,6 +4,7 @@
 pub mod config;
 pub mod curator;
 pub mod metrics;
+pub mod snapshot;
 pub mod source;
 pub mod status;
 

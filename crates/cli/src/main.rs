@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lablake::config::{Config, LogFormat};
 use lablake::curator::Curator;
-use lablake::{metrics, source, status};
+use lablake::{metrics, snapshot, source, status};
 use lablake_checkpoint::DynamoStore;
 use lablake_lake::Lake;
 use tokio::sync::watch;
@@ -57,6 +57,21 @@ enum Command {
         #[arg(long)]
         lake: bool,
     },
+    /// Requests a snapshot (full load) of a tenant's table, or of all its
+    /// tables, from the running source, and follows its progress.
+    Snapshot {
+        #[arg(long)]
+        tenant: String,
+        /// `table` or `schema.table` (default: every table of the tenant).
+        #[arg(long)]
+        table: Option<String>,
+        /// Only this source (default: every PostgreSQL source).
+        #[arg(long)]
+        source: Option<String>,
+        /// Return after recording the request.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Validates the configuration and exits.
     CheckConfig,
 }
@@ -98,7 +113,9 @@ fn init_tracing(cfg: &Config) {
     {
         filter = filter.add_directive(d);
     }
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     if cfg.log.format == LogFormat::Json { b.json().init() } else { b.init() }
 }
 
@@ -131,6 +148,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Snapshot { tenant, table, source, no_wait } = command {
+        return request_snapshots(&cfg, store.as_ref(), &tenant, table.as_deref(), source.as_deref(), no_wait).await;
+    }
     if let Some(addr) = cfg.metrics.listen {
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr).await {
@@ -159,7 +179,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Run { shard } => (true, true, None, shard),
         Command::Source { name } => (true, false, name, String::new()),
         Command::Curate { shard } => (false, true, None, shard),
-        Command::Status { .. } | Command::CheckConfig => unreachable!("handled above"),
+        Command::Status { .. } | Command::Snapshot { .. } | Command::CheckConfig => unreachable!("handled above"),
     };
     if run_sources {
         let mut any = false;
@@ -178,8 +198,8 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
             any = true;
-            let (bus, store, stop) = (cfg.kafka.clone(), store.clone(), stop_rx.clone());
-            tasks.spawn(async move { source::run_pg_source(&name, scfg, &bus, store, stop).await });
+            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), cfg.snapshot.clone());
+            tasks.spawn(async move { source::run_pg_source(&name, scfg, &snap, &bus, store, stop).await });
         }
         if !any {
             anyhow::bail!("no source to run: configure [[sources]] or [[postgres_sources]]");
@@ -202,4 +222,83 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         res.context("task panicked")??;
     }
     Ok(())
+}
+
+/// `lablake snapshot`: records requests the running sources pick up, then
+/// prints progress until every requested table is done.
+async fn request_snapshots(
+    cfg: &Config,
+    store: &DynamoStore,
+    tenant: &str,
+    table: Option<&str>,
+    source: Option<&str>,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    use lablake_checkpoint::{CheckpointStore, SnapshotState};
+    if let Some(s) = source
+        && cfg.sources.iter().any(|m| m.name == s)
+    {
+        anyhow::bail!("source `{s}` is a MySQL source: snapshots are implemented for PostgreSQL sources only so far");
+    }
+    let mut requested: Vec<(String, lablake_model::TableId, u64)> = Vec::new();
+    for scfg in cfg.postgres_sources.iter().filter(|p| source.is_none_or(|s| s == p.name)) {
+        let mut snapshotter = lablake_postgres::PgSnapshotter::connect(scfg)
+            .await
+            .with_context(|| format!("connecting to source `{}`", scfg.name))?;
+        for t in snapshotter.tables().await? {
+            let matches = match table {
+                None => true,
+                Some(x) => *t.table == *x || format!("{}.{}", t.database, t.table) == x,
+            };
+            if &*t.tenant != tenant || !matches {
+                continue;
+            }
+            store.request_snapshot(&scfg.name, &t, false).await?;
+            let request =
+                store.snapshots(&scfg.name).await?.into_iter().find(|p| p.table == t).map_or(0, |p| p.request);
+            println!("requested: source {} {}/{}.{} (request {request})", scfg.name, t.tenant, t.database, t.table);
+            requested.push((scfg.name.clone(), t, request));
+        }
+    }
+    if requested.is_empty() {
+        anyhow::bail!(
+            "no table of tenant `{tenant}`{} in the PostgreSQL sources{}",
+            table.map(|t| format!(" named `{t}`")).unwrap_or_default(),
+            source.map(|s| format!(" (source `{s}`)")).unwrap_or_default()
+        );
+    }
+    if no_wait {
+        return Ok(());
+    }
+    let mut last_lines: Vec<String> = Vec::new();
+    loop {
+        let mut lines = Vec::new();
+        let mut all_done = true;
+        for (src, t, request) in &requested {
+            let p = store.snapshots(src).await?.into_iter().find(|p| &p.table == t);
+            match p {
+                Some(p) if p.request == *request => {
+                    all_done &= p.state == SnapshotState::Done;
+                    lines.push(snapshot::progress_line(&p, (metrics::now_secs() * 1000.0) as i64));
+                }
+                Some(_) => {
+                    lines.push(format!("{}/{}.{}: superseded by a newer request", t.tenant, t.database, t.table))
+                }
+                None => {
+                    all_done = false;
+                    lines.push(format!("{}/{}.{}: waiting", t.tenant, t.database, t.table));
+                }
+            }
+        }
+        if lines != last_lines {
+            for l in &lines {
+                println!("{l}");
+            }
+            last_lines = lines;
+        }
+        if all_done {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

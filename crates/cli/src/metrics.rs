@@ -33,6 +33,23 @@ pub static SOURCE_RECORDS: LazyLock<IntCounterVec> =
 pub static SOURCE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_source_dead_letters_total", "Row changes dead-lettered by the source", &["source"])
 });
+pub static SNAPSHOT_ROWS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_snapshot_rows",
+        "Rows delivered by the table's current snapshot",
+        &["source", "tenant", "database", "table"],
+    )
+});
+pub static SNAPSHOT_ESTIMATE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_snapshot_estimated_rows",
+        "The source's row estimate when the snapshot started",
+        &["source", "tenant", "database", "table"],
+    )
+});
+pub static SNAPSHOT_DONE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_snapshot_done", "1 when the table's snapshot finished", &["source", "tenant", "database", "table"])
+});
 pub static SOURCE_LAG: LazyLock<GaugeVec> =
     LazyLock::new(|| gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"]));
 pub static SOURCE_CHECKPOINT_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {

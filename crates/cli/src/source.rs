@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
 use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
-use lablake_model::{ChangeEvent, Op, SourcePosition};
+use std::sync::Arc;
+
+use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
 use lablake_mysql::{MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
 use lablake_postgres::{PgAcker, PgItem, PgSource, PgSourceConfig};
 use tokio::sync::watch;
 
-use crate::metrics;
+use crate::{metrics, snapshot};
 
 /// How often acknowledged positions are saved.
 const SAVE_INTERVAL: Duration = Duration::from_millis(500);
@@ -30,11 +32,26 @@ trait Reader: Send {
     fn next(&mut self) -> impl Future<Output = anyhow::Result<Item>> + Send;
 }
 
+/// What the checkpoint saver saves once Kafka acknowledged everything before it.
+enum Marker {
+    Source(SourceCheckpoint),
+    Snapshot(lablake_checkpoint::SnapshotProgress),
+}
+
 /// A normalized source item.
 enum Item {
     Change(ChangeEvent),
     Checkpoint(SourceCheckpoint),
-    Unresolved { table: String, reason: String, position: SourcePosition },
+    /// A snapshot watermark; `at(i)` positions the i-th snapshot row there.
+    Watermark {
+        id: String,
+        at: Box<dyn Fn(u32) -> SourceInfo + Send>,
+    },
+    Unresolved {
+        table: String,
+        reason: String,
+        position: SourcePosition,
+    },
 }
 
 struct Mysql {
@@ -71,6 +88,7 @@ impl Reader for Mysql {
 
 struct Postgres {
     source: PgSource,
+    name: Arc<str>,
     last_position: String,
 }
 
@@ -89,6 +107,10 @@ impl Reader for Postgres {
                 checkpoint(lsn, self.last_position.clone(), (metrics::now_secs() * 1000.0) as i64)
             }
             PgItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
+            PgItem::Watermark { id, commit_lsn } => {
+                let name = self.name.clone();
+                Item::Watermark { id, at: Box::new(move |i| snapshot::pg_snapshot_source(&name, commit_lsn, i)) }
+            }
             _ => anyhow::bail!("the PostgreSQL source produced an item this version cannot handle"),
         })
     }
@@ -112,13 +134,14 @@ pub async fn run_source<S: CheckpointStore + 'static>(
         None => tracing::info!(source = name, generation, "starting source from its configured start position"),
     }
     let source = MysqlSource::start(config, resume).await.with_context(|| format!("starting source `{name}`"))?;
-    drive(name, Mysql { source, last_position: String::new() }, None, generation, bus, store, shutdown).await
+    drive(name, Mysql { source, last_position: String::new() }, None, None, generation, bus, store, shutdown).await
 }
 
 /// Runs one PostgreSQL source until `shutdown` turns true or an error occurs.
 pub async fn run_pg_source<S: CheckpointStore + 'static>(
     name: &str,
     config: PgSourceConfig,
+    snap: &snapshot::SnapshotConfig,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
@@ -134,23 +157,59 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     }
     let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
     let acker = source.acker();
-    let reader = Postgres { source, last_position: String::new() };
-    drive(name, reader, Some(acker), generation, bus, store, shutdown).await
+    let reader = Postgres { source, name: name.into(), last_position: String::new() };
+    // Snapshots run beside the stream: the worker reads chunks between
+    // watermarks, the stream loop emits them (see `snapshot`).
+    let nonce = format!("{:x}", rand_nonce());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut worker = tokio::spawn(snapshot::run_pg_worker(
+        name.to_owned(),
+        config.clone(),
+        snap.clone(),
+        store.clone(),
+        generation,
+        nonce.clone(),
+        tx,
+    ));
+    let windows = snapshot::Windows::new(nonce, rx);
+    let result = {
+        let drive = drive(name, reader, Some(acker), Some(windows), generation, bus, store, shutdown);
+        tokio::pin!(drive);
+        tokio::select! {
+            r = &mut drive => r,
+            w = &mut worker => match w {
+                Ok(Ok(())) => drive.await,
+                Ok(Err(e)) => Err(e.context(format!("snapshot worker of `{name}`"))),
+                Err(e) => Err(anyhow::anyhow!("snapshot worker of `{name}` panicked: {e}")),
+            },
+        }
+    };
+    worker.abort();
+    result
+}
+
+fn rand_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 /// The source loop: reader → Kafka, checkpoints after acknowledgement. On
 /// shutdown, every record already read is acknowledged and checkpointed.
+#[allow(clippy::too_many_arguments)]
 async fn drive<S: CheckpointStore + 'static, R: Reader>(
     name: &str,
     mut reader: R,
     acker: Option<PgAcker>,
+    mut windows: Option<snapshot::Windows>,
     generation: u64,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut producer = ChangeProducer::new(bus)?;
-    let (acks, mut acked) = ack_queue::<SourceCheckpoint>(bus.max_in_flight);
+    let (acks, mut acked) = ack_queue::<Marker>(bus.max_in_flight);
 
     let saver = {
         let store = store.clone();
@@ -162,8 +221,15 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
             loop {
                 let next = acked.next().await;
                 let done = match next {
-                    Ok(Some(cp)) => {
+                    Ok(Some(Marker::Source(cp))) => {
                         latest = Some(cp);
+                        false
+                    }
+                    Ok(Some(Marker::Snapshot(p))) => {
+                        // Every row of the chunk is acknowledged: the snapshot may resume after it.
+                        if store.save_snapshot(&name, generation, &p).await.context("saving snapshot progress")? {
+                            snapshot::report(&name, &p);
+                        }
                         false
                     }
                     Ok(None) => true,
@@ -196,6 +262,7 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
     };
 
     let records = metrics::SOURCE_RECORDS.with_label_values(&[name]);
+    let mut scratch = Vec::new();
     let lag = metrics::SOURCE_LAG.with_label_values(&[name]);
     let result: anyhow::Result<()> = async {
         loop {
@@ -214,12 +281,26 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                     records.inc();
                 }
                 Item::Change(event) => {
+                    if let Some(w) = windows.as_mut() {
+                        w.observe(&event, &mut scratch);
+                    }
                     let (topic, fut) = producer.send(&event).await?;
                     acks.delivery(topic, fut).await?;
                     records.inc();
                     lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
                 }
-                Item::Checkpoint(cp) => acks.marker(cp).await?,
+                Item::Checkpoint(cp) => acks.marker(Marker::Source(cp)).await?,
+                Item::Watermark { id, at } => {
+                    let Some(w) = windows.as_mut() else { continue };
+                    if let Some((events, progress)) = w.watermark(&id, at).await? {
+                        for event in &events {
+                            let (topic, fut) = producer.send(event).await?;
+                            acks.delivery(topic, fut).await?;
+                        }
+                        records.inc_by(events.len() as u64);
+                        acks.marker(Marker::Snapshot(progress)).await?;
+                    }
+                }
                 Item::Unresolved { table, reason, position } => {
                     tracing::warn!(
                         source = name,
