@@ -95,12 +95,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::Ok(n)
     });
     let mut snap = PgSnapshotter::connect(&cfg).await?;
-    let table_id = snap
-        .tables()
-        .await?
-        .into_iter()
-        .find(|t| *t.database == *schema)
-        .context("benchmark table not listed")?;
+    let table_id =
+        snap.tables().await?.into_iter().find(|t| *t.database == *schema).context("benchmark table not listed")?;
     let table = snap.table(&table_id).await?.context("benchmark table layout")?;
     let name: std::sync::Arc<str> = "bench".into();
     let started = Instant::now();

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lablake_checkpoint::{CheckpointStore, SnapshotProgress, SnapshotState};
-use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, Value, envelope};
-use lablake_postgres::{PgSnapshotter, PgSourceConfig, SnapshotTable};
+use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value, envelope};
+use lablake_postgres::{PgSnapshotter, PgSourceConfig};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -71,7 +71,8 @@ impl Default for SnapshotConfig {
 pub struct ChunkMsg {
     /// `<nonce>:<chunk>`, as in the watermarks.
     pub id: String,
-    pub table: Arc<SnapshotTable>,
+    pub table: TableId,
+    pub schema: Arc<TableSchema>,
     pub rows: Vec<Vec<Value>>,
     /// Progress once these rows are delivered.
     pub progress: SnapshotProgress,
@@ -93,6 +94,8 @@ struct Window {
     id: String,
     /// Keys (envelope key bytes) changed in the window, per table.
     changed: HashSet<(TableId, Vec<u8>)>,
+    /// Tables truncated in the window: every row of their chunk is stale.
+    truncated: HashSet<TableId>,
 }
 
 impl Windows {
@@ -103,6 +106,10 @@ impl Windows {
     /// Notes a streamed change (call for every change while a window may be open).
     pub fn observe(&mut self, event: &ChangeEvent, scratch: &mut Vec<u8>) {
         if let Some(w) = &mut self.open {
+            if event.op == Op::Truncate {
+                w.truncated.insert(event.table.clone());
+                return;
+            }
             scratch.clear();
             envelope::encode_key(event, scratch);
             w.changed.insert((event.table.clone(), scratch.clone()));
@@ -128,7 +135,7 @@ impl Windows {
         let base = format!("{nonce}:{chunk}");
         match kind {
             "l" => {
-                self.open = Some(Window { id: base, changed: HashSet::new() });
+                self.open = Some(Window { id: base, changed: HashSet::new(), truncated: HashSet::new() });
                 Ok(None)
             }
             "h" => {
@@ -136,15 +143,18 @@ impl Windows {
                 // The worker sent the chunk before writing this watermark.
                 let msg = self.rx.recv().await.ok_or_else(|| anyhow::anyhow!("snapshot worker stopped"))?;
                 anyhow::ensure!(msg.id == base, "snapshot chunk {} arrived at watermark {base}", msg.id);
-                let table = &msg.table;
+                if w.truncated.contains(&msg.table) {
+                    // Rows read before the truncate must not come back after it.
+                    return Ok(Some((Vec::new(), msg.progress)));
+                }
                 let mut scratch = Vec::new();
                 let now = (metrics::now_secs() * 1000.0) as i64;
                 let mut out = Vec::with_capacity(msg.rows.len());
                 for (i, row) in msg.rows.into_iter().enumerate() {
                     let event = ChangeEvent {
-                        table: table.id.clone(),
+                        table: msg.table.clone(),
                         op: Op::Read,
-                        schema: table.schema.clone(),
+                        schema: msg.schema.clone(),
                         before: None,
                         after: Some(row),
                         source: at(u32::try_from(i).unwrap_or(u32::MAX - 1)),
@@ -152,7 +162,7 @@ impl Windows {
                     };
                     scratch.clear();
                     envelope::encode_key(&event, &mut scratch);
-                    if !w.changed.contains(&(table.id.clone(), std::mem::take(&mut scratch))) {
+                    if !w.changed.contains(&(msg.table.clone(), std::mem::take(&mut scratch))) {
                         out.push(event);
                     }
                 }
@@ -250,7 +260,8 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
                 }
                 let msg = ChunkMsg {
                     id: format!("{nonce}:{chunk_no}"),
-                    table: table.clone(),
+                    table: table.id.clone(),
+                    schema: table.schema.clone(),
                     rows: chunk.rows,
                     progress: next.clone(),
                 };
@@ -337,6 +348,76 @@ mod tests {
             progress_line(&done, 99_000),
             "acme/lab_acme.results: 100000 / ~100000 rows (100%), 5000 rows/s, done"
         );
+    }
+
+    fn table() -> (TableId, Arc<TableSchema>) {
+        use lablake_model::{Column, ColumnType};
+        let schema = TableSchema::new(
+            vec![
+                Column { name: "id".into(), ty: ColumnType::Int { bytes: 8, unsigned: false }, nullable: false },
+                Column { name: "v".into(), ty: ColumnType::String, nullable: true },
+            ],
+            vec![0],
+        );
+        (TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "orders".into() }, schema)
+    }
+
+    fn progress(t: &TableId) -> SnapshotProgress {
+        SnapshotProgress {
+            table: t.clone(),
+            request: 1,
+            state: SnapshotState::Running,
+            last_key: Some(vec!["3".into()]),
+            chunks: 1,
+            rows: 3,
+            estimate: 3,
+            started_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    fn change(t: &TableId, schema: &Arc<TableSchema>, op: Op, id: i64) -> ChangeEvent {
+        let row = vec![Value::Int(id), Value::String("streamed".into())];
+        ChangeEvent {
+            table: t.clone(),
+            op,
+            schema: schema.clone(),
+            before: None,
+            after: (op != Op::Truncate).then_some(row),
+            source: pg_snapshot_source(&"pg".into(), 1, 0),
+            ts_ms: 0,
+        }
+    }
+
+    async fn chunk_through(nonce: &str, in_window: &[ChangeEvent]) -> Option<Vec<i64>> {
+        let (t, schema) = table();
+        let (tx, rx) = mpsc::channel(1);
+        let mut w = Windows::new("n1".into(), rx);
+        let at = |i| pg_snapshot_source(&"pg".into(), 0x500, i);
+        assert!(w.watermark(&watermark_id(false, nonce, 1), at).await.unwrap().is_none());
+        let mut scratch = Vec::new();
+        for e in in_window {
+            w.observe(e, &mut scratch);
+        }
+        let rows = (1..=3).map(|i| vec![Value::Int(i), Value::String("read".into())]).collect();
+        tx.send(ChunkMsg { id: "n1:1".into(), table: t.clone(), schema, rows, progress: progress(&t) }).await.unwrap();
+        let (events, p) = w.watermark(&watermark_id(true, nonce, 1), at).await.unwrap()?;
+        assert_eq!(p, progress(&t));
+        assert!(events.iter().all(|e| e.op == Op::Read && e.source.position.as_str() > "0000000000000500"));
+        Some(events.iter().map(|e| if let Value::Int(i) = e.after.as_ref().unwrap()[0] { i } else { 0 }).collect())
+    }
+
+    #[tokio::test]
+    async fn keys_changed_between_the_watermarks_are_dropped_from_the_chunk() {
+        let (t, schema) = table();
+        let other = TableId { table: "results".into(), ..t.clone() };
+        assert_eq!(chunk_through("n1", &[]).await, Some(vec![1, 2, 3]));
+        let changed = [change(&t, &schema, Op::Update, 2), change(&other, &schema, Op::Update, 3)];
+        assert_eq!(chunk_through("n1", &changed).await, Some(vec![1, 3]));
+        // A truncate of the table in the window: nothing of the chunk survives.
+        assert_eq!(chunk_through("n1", &[change(&t, &schema, Op::Truncate, 0)]).await, Some(vec![]));
+        // Watermarks of another process (another nonce) are ignored.
+        assert_eq!(chunk_through("old", &[]).await, None);
     }
 
     #[test]
