@@ -183,3 +183,37 @@ pub mod pgoutput {
         out
     }
 }
+
+/// The results table in PostgreSQL, for the PostgreSQL benchmarks.
+pub mod pg {
+    /// DDL of `<schema>.results` (the schema must exist).
+    pub fn results_ddl(schema: &str) -> String {
+        format!(
+            "CREATE TABLE {schema}.results (id bigint PRIMARY KEY, order_id bigint, patient_id int, loinc text,
+               value_num numeric(18,6), value_text text, unit varchar(20), ref_low double precision, abnormal text,
+               collected_at timestamp, resulted_at timestamptz, status smallint)"
+        )
+    }
+
+    /// Inserts rows with ids `0..rows` into `<schema>.results`, `batch` per statement.
+    pub async fn insert_results(
+        c: &tokio_postgres::Client,
+        schema: &str,
+        rows: i64,
+        batch: i64,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut done = 0;
+        while done < rows {
+            let n = batch.min(rows - done);
+            c.batch_execute(&format!(
+                "INSERT INTO {schema}.results SELECT g, g / 4, g % 100000, (1000 + g % 9000) || '-' || g % 10,
+                   (g % 500) + (g % 1000000) / 1000000.0, 'within range', 'mmol/L', 3.5,
+                   CASE WHEN g % 10 = 0 THEN 'H' ELSE 'N' END, now(), now(), 1
+                 FROM generate_series({done}, {done} + {n} - 1) g"
+            ))
+            .await?;
+            done += n;
+        }
+        Ok(())
+    }
+}

@@ -242,6 +242,38 @@ heartbeat_interval = "1s"
             .with_context(|| format!("spawning {} (run `cargo build -p lablake-cli` first)", lablake_bin().display()))
     }
 
+    /// SIGKILLs and restarts the pipeline after random pauses of `pause_ms`,
+    /// at least `min` times and until `done()` (at most `max` times); fails if
+    /// it exited on its own in between. Returns the number of kills.
+    pub async fn kill_repeatedly(
+        &mut self,
+        min: usize,
+        max: usize,
+        pause_ms: std::ops::Range<u64>,
+        done: impl Fn() -> bool,
+    ) -> anyhow::Result<usize> {
+        let mut kills = 0;
+        while kills < max && (kills < min || !done()) {
+            let pause = rand::rng().random_range(pause_ms.clone());
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            self.assert_running()?;
+            self.kill();
+            kills += 1;
+            self.start()?;
+        }
+        Ok(kills)
+    }
+
+    /// Runs `lablake <args>` with this world's config to completion.
+    pub fn run_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(lablake_bin())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("LABLAKE_LOG", "warn")
+            .output()?)
+    }
+
     /// The pipeline's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use lablake_tests::{World, kafka_brokers, source_rows};
 use mysql_async::prelude::Queryable;
-use rand::Rng;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -241,18 +240,7 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
         }
         anyhow::Ok(changes)
     });
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    while !writer.is_finished() || kills < 4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(800..3000))).await;
-        w.assert_running()?;
-        w.kill();
-        kills += 1;
-        w.start()?;
-        if kills >= 8 {
-            break;
-        }
-    }
+    let kills = w.kill_repeatedly(4, 8, 800..3000, || writer.is_finished()).await?;
     let changes = writer.await??;
     assert!(changes >= 100_000, "only {changes} changes");
     assert!(kills >= 4);

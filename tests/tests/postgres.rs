@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use lablake_tests::{World, pg_client, pg_source_rows};
-use rand::Rng;
 
 const RESULTS_DDL: &str = "CREATE TABLE results (id bigint PRIMARY KEY, value numeric(12,3), note text, \
                            resulted timestamptz, abnormal boolean, tags text[])";
@@ -74,18 +73,7 @@ async fn postgres_sigkill_during_100k_changes_loses_and_duplicates_nothing() -> 
         }
         anyhow::Ok(changes)
     });
-    let mut rng = rand::rng();
-    let mut kills = 0;
-    while !writer.is_finished() || kills < 4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(800..3000))).await;
-        w.assert_running()?;
-        w.kill();
-        kills += 1;
-        w.start()?;
-        if kills >= 8 {
-            break;
-        }
-    }
+    w.kill_repeatedly(4, 8, 800..3000, || writer.is_finished()).await?;
     let changes = writer.await??;
     assert!(changes >= 100_000, "only {changes} changes");
     assert_lake_equals_source(&mut w).await?;

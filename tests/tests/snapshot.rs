@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use lablake_tests::{World, pg_client, pg_source_rows};
-use rand::Rng;
 
 const DDL: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, status text, amount numeric(12,2), note text)";
 const COLS: &[(&str, &str)] = &[("id", "id"), ("status", "status"), ("amount", "amount"), ("note", "note")];
@@ -74,15 +73,7 @@ async fn a_killed_snapshot_resumes_from_its_last_chunk() -> anyhow::Result<()> {
     let mut w = World::new_postgres(1, &[DDL, &preload], &extra).await?;
     let t = w.tenants[0].clone();
     w.start()?;
-    let mut kills = 0;
-    let mut rng = rand::rng();
-    while kills < 4 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(700..1500))).await;
-        w.assert_running()?;
-        w.kill();
-        kills += 1;
-        w.start()?;
-    }
+    let kills = w.kill_repeatedly(4, 4, 700..1500, || true).await?;
     let c = pg_client().await?;
     let expected = pg_source_rows(&c, &t, "orders", COLS).await?;
     w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
@@ -111,12 +102,7 @@ async fn on_demand_snapshot_rereads_a_table_and_reports_progress() -> anyhow::Re
     let expected = pg_source_rows(&c, &t, "orders", COLS).await?;
     w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(60)).await?;
     let before = count_op(&w.curated_rows(&t, "orders").await?, "r");
-    let out = std::process::Command::new(lablake_tests::lablake_bin())
-        .arg("--config")
-        .arg(&w.config_path)
-        .args(["snapshot", "--tenant", &t, "--table", "orders"])
-        .env("LABLAKE_LOG", "warn")
-        .output()?;
+    let out = w.run_cli(&["snapshot", "--tenant", &t, "--table", "orders"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -134,11 +120,7 @@ async fn on_demand_snapshot_rereads_a_table_and_reports_progress() -> anyhow::Re
     }
     w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(60)).await?;
     // An unknown tenant is a clear error.
-    let out = std::process::Command::new(lablake_tests::lablake_bin())
-        .arg("--config")
-        .arg(&w.config_path)
-        .args(["snapshot", "--tenant", "nosuchtenant", "--no-wait"])
-        .output()?;
+    let out = w.run_cli(&["snapshot", "--tenant", "nosuchtenant", "--no-wait"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no table of tenant `nosuchtenant`"));
     let _ = w.stop();

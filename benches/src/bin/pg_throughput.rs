@@ -18,6 +18,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use lablake_benches::pg;
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
 use lablake_postgres::{PgItem, PgSource, PgSourceConfig};
 use lablake_tests::{kafka_brokers, pg_client, pg_url, rand_id};
@@ -29,28 +30,14 @@ async fn main() -> anyhow::Result<()> {
     let (schema, ours, theirs) = (format!("lab_b{id}"), format!("lablake_b{id}"), format!("recv_b{id}"));
     let c = pg_client().await?;
     c.batch_execute(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.results (id bigint PRIMARY KEY, order_id bigint, patient_id int, loinc text,
-           value_num numeric(18,6), value_text text, unit varchar(20), ref_low double precision, abnormal text,
-           collected_at timestamp, resulted_at timestamptz, status smallint);
-         CREATE PUBLICATION {ours} FOR TABLE {schema}.results;"
+        "CREATE SCHEMA {schema}; {}; CREATE PUBLICATION {ours} FOR TABLE {schema}.results;",
+        pg::results_ddl(&schema)
     ))
     .await?;
     for slot in [&ours, &theirs] {
         c.query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[slot]).await?;
     }
-    let mut done = 0;
-    while done < rows {
-        let n = 50_000.min(rows - done);
-        c.batch_execute(&format!(
-            "INSERT INTO {schema}.results SELECT g, g / 4, g % 100000, (1000 + g % 9000) || '-' || g % 10,
-               (g % 500) + (g % 1000000) / 1000000.0, 'within range', 'mmol/L', 3.5,
-               CASE WHEN g % 10 = 0 THEN 'H' ELSE 'N' END, now(), now(), 1
-             FROM generate_series({done}, {done} + {n} - 1) g"
-        ))
-        .await?;
-        done += n;
-    }
+    pg::insert_results(&c, &schema, rows, 50_000).await?;
     let end: String = c.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
     let end_lsn = {
         let (hi, lo) = end.split_once('/').context("lsn")?;

@@ -21,6 +21,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use lablake_benches::pg;
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
 use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
 use lablake_postgres::{PgSnapshotter, PgSourceConfig};
@@ -41,25 +42,8 @@ async fn main() -> anyhow::Result<()> {
     let id = rand_id(8);
     let schema = format!("lab_s{id}");
     let c = pg_client().await?;
-    c.batch_execute(&format!(
-        "CREATE SCHEMA {schema};
-         CREATE TABLE {schema}.results (id bigint PRIMARY KEY, order_id bigint, patient_id int, loinc text,
-           value_num numeric(18,6), value_text text, unit varchar(20), ref_low double precision, abnormal text,
-           collected_at timestamp, resulted_at timestamptz, status smallint);"
-    ))
-    .await?;
-    let mut done = 0;
-    while done < rows {
-        let n = 100_000.min(rows - done);
-        c.batch_execute(&format!(
-            "INSERT INTO {schema}.results SELECT g, g / 4, g % 100000, (1000 + g % 9000) || '-' || g % 10,
-               (g % 500) + (g % 1000000) / 1000000.0, 'within range', 'mmol/L', 3.5,
-               CASE WHEN g % 10 = 0 THEN 'H' ELSE 'N' END, now(), now(), 1
-             FROM generate_series({done}, {done} + {n} - 1) g"
-        ))
-        .await?;
-        done += n;
-    }
+    c.batch_execute(&format!("CREATE SCHEMA {schema}; {}", pg::results_ddl(&schema))).await?;
+    pg::insert_results(&c, &schema, rows, 100_000).await?;
     c.batch_execute(&format!("VACUUM ANALYZE {schema}.results")).await?;
 
     // Raw read: COPY in text format to /dev/null through psql.

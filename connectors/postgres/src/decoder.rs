@@ -61,11 +61,41 @@ pub enum PgItem {
     /// A snapshot watermark ([`WATERMARK_PREFIX`] logical message written
     /// transactionally), in commit order with the changes around it.
     /// `commit_lsn` is its transaction's commit LSN: rows emitted at the
-    /// watermark take positions `(commit_lsn, 0..)`.
-    Watermark { id: String, commit_lsn: u64 },
+    /// watermark take positions `(commit_lsn, 0..)` and its commit time.
+    Watermark { id: String, commit_lsn: u64, commit_ts_ms: i64 },
     /// A row that cannot be turned into a change (tenant unresolved, value
     /// undecodable). Carries no row values.
     Unresolved { table: String, reason: String, position: SourcePosition },
+}
+
+/// The names every change of one PostgreSQL source carries, shared: building
+/// a change's [`SourceInfo`] clones them and allocates nothing.
+#[derive(Debug, Clone)]
+pub struct PgOrigin {
+    connector: Arc<str>,
+    name: Arc<str>,
+    file: Arc<str>,
+}
+
+impl PgOrigin {
+    pub fn new(source_name: &str) -> Self {
+        PgOrigin { connector: "postgresql".into(), name: source_name.into(), file: "".into() }
+    }
+
+    /// The source block of a change: `pos` is the LSN, `file` empty.
+    pub fn source(&self, lsn: u64, ts_ms: i64, position: SourcePosition) -> SourceInfo {
+        SourceInfo {
+            connector: self.connector.clone(),
+            name: self.name.clone(),
+            server_id: 0,
+            file: self.file.clone(),
+            pos: lsn,
+            row: 0,
+            gtid: None,
+            ts_ms,
+            position,
+        }
+    }
 }
 
 /// Prefix of the logical messages that mark snapshot chunk windows.
@@ -113,8 +143,7 @@ struct Replay {
 /// The pgoutput decoder. See the module documentation.
 pub struct PgDecoder {
     cfg: DecoderConfig,
-    connector: Arc<str>,
-    source: Arc<str>,
+    origin: PgOrigin,
     relations: HashMap<u32, Arc<RelInfo>>,
     kinds: HashMap<u32, PgKind>,
     tx: Option<Tx>,
@@ -131,8 +160,7 @@ pub struct PgDecoder {
 impl PgDecoder {
     pub fn new(cfg: DecoderConfig) -> Self {
         PgDecoder {
-            connector: "postgresql".into(),
-            source: cfg.source_name.as_str().into(),
+            origin: PgOrigin::new(&cfg.source_name),
             cfg,
             relations: HashMap::new(),
             kinds: HashMap::new(),
@@ -287,7 +315,8 @@ impl PgDecoder {
             Message::Message { transactional: true, prefix: WATERMARK_PREFIX, content, xid: None, .. } => {
                 if let (Some(tx), None) = (&self.tx, self.stream) {
                     let id = String::from_utf8_lossy(content).into_owned();
-                    self.pending.push_back(PgItem::Watermark { id, commit_lsn: tx.commit_lsn });
+                    let (commit_lsn, commit_ts_ms) = (tx.commit_lsn, tx.commit_ts_ms);
+                    self.pending.push_back(PgItem::Watermark { id, commit_lsn, commit_ts_ms });
                 }
             }
             Message::Relation { .. } => return Err(protocol(wal_end, "Relation message passed to push".into())),
@@ -413,17 +442,7 @@ impl PgDecoder {
                         }
                     };
                     let Some(tenant) = tenant else { continue };
-                    let source = SourceInfo {
-                        connector: self.connector.clone(),
-                        name: self.source.clone(),
-                        server_id: 0,
-                        file: "".into(),
-                        pos: lsn,
-                        row: 0,
-                        gtid: None,
-                        ts_ms,
-                        position,
-                    };
+                    let source = self.origin.source(lsn, ts_ms, position);
                     self.pending.push_back(PgItem::Change(ChangeEvent {
                         table: TableId { tenant, database: r.namespace.clone(), table: r.table.clone() },
                         op: Op::Truncate,
@@ -479,17 +498,7 @@ impl PgDecoder {
             }
         };
         let Some(tenant) = tenant else { return };
-        let source = SourceInfo {
-            connector: self.connector.clone(),
-            name: self.source.clone(),
-            server_id: 0,
-            file: "".into(),
-            pos: lsn,
-            row: 0,
-            gtid: None,
-            ts_ms,
-            position,
-        };
+        let source = self.origin.source(lsn, ts_ms, position);
         self.pending.push_back(PgItem::Change(ChangeEvent {
             table: TableId { tenant, database: rel.namespace.clone(), table: rel.table.clone() },
             op,
@@ -736,7 +745,7 @@ mod tests {
         d.push(&wm, 0x295).unwrap();
         d.push(&Msg::new(b'C').u8(0).u64(0x300).u64(0x308).u64(0).0, 0x308).unwrap();
         let items = drain(&mut d);
-        assert_eq!(items[0], PgItem::Watermark { id: "w:1:l".into(), commit_lsn: 0x300 });
+        assert!(matches!(&items[0], PgItem::Watermark { id, commit_lsn: 0x300, .. } if id == "w:1:l"));
         assert!(matches!(items[1], PgItem::Commit { lsn: 0x308, .. }));
     }
 

@@ -14,7 +14,7 @@ pub mod tls;
 pub mod values;
 
 pub use config::{PgSourceConfig, TenantConfig};
-pub use decoder::{DecoderConfig, PgDecoder, PgItem, WATERMARK_PREFIX};
+pub use decoder::{DecoderConfig, PgDecoder, PgItem, PgOrigin, WATERMARK_PREFIX};
 pub use error::PgError;
 pub use snapshot::{Chunk, PgSnapshotter, SnapshotTable};
 pub use source::{PgAcker, PgSource};

@@ -251,7 +251,9 @@ fn parse_copy(
     b.advance(ext);
     let width = schema.columns.len() + key_len;
     let mut rows = Vec::new();
-    let mut last_key = None;
+    // Key fields of the latest row (shared slices of the buffer): only the
+    // last row's key is turned into text.
+    let mut key: Vec<bytes::Bytes> = Vec::with_capacity(key_len);
     loop {
         if b.remaining() < 2 {
             return Err(bad("missing trailer".into()));
@@ -264,7 +266,7 @@ fn parse_copy(
             return Err(bad(format!("{n} fields, expected {width}")));
         }
         let mut row = Vec::with_capacity(schema.columns.len());
-        let mut key = Vec::with_capacity(key_len);
+        key.clear();
         for i in 0..width {
             if b.remaining() < 4 {
                 return Err(bad("truncated field".into()));
@@ -286,13 +288,17 @@ fn parse_copy(
                     Some(v) => values::decode(kind, &v).map_err(|e| bad(format!("column `{}`: {e}", column.name)))?,
                 });
             } else {
-                let v = value.ok_or_else(|| bad("null key".into()))?;
-                key.push(String::from_utf8(v.to_vec()).map_err(|_| bad("key is not UTF-8".into()))?);
+                key.push(value.ok_or_else(|| bad("null key".into()))?);
             }
         }
         rows.push(row);
-        last_key = Some(key);
     }
+    let last_key = if rows.is_empty() {
+        None
+    } else {
+        let text = key.iter().map(|k| String::from_utf8(k.to_vec()).map_err(|_| bad("key is not UTF-8".into())));
+        Some(text.collect::<Result<Vec<_>, _>>()?)
+    };
     Ok(Chunk { rows, last_key })
 }
 

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::rules::{self, ALL_TABLES};
 use crate::{
     BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
-    SnapshotState, SourceCheckpoint, TableStatus,
+    SourceCheckpoint, TableStatus,
 };
 
 /// Configuration of the DynamoDB checkpoint store. Credentials come from the
@@ -590,18 +590,7 @@ impl CheckpointStore for DynamoStore {
             if if_absent && previous.is_some() {
                 return Ok(false);
             }
-            let now = rules::now_ms();
-            let progress = SnapshotProgress {
-                table: table.clone(),
-                request: previous.unwrap_or(0) + 1,
-                state: SnapshotState::Requested,
-                last_key: None,
-                chunks: 0,
-                rows: 0,
-                estimate: 0,
-                started_ms: now,
-                updated_ms: now,
-            };
+            let progress = SnapshotProgress::requested(table, previous.unwrap_or(0) + 1, rules::now_ms());
             let put = self.client.put_item().table_name(&self.table).set_item(Some(snapshot_item(source, &progress)?));
             let put = match previous {
                 None => put.condition_expression("attribute_not_exists(pk)"),

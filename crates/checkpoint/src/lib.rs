@@ -150,6 +150,23 @@ pub struct SnapshotProgress {
     pub updated_ms: i64,
 }
 
+impl SnapshotProgress {
+    /// A new request number `request` for `table`, not started, at `now_ms`.
+    pub fn requested(table: &TableId, request: u64, now_ms: i64) -> Self {
+        SnapshotProgress {
+            table: table.clone(),
+            request,
+            state: SnapshotState::Requested,
+            last_key: None,
+            chunks: 0,
+            rows: 0,
+            estimate: 0,
+            started_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+}
+
 /// State of a [`SnapshotProgress`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

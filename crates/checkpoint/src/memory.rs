@@ -8,7 +8,7 @@ use lablake_model::TableId;
 use crate::rules::{self, ALL_TABLES};
 use crate::{
     BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
-    SnapshotState, SourceCheckpoint, TableStatus,
+    SourceCheckpoint, TableStatus,
 };
 
 /// A [`CheckpointStore`] held in process memory. Cloning shares the state.
@@ -178,21 +178,7 @@ impl CheckpointStore for MemoryStore {
         if if_absent && previous.is_some() {
             return Ok(false);
         }
-        let now = rules::now_ms();
-        state.snapshots.insert(
-            key,
-            SnapshotProgress {
-                table: table.clone(),
-                request: previous.unwrap_or(0) + 1,
-                state: SnapshotState::Requested,
-                last_key: None,
-                chunks: 0,
-                rows: 0,
-                estimate: 0,
-                started_ms: now,
-                updated_ms: now,
-            },
-        );
+        state.snapshots.insert(key, SnapshotProgress::requested(table, previous.unwrap_or(0) + 1, rules::now_ms()));
         Ok(true)
     }
 

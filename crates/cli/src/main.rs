@@ -254,10 +254,13 @@ async fn request_snapshots(
                 continue;
             }
             store.request_snapshot(&scfg.name, &t, false).await?;
-            let request =
-                store.snapshots(&scfg.name).await?.into_iter().find(|p| p.table == t).map_or(0, |p| p.request);
-            println!("requested: source {} {}/{}.{} (request {request})", scfg.name, t.tenant, t.database, t.table);
-            requested.push((scfg.name.clone(), t, request));
+            requested.push((scfg.name.clone(), t, 0));
+        }
+        // The request numbers just recorded (one listing per source).
+        let current = store.snapshots(&scfg.name).await?;
+        for (src, t, request) in requested.iter_mut().filter(|(s, _, _)| *s == scfg.name) {
+            *request = current.iter().find(|p| &p.table == t).map_or(0, |p| p.request);
+            println!("requested: source {src} {}/{}.{} (request {request})", t.tenant, t.database, t.table);
         }
     }
     if requested.is_empty() {

@@ -15,12 +15,12 @@
 //! acknowledged the chunk's rows, so a killed snapshot resumes after the last
 //! delivered chunk. See ADR 0006.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lablake_checkpoint::{CheckpointStore, SnapshotProgress, SnapshotState};
-use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value, envelope};
+use lablake_model::{ChangeEvent, Op, SourceInfo, TableId, TableSchema, Value, envelope};
 use lablake_postgres::{PgSnapshotter, PgSourceConfig};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -71,10 +71,9 @@ impl Default for SnapshotConfig {
 pub struct ChunkMsg {
     /// `<nonce>:<chunk>`, as in the watermarks.
     pub id: String,
-    pub table: TableId,
     pub schema: Arc<TableSchema>,
     pub rows: Vec<Vec<Value>>,
-    /// Progress once these rows are delivered.
+    /// Progress once these rows are delivered (names the table).
     pub progress: SnapshotProgress,
 }
 
@@ -93,7 +92,7 @@ pub struct Windows {
 struct Window {
     id: String,
     /// Keys (envelope key bytes) changed in the window, per table.
-    changed: HashSet<(TableId, Vec<u8>)>,
+    changed: HashMap<TableId, HashSet<Vec<u8>>>,
     /// Tables truncated in the window: every row of their chunk is stale.
     truncated: HashSet<TableId>,
 }
@@ -112,7 +111,14 @@ impl Windows {
             }
             scratch.clear();
             envelope::encode_key(event, scratch);
-            w.changed.insert((event.table.clone(), scratch.clone()));
+            match w.changed.get_mut(&event.table) {
+                Some(keys) => {
+                    keys.insert(scratch.clone());
+                }
+                None => {
+                    w.changed.insert(event.table.clone(), HashSet::from([scratch.clone()]));
+                }
+            }
         }
     }
 
@@ -135,7 +141,7 @@ impl Windows {
         let base = format!("{nonce}:{chunk}");
         match kind {
             "l" => {
-                self.open = Some(Window { id: base, changed: HashSet::new(), truncated: HashSet::new() });
+                self.open = Some(Window { id: base, changed: HashMap::new(), truncated: HashSet::new() });
                 Ok(None)
             }
             "h" => {
@@ -143,16 +149,17 @@ impl Windows {
                 // The worker sent the chunk before writing this watermark.
                 let msg = self.rx.recv().await.ok_or_else(|| anyhow::anyhow!("snapshot worker stopped"))?;
                 anyhow::ensure!(msg.id == base, "snapshot chunk {} arrived at watermark {base}", msg.id);
-                if w.truncated.contains(&msg.table) {
+                if w.truncated.contains(&msg.progress.table) {
                     // Rows read before the truncate must not come back after it.
                     return Ok(Some((Vec::new(), msg.progress)));
                 }
+                let changed = w.changed.get(&msg.progress.table);
                 let mut scratch = Vec::new();
                 let now = (metrics::now_secs() * 1000.0) as i64;
                 let mut out = Vec::with_capacity(msg.rows.len());
                 for (i, row) in msg.rows.into_iter().enumerate() {
                     let event = ChangeEvent {
-                        table: msg.table.clone(),
+                        table: msg.progress.table.clone(),
                         op: Op::Read,
                         schema: msg.schema.clone(),
                         before: None,
@@ -160,31 +167,19 @@ impl Windows {
                         source: at(u32::try_from(i).unwrap_or(u32::MAX - 1)),
                         ts_ms: now,
                     };
-                    scratch.clear();
-                    envelope::encode_key(&event, &mut scratch);
-                    if !w.changed.contains(&(msg.table.clone(), std::mem::take(&mut scratch))) {
-                        out.push(event);
+                    if let Some(changed) = changed {
+                        scratch.clear();
+                        envelope::encode_key(&event, &mut scratch);
+                        if changed.contains(scratch.as_slice()) {
+                            continue;
+                        }
                     }
+                    out.push(event);
                 }
                 Ok(Some((out, msg.progress)))
             }
             _ => Ok(None),
         }
-    }
-}
-
-/// Position of the `i`-th snapshot row at a PostgreSQL watermark.
-pub fn pg_snapshot_source(name: &Arc<str>, commit_lsn: u64, i: u32) -> SourceInfo {
-    SourceInfo {
-        connector: "postgresql".into(),
-        name: name.clone(),
-        server_id: 0,
-        file: "".into(),
-        pos: commit_lsn,
-        row: i,
-        gtid: None,
-        ts_ms: (metrics::now_secs() * 1000.0) as i64,
-        position: SourcePosition::postgres(commit_lsn, i),
     }
 }
 
@@ -203,6 +198,9 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
     let mut snapshotter = PgSnapshotter::connect(&cfg).await?;
     let mut chunk_no: u64 = 0;
     let mut warned: HashSet<TableId> = HashSet::new();
+    // Requests this process read to the end: their final progress is saved
+    // once Kafka acknowledges the last chunk, maybe after the next poll.
+    let mut finished: HashSet<(TableId, u64)> = HashSet::new();
     loop {
         if snap.on_new_table {
             for t in snapshotter.tables().await? {
@@ -213,7 +211,7 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
             }
         }
         for p in store.snapshots(&name).await? {
-            if p.state == SnapshotState::Done {
+            if p.state == SnapshotState::Done || finished.contains(&(p.table.clone(), p.request)) {
                 continue;
             }
             let Some(table) = snapshotter.table(&p.table).await? else {
@@ -232,7 +230,6 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
                 }
                 continue;
             }
-            let table = Arc::new(table);
             let mut progress = p.clone();
             if progress.state == SnapshotState::Requested {
                 progress.estimate = snapshotter.estimate(&table).await?;
@@ -260,7 +257,6 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
                 }
                 let msg = ChunkMsg {
                     id: format!("{nonce}:{chunk_no}"),
-                    table: table.id.clone(),
                     schema: table.schema.clone(),
                     rows: chunk.rows,
                     progress: next.clone(),
@@ -275,6 +271,7 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
                     tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
                 }
                 if done {
+                    finished.insert((p.table.clone(), p.request));
                     break;
                 }
             }
@@ -325,6 +322,8 @@ pub fn progress_line(p: &SnapshotProgress, now_ms: i64) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use lablake_model::SourcePosition;
+    use lablake_postgres::PgOrigin;
 
     #[test]
     fn progress_lines_show_rows_rate_and_eta() {
@@ -384,7 +383,7 @@ mod tests {
             schema: schema.clone(),
             before: None,
             after: (op != Op::Truncate).then_some(row),
-            source: pg_snapshot_source(&"pg".into(), 1, 0),
+            source: PgOrigin::new("pg").source(1, 0, SourcePosition::postgres(1, 0)),
             ts_ms: 0,
         }
     }
@@ -393,14 +392,15 @@ mod tests {
         let (t, schema) = table();
         let (tx, rx) = mpsc::channel(1);
         let mut w = Windows::new("n1".into(), rx);
-        let at = |i| pg_snapshot_source(&"pg".into(), 0x500, i);
+        let origin = PgOrigin::new("pg");
+        let at = |i| origin.source(0x500, 0, SourcePosition::postgres(0x500, i));
         assert!(w.watermark(&watermark_id(false, nonce, 1), at).await.unwrap().is_none());
         let mut scratch = Vec::new();
         for e in in_window {
             w.observe(e, &mut scratch);
         }
         let rows = (1..=3).map(|i| vec![Value::Int(i), Value::String("read".into())]).collect();
-        tx.send(ChunkMsg { id: "n1:1".into(), table: t.clone(), schema, rows, progress: progress(&t) }).await.unwrap();
+        tx.send(ChunkMsg { id: "n1:1".into(), schema, rows, progress: progress(&t) }).await.unwrap();
         let (events, p) = w.watermark(&watermark_id(true, nonce, 1), at).await.unwrap()?;
         assert_eq!(p, progress(&t));
         assert!(events.iter().all(|e| e.op == Op::Read && e.source.position.as_str() > "0000000000000500"));

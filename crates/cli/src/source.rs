@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
 use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
-use std::sync::Arc;
-
 use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
 use lablake_mysql::{MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
-use lablake_postgres::{PgAcker, PgItem, PgSource, PgSourceConfig};
+use lablake_postgres::{PgAcker, PgItem, PgOrigin, PgSource, PgSourceConfig};
 use tokio::sync::watch;
 
 use crate::{metrics, snapshot};
@@ -88,7 +86,8 @@ impl Reader for Mysql {
 
 struct Postgres {
     source: PgSource,
-    name: Arc<str>,
+    /// Names of snapshot rows' source blocks.
+    origin: PgOrigin,
     last_position: String,
 }
 
@@ -107,13 +106,20 @@ impl Reader for Postgres {
                 checkpoint(lsn, self.last_position.clone(), (metrics::now_secs() * 1000.0) as i64)
             }
             PgItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
-            PgItem::Watermark { id, commit_lsn } => {
-                let name = self.name.clone();
-                Item::Watermark { id, at: Box::new(move |i| snapshot::pg_snapshot_source(&name, commit_lsn, i)) }
+            PgItem::Watermark { id, commit_lsn, commit_ts_ms } => {
+                let origin = self.origin.clone();
+                let at = move |i| origin.source(commit_lsn, commit_ts_ms, SourcePosition::postgres(commit_lsn, i));
+                Item::Watermark { id, at: Box::new(at) }
             }
             _ => anyhow::bail!("the PostgreSQL source produced an item this version cannot handle"),
         })
     }
+}
+
+/// Takes the source's lease (fencing an older holder) and reads its checkpoint.
+async fn claim<S: CheckpointStore>(name: &str, store: &S) -> anyhow::Result<(u64, Option<SourceCheckpoint>)> {
+    let generation = store.acquire_lease(&format!("source#{name}")).await.context("acquiring the source lease")?;
+    Ok((generation, store.load_source(name).await?))
 }
 
 /// Runs one MySQL/MariaDB source until `shutdown` turns true or an error occurs.
@@ -124,9 +130,8 @@ pub async fn run_source<S: CheckpointStore + 'static>(
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let lease = format!("source#{name}");
-    let generation = store.acquire_lease(&lease).await.context("acquiring the source lease")?;
-    let resume = store.load_source(name).await?.map(|c| ResumePoint { file: c.file, pos: c.pos, gtid: c.gtid });
+    let (generation, checkpoint) = claim(name, store.as_ref()).await?;
+    let resume = checkpoint.map(|c| ResumePoint { file: c.file, pos: c.pos, gtid: c.gtid });
     match &resume {
         Some(r) => {
             tracing::info!(source = name, file = %r.file, pos = r.pos, gtid = ?r.gtid, generation, "resuming source")
@@ -146,9 +151,8 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let lease = format!("source#{name}");
-    let generation = store.acquire_lease(&lease).await.context("acquiring the source lease")?;
-    let resume = store.load_source(name).await?.map(|c| c.pos);
+    let (generation, checkpoint) = claim(name, store.as_ref()).await?;
+    let resume = checkpoint.map(|c| c.pos);
     match resume {
         Some(lsn) => {
             tracing::info!(source = name, lsn = %lablake_postgres::error::lsn_text(lsn), generation, "resuming source")
@@ -157,7 +161,7 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     }
     let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
     let acker = source.acker();
-    let reader = Postgres { source, name: name.into(), last_position: String::new() };
+    let reader = Postgres { source, origin: PgOrigin::new(name), last_position: String::new() };
     // Snapshots run beside the stream: the worker reads chunks between
     // watermarks, the stream loop emits them (see `snapshot`).
     let nonce = format!("{:x}", rand_nonce());

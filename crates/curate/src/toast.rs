@@ -117,9 +117,19 @@ impl Resolution {
         if self.is_complete() {
             return Ok(());
         }
-        let ops = string_column(&earlier, meta::OP)?.ok_or_else(|| missing(meta::OP))?;
-        let keys = Keys::new(&earlier)?;
         let index = self.offered.len();
+        let used = self.search(&earlier, index)?;
+        if used {
+            self.offered.push(earlier);
+        }
+        Ok(())
+    }
+
+    /// Looks for the pending keys in `earlier` (to become offer `index`);
+    /// returns whether a row of it was taken.
+    fn search(&mut self, earlier: &RecordBatch, index: usize) -> Result<bool, CurateError> {
+        let ops = string_column(earlier, meta::OP)?.ok_or_else(|| missing(meta::OP))?;
+        let keys = Keys::new(earlier)?;
         let mut used = false;
         for row in (0..earlier.num_rows()).rev() {
             if ops.value(row) == "t" {
@@ -139,10 +149,7 @@ impl Resolution {
                 }
             }
         }
-        if used {
-            self.offered.push(earlier);
-        }
-        Ok(())
+        Ok(used)
     }
 
     /// The batch with every resolvable unchanged value filled in, and
@@ -209,19 +216,21 @@ impl Resolution {
     }
 }
 
-/// Primary-key values of a curated batch's rows as one string per row.
-struct Keys {
-    columns: Vec<ArrayRef>,
+/// Primary-key values of a curated batch's rows as one string per row
+/// (formatters built once per batch, not per row).
+struct Keys<'a> {
+    columns: Vec<(&'a dyn Array, ArrayFormatter<'a>)>,
 }
 
-impl Keys {
-    fn new(batch: &RecordBatch) -> Result<Self, CurateError> {
-        let schema = batch.schema();
+impl<'a> Keys<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<Self, CurateError> {
+        let schema = batch.schema_ref();
         let pk = schema.metadata().get("lablake.primary_key").map(String::as_str).unwrap_or("");
         let mut columns = Vec::new();
         for name in pk.split(',').filter(|n| !n.is_empty()) {
             let i = schema.index_of(name).map_err(|_| missing(name))?;
-            columns.push(batch.column(i).clone());
+            let array = batch.column(i).as_ref();
+            columns.push((array, ArrayFormatter::try_new(array, &FormatOptions::default())?));
         }
         Ok(Keys { columns })
     }
@@ -229,19 +238,19 @@ impl Keys {
     /// The key of `row`; `None` when the table has no key columns or a key
     /// value is null (truncate rows).
     fn key(&self, row: usize) -> Option<String> {
+        use std::fmt::Write;
         if self.columns.is_empty() {
             return None;
         }
         let mut out = String::new();
-        for (n, c) in self.columns.iter().enumerate() {
-            if c.is_null(row) {
+        for (n, (array, f)) in self.columns.iter().enumerate() {
+            if array.is_null(row) {
                 return None;
             }
             if n > 0 {
                 out.push('\u{1f}');
             }
-            let f = ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()).ok()?;
-            out.push_str(&f.value(row).to_string());
+            write!(out, "{}", f.value(row)).ok()?;
         }
         Some(out)
     }
