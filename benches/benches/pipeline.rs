@@ -31,15 +31,20 @@ fn decode_and_encode(data: &[u8], key: &mut Vec<u8>, value: &mut Vec<u8>) -> usi
         dec.push(&ev).expect("decode");
         while let Some(item) = dec.pop() {
             if let SourceItem::Change(e) = item {
-                key.clear();
-                value.clear();
-                encode_key(&e, key);
-                encode(&e, value);
+                encode_record(&e, key, value);
                 rows += 1;
             }
         }
     }
     rows
+}
+
+/// The Kafka key and value of a change, as the producer writes them.
+fn encode_record(e: &lablake_model::ChangeEvent, key: &mut Vec<u8>, value: &mut Vec<u8>) {
+    key.clear();
+    value.clear();
+    encode_key(e, key);
+    encode(e, value);
 }
 
 /// pgoutput messages → decoder (relation, binary values, tenant) → key and
@@ -63,10 +68,7 @@ fn pg_decode_and_encode(relation: &[u8], msgs: &[(Vec<u8>, u64)], key: &mut Vec<
         dec.push(m, *end).expect("decode");
         while let Some(item) = dec.pop().expect("pop") {
             if let PgItem::Change(e) = item {
-                key.clear();
-                value.clear();
-                encode_key(&e, key);
-                encode(&e, value);
+                encode_record(&e, key, value);
                 rows += 1;
             }
         }
