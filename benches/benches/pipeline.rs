@@ -23,6 +23,7 @@ fn decode_and_encode(data: &[u8], key: &mut Vec<u8>, value: &mut Vec<u8>) -> usi
         source_name: "bench".into(),
         tenant: TenantRule::schema_pattern("lab_{tenant}").expect("pattern"),
         filter: TableFilter::new(&[], &[]).expect("filter"),
+        signal: None,
     };
     let mut dec = BinlogDecoder::new(cfg, "binlog.000022", None).expect("decoder");
     let mut rows = 0;

@@ -19,9 +19,9 @@ pub(crate) async fn fetch(
         let context = format!("information_schema {context} of {database}.{table}");
         move |source| MysqlError::Query { context, source }
     };
-    let cols: Vec<(String, String, String, Option<String>)> = conn
+    let cols: Vec<(String, String, String, Option<String>, String)> = conn
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, IS_NULLABLE FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (database, table),
         )
@@ -50,9 +50,9 @@ pub(crate) async fn fetch(
     };
     let columns = cols
         .into_iter()
-        .map(|(name, data_type, column_type, charset)| {
+        .map(|(name, data_type, column_type, charset, nullable)| {
             let is_json = data_type.eq_ignore_ascii_case("json") || json_checked.contains(&name);
-            CatalogColumn { name, data_type, column_type, charset, is_json }
+            CatalogColumn { name, data_type, column_type, charset, is_json, nullable: nullable == "YES" }
         })
         .collect();
     Ok(CatalogTable { columns, primary_key })

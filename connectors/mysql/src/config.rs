@@ -60,6 +60,11 @@ pub struct MysqlSourceConfig {
     /// Limit for establishing a connection (TCP, TLS, authentication).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// `database.table` of the signalling table that snapshot watermarks
+    /// are written to (created on the first snapshot; the source's user
+    /// needs CREATE and INSERT/DELETE there). Its rows are never captured.
+    #[serde(default = "default_signal_table")]
+    pub signal_table: String,
 }
 
 fn default_heartbeat() -> Duration {
@@ -162,7 +167,24 @@ pub enum TlsMode {
     VerifyIdentity,
 }
 
+fn default_signal_table() -> String {
+    "lablake.watermarks".to_owned()
+}
+
 impl MysqlSourceConfig {
+    /// The signalling table as `(database, table)`.
+    pub fn signal(&self) -> Result<(String, String), MysqlError> {
+        let bad = || MysqlError::config("signal_table", "must be `database.table` (plain identifiers)");
+        let (db, table) = self.signal_table.split_once('.').ok_or_else(bad)?;
+        let ok = |s: &str| {
+            !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+        };
+        if !ok(db) || !ok(table) {
+            return Err(bad());
+        }
+        Ok((db.to_owned(), table.to_owned()))
+    }
+
     /// Checks the configuration and builds the pure decoder's part of it.
     pub fn decoder_config(&self) -> Result<DecoderConfig, MysqlError> {
         if self.name.trim().is_empty() {
@@ -199,7 +221,8 @@ impl MysqlSourceConfig {
             }
             _ => {}
         }
-        Ok(DecoderConfig { source_name: self.name.clone(), tenant, filter })
+        let signal = Some(self.signal()?);
+        Ok(DecoderConfig { source_name: self.name.clone(), tenant, filter, signal })
     }
 
     /// Driver options: URL, TLS, no socket switching, 1 GiB packets (the
@@ -304,6 +327,9 @@ mod tests {
             Err(MysqlError::Config { key, .. }) => assert_eq!(key, "url"),
             other => panic!("{other:?}"),
         }
+        let c = parse(r#"{"name":"s","url":"mysql://u:p@h","server_id":7,"signal_table":"nodot","tenant":{"kind":"column","column":"t"}}"#)
+            .unwrap();
+        assert!(matches!(c.decoder_config(), Err(MysqlError::Config { key, .. }) if key == "signal_table"));
         let c = parse(r#"{"name":"s","url":"mysql://u:p@h","server_id":0,"tenant":{"kind":"column","column":"t"}}"#)
             .unwrap();
         assert!(matches!(c.decoder_config(), Err(MysqlError::Config { key, .. }) if key == "server_id"));

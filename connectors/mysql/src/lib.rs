@@ -11,6 +11,7 @@
 //!   reader and offline tools use (positions, GTIDs, transactions, tenants).
 //! * [`decode`] — the pure value decoding layer; [`decode::decode_rows`] is
 //!   the benchmark hook.
+//! * [`MysqlSnapshotter`] — snapshot (full load) chunk reads and watermarks.
 //! * [`BinlogFileReader`] — reads binlog files with the same event framing.
 //!
 //! Guarantees, type mapping and limitations are in the crate README.
@@ -21,6 +22,7 @@ mod ddl;
 pub mod decode;
 mod error;
 mod file;
+mod snapshot;
 mod source;
 mod stream;
 
@@ -28,6 +30,7 @@ pub use config::{MysqlSourceConfig, StartPosition, TenantConfig, TlsConfig, TlsM
 pub use decode::{CatalogColumn, CatalogTable, Flavor, RowChange, TableInfo, decode_rows};
 pub use error::MysqlError;
 pub use file::BinlogFileReader;
+pub use snapshot::{MysqlSnapshotTable, MysqlSnapshotter};
 pub use source::MysqlSource;
 pub use stream::{BinlogDecoder, CatalogRequest, DecoderConfig, ResumePoint, SourceItem};
 

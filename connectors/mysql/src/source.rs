@@ -179,7 +179,7 @@ impl MysqlSource {
     }
 }
 
-async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
+pub(crate) async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
     match tokio::time::timeout(timeout, Conn::new(opts.clone())).await {
         Err(_) => Err(MysqlError::Connect { reason: format!("timed out after {timeout:?}"), source: None }),
         // rustls reports certificate failures as InvalidData I/O errors: they
@@ -194,7 +194,7 @@ async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
     }
 }
 
-fn query_err(context: &str) -> impl FnOnce(mysql_async::Error) -> MysqlError + '_ {
+pub(crate) fn query_err(context: &str) -> impl FnOnce(mysql_async::Error) -> MysqlError + '_ {
     move |e| match MysqlError::from_driver(e, false) {
         MysqlError::Connection { source: Some(source), .. } => {
             MysqlError::Query { context: context.to_owned(), source }
@@ -378,7 +378,7 @@ fn parse_mysql_gtid_set(set: &str) -> Result<Vec<Sid<'static>>, MysqlError> {
 /// rustls needs one process-wide crypto provider. When several are compiled in
 /// (the AWS SDK brings aws-lc-rs, mysql_async ring), none is chosen by default and
 /// the first TLS handshake would panic; install ring unless one is installed.
-fn ensure_crypto_provider() {
+pub(crate) fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Err only means another thread installed one first: fine either way.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -55,6 +55,23 @@ pub enum SourceItem {
     /// column NULL, invalid or missing). Carries no row values; the pipeline
     /// dead-letters it and the stream goes on.
     Unresolved { table: String, reason: String, position: SourcePosition },
+    /// A row written to the signalling table (a snapshot watermark), in
+    /// binlog order among the changes. `source` is the written row's
+    /// position; snapshot rows placed at this watermark take
+    /// [`SourceItem::snapshot_source`] positions right after it.
+    Watermark { id: String, source: SourceInfo },
+}
+
+impl SourceItem {
+    /// The source block of the `i`-th snapshot row emitted at a watermark
+    /// whose row is at `watermark`: the same event, row index after the
+    /// watermark's own row, so it sorts after the watermark and before the
+    /// next event.
+    pub fn snapshot_source(watermark: &SourceInfo, i: u32) -> SourceInfo {
+        let row = watermark.row.saturating_add(1).saturating_add(i);
+        let seq = binlog_file_seq(&watermark.file).unwrap_or(0);
+        SourceInfo { row, position: SourcePosition::mysql(seq, watermark.pos, row), ..watermark.clone() }
+    }
 }
 
 /// What the decoder needs to know about the source.
@@ -64,6 +81,9 @@ pub struct DecoderConfig {
     pub source_name: String,
     pub tenant: TenantRule,
     pub filter: TableFilter,
+    /// `(database, table)` of the signalling table whose inserted rows are
+    /// snapshot watermarks (column `id`); never captured as changes.
+    pub signal: Option<(String, String)>,
 }
 
 /// A request for information_schema data about one table.
@@ -267,7 +287,9 @@ impl BinlogDecoder {
             return Ok(None);
         }
         let (db, table) = (entry.tme.database_name().into_owned(), entry.tme.table_name().into_owned());
-        if !self.selected(&db, &table) || self.catalog.contains_key(&(db.clone(), table.clone())) {
+        if !(self.selected(&db, &table) || self.is_signal(&db, &table))
+            || self.catalog.contains_key(&(db.clone(), table.clone()))
+        {
             return Ok(None);
         }
         Ok(match TableInfo::catalog_need(&entry.tme, self.flavor)? {
@@ -480,7 +502,14 @@ impl BinlogDecoder {
         }));
     }
 
+    fn is_signal(&self, database: &str, table: &str) -> bool {
+        self.cfg.signal.as_ref().is_some_and(|(d, t)| d == database && t.eq_ignore_ascii_case(table))
+    }
+
     fn selected(&self, database: &str, table: &str) -> bool {
+        if self.is_signal(database, table) {
+            return false;
+        }
         if !self.cfg.filter.matches(database, table) {
             return false;
         }
@@ -675,13 +704,17 @@ impl BinlogDecoder {
             Some(p) => (p.end, p.next_row),
             None => (log_pos, 0),
         };
-        if !self.selected(&db, &table) {
+        let signal = self.is_signal(&db, &table);
+        if !signal && !self.selected(&db, &table) {
             return Ok(());
         }
         if self.file.is_empty() {
             return Err(self.protocol(end, "rows event before the binlog file is known".into()));
         }
         let info = self.table_info(table_id)?;
+        if signal {
+            return self.on_signal(&info, &rows, end, row_base, h.server_id(), h.timestamp());
+        }
         let changes = decode_rows(&info, &rows)?;
         let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
         if let Some(p) = &mut self.payload {
@@ -703,6 +736,52 @@ impl BinlogDecoder {
                 position: SourcePosition::mysql(self.file_seq, end, row),
             };
             self.emit(&info, change, source, now);
+        }
+        Ok(())
+    }
+
+    /// Rows inserted into the signalling table → watermarks (updates and
+    /// deletes of it are cleanup and ignored).
+    fn on_signal(
+        &mut self,
+        info: &TableInfo,
+        rows: &mysql_common::binlog::events::RowsEventData<'_>,
+        end: u64,
+        row_base: u32,
+        server_id: u32,
+        header_ts: u32,
+    ) -> Result<(), MysqlError> {
+        let changes = decode_rows(info, rows)?;
+        let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+        if let Some(p) = &mut self.payload {
+            p.next_row = p.next_row.saturating_add(n);
+        }
+        let id_col = info.schema.column_index("id");
+        for (i, change) in changes.into_iter().enumerate() {
+            if change.op != Op::Create {
+                continue;
+            }
+            let id = match (id_col, change.after.as_deref()) {
+                (Some(c), Some(row)) => match row.get(c) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let row = row_base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let source = SourceInfo {
+                connector: self.names.connector.clone(),
+                name: self.names.source.clone(),
+                server_id,
+                file: self.names.file.clone(),
+                pos: end,
+                row,
+                gtid: self.trx.gtid.clone(),
+                ts_ms: self.trx.commit_ts_ms.unwrap_or(i64::from(header_ts) * 1000),
+                position: SourcePosition::mysql(self.file_seq, end, row),
+            };
+            self.pending.push_back(SourceItem::Watermark { id, source });
         }
         Ok(())
     }

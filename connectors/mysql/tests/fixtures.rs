@@ -87,6 +87,7 @@ fn col(name: &str, data_type: &str, column_type: &str, charset: Option<&str>) ->
         column_type: column_type.into(),
         charset: charset.map(Into::into),
         is_json: data_type == "json",
+        nullable: true,
     }
 }
 
@@ -99,6 +100,7 @@ fn decoder(name: &str, exclude: &[&str]) -> BinlogDecoder {
         source_name: "fixture".into(),
         tenant: TenantRule::schema_pattern("{tenant}").unwrap(),
         filter: TableFilter::new(&[], &exclude.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap(),
+        signal: None,
     };
     // Files without a numeric extension are read as if named `fixture.000001`.
     let file = if lablake_model::position::binlog_file_seq(name).is_some() { name } else { "fixture.000001" };

@@ -16,6 +16,7 @@ pub mod values;
 pub use config::{PgSourceConfig, TenantConfig};
 pub use decoder::{DecoderConfig, PgDecoder, PgItem, PgOrigin, WATERMARK_PREFIX};
 pub use error::PgError;
-pub use snapshot::{Chunk, PgSnapshotter, SnapshotTable};
+pub use lablake_model::Chunk;
+pub use snapshot::{PgSnapshotter, SnapshotTable};
 pub use source::{PgAcker, PgSource};
 pub use tls::{TlsConfig, TlsMode};

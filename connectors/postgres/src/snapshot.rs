@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Buf;
 use futures::StreamExt;
 use lablake_model::tenant::TenantRule;
-use lablake_model::{TableId, TableSchema, Value};
+use lablake_model::{Chunk, TableId, TableSchema, Value};
 use tokio_postgres::Client;
 
 use crate::config::PgSourceConfig;
@@ -40,14 +40,6 @@ pub struct SnapshotTable {
     key: Vec<(String, String)>,
     /// Whether the key is a primary key or replica-identity index (chunkable).
     pub keyed: bool,
-}
-
-/// One chunk of rows.
-#[derive(Debug)]
-pub struct Chunk {
-    pub rows: Vec<Vec<Value>>,
-    /// Text forms of the last row's key columns; `None` when empty.
-    pub last_key: Option<Vec<String>>,
 }
 
 /// Reads snapshot chunks and writes watermarks on its own connection.

@@ -189,8 +189,8 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
             any = true;
-            let (bus, store, stop) = (cfg.kafka.clone(), store.clone(), stop_rx.clone());
-            tasks.spawn(async move { source::run_source(&name, scfg, &bus, store, stop).await });
+            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), cfg.snapshot.clone());
+            tasks.spawn(async move { source::run_source(&name, scfg, &snap, &bus, store, stop).await });
         }
         for scfg in cfg.postgres_sources.clone() {
             let name = scfg.name.clone();
@@ -235,37 +235,40 @@ async fn request_snapshots(
     no_wait: bool,
 ) -> anyhow::Result<()> {
     use lablake_checkpoint::{CheckpointStore, SnapshotState};
-    if let Some(s) = source
-        && cfg.sources.iter().any(|m| m.name == s)
-    {
-        anyhow::bail!("source `{s}` is a MySQL source: snapshots are implemented for PostgreSQL sources only so far");
-    }
     let mut requested: Vec<(String, lablake_model::TableId, u64)> = Vec::new();
+    let wanted = |t: &lablake_model::TableId| {
+        &*t.tenant == tenant && table.is_none_or(|x| *t.table == *x || format!("{}.{}", t.database, t.table) == x)
+    };
+    let mut sources: Vec<(String, Vec<lablake_model::TableId>)> = Vec::new();
+    for scfg in cfg.sources.iter().filter(|m| source.is_none_or(|s| s == m.name)) {
+        let mut snapshotter = lablake_mysql::MysqlSnapshotter::connect(scfg)
+            .await
+            .with_context(|| format!("connecting to source `{}`", scfg.name))?;
+        sources.push((scfg.name.clone(), snapshotter.tables().await?));
+    }
     for scfg in cfg.postgres_sources.iter().filter(|p| source.is_none_or(|s| s == p.name)) {
         let mut snapshotter = lablake_postgres::PgSnapshotter::connect(scfg)
             .await
             .with_context(|| format!("connecting to source `{}`", scfg.name))?;
-        for t in snapshotter.tables().await? {
-            let matches = match table {
-                None => true,
-                Some(x) => *t.table == *x || format!("{}.{}", t.database, t.table) == x,
-            };
-            if &*t.tenant != tenant || !matches {
-                continue;
-            }
-            store.request_snapshot(&scfg.name, &t, false).await?;
-            requested.push((scfg.name.clone(), t, 0));
+        sources.push((scfg.name.clone(), snapshotter.tables().await?));
+    }
+    for (name, tables) in sources {
+        let mut mine = Vec::new();
+        for t in tables.into_iter().filter(|t| wanted(t)) {
+            store.request_snapshot(&name, &t, false).await?;
+            mine.push(t);
         }
         // The request numbers just recorded (one listing per source).
-        let current = store.snapshots(&scfg.name).await?;
-        for (src, t, request) in requested.iter_mut().filter(|(s, _, _)| *s == scfg.name) {
-            *request = current.iter().find(|p| &p.table == t).map_or(0, |p| p.request);
-            println!("requested: source {src} {}/{}.{} (request {request})", t.tenant, t.database, t.table);
+        let current = store.snapshots(&name).await?;
+        for t in mine {
+            let request = current.iter().find(|p| p.table == t).map_or(0, |p| p.request);
+            println!("requested: source {name} {}/{}.{} (request {request})", t.tenant, t.database, t.table);
+            requested.push((name.clone(), t, request));
         }
     }
     if requested.is_empty() {
         anyhow::bail!(
-            "no table of tenant `{tenant}`{} in the PostgreSQL sources{}",
+            "no table of tenant `{tenant}`{} in the sources{}",
             table.map(|t| format!(" named `{t}`")).unwrap_or_default(),
             source.map(|s| format!(" (source `{s}`)")).unwrap_or_default()
         );

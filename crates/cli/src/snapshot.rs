@@ -16,12 +16,14 @@
 //! delivered chunk. See ADR 0006.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lablake_checkpoint::{CheckpointStore, SnapshotProgress, SnapshotState};
-use lablake_model::{ChangeEvent, Op, SourceInfo, TableId, TableSchema, Value, envelope};
-use lablake_postgres::{PgSnapshotter, PgSourceConfig};
+use lablake_model::{ChangeEvent, Chunk, Op, SourceInfo, TableId, TableSchema, Value, envelope};
+use lablake_mysql::MysqlSnapshotter;
+use lablake_postgres::PgSnapshotter;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -183,19 +185,97 @@ impl Windows {
     }
 }
 
-/// The snapshot worker of a PostgreSQL source: requests snapshots of new
-/// tables, then runs every open request chunk by chunk. Ends when `tx`
-/// closes (the source stopped).
-pub async fn run_pg_worker<S: CheckpointStore + 'static>(
+/// A source's snapshot reader: the connector half of the watermark method.
+///
+/// Delivery contract (conformance: `tests/tests/snapshot.rs` runs the same
+/// scenarios against every implementation):
+/// * `watermark(id)` returns after a marker carrying `id` is committed to
+///   the source's change log; the source's stream yields it, in commit
+///   order, as an [`Item::Watermark`](crate::source) with that `id`.
+/// * `read_chunk(t, after, n)` returns at most `n` rows with chunk keys
+///   greater than `after`, in chunk-key order, each row exactly as the stream
+///   would carry it (same values, `t`'s schema = the stream's schema), and
+///   the last row's key as text; fewer than `n` rows means the table ended.
+/// * `table(id)` describes the table as it is now (`None`: it no longer
+///   exists); `keyed` is false when there is no key to chunk by.
+pub trait Snapshotter: Send {
+    type Table: Send + Sync;
+    fn tables(&mut self) -> impl Future<Output = anyhow::Result<Vec<TableId>>> + Send;
+    fn table(&mut self, id: &TableId) -> impl Future<Output = anyhow::Result<Option<Self::Table>>> + Send;
+    fn schema(t: &Self::Table) -> &Arc<TableSchema>;
+    fn keyed(t: &Self::Table) -> bool;
+    fn estimate(&mut self, t: &Self::Table) -> impl Future<Output = anyhow::Result<u64>> + Send;
+    fn watermark(&mut self, id: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn read_chunk(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        limit: usize,
+    ) -> impl Future<Output = anyhow::Result<Chunk>> + Send;
+}
+
+impl Snapshotter for PgSnapshotter {
+    type Table = lablake_postgres::SnapshotTable;
+    async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
+        Ok(PgSnapshotter::tables(self).await?)
+    }
+    async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
+        Ok(PgSnapshotter::table(self, id).await?)
+    }
+    fn schema(t: &Self::Table) -> &Arc<TableSchema> {
+        &t.schema
+    }
+    fn keyed(t: &Self::Table) -> bool {
+        t.keyed
+    }
+    async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
+        Ok(PgSnapshotter::estimate(self, t).await?)
+    }
+    async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(PgSnapshotter::watermark(self, id).await?)
+    }
+    async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
+        Ok(PgSnapshotter::read_chunk(self, t, after, limit).await?)
+    }
+}
+
+impl Snapshotter for MysqlSnapshotter {
+    type Table = lablake_mysql::MysqlSnapshotTable;
+    async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
+        Ok(MysqlSnapshotter::tables(self).await?)
+    }
+    async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
+        Ok(MysqlSnapshotter::table(self, id).await?)
+    }
+    fn schema(t: &Self::Table) -> &Arc<TableSchema> {
+        &t.schema
+    }
+    fn keyed(t: &Self::Table) -> bool {
+        t.keyed
+    }
+    async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
+        Ok(MysqlSnapshotter::estimate(self, t).await?)
+    }
+    async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
+        Ok(MysqlSnapshotter::watermark(self, id).await?)
+    }
+    async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
+        Ok(MysqlSnapshotter::read_chunk(self, t, after, limit).await?)
+    }
+}
+
+/// The snapshot worker of a source: requests snapshots of new tables, then
+/// runs every open request chunk by chunk. Ends when `tx` closes (the
+/// source stopped).
+pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
     name: String,
-    cfg: PgSourceConfig,
+    mut snapshotter: R,
     snap: SnapshotConfig,
     store: Arc<S>,
     generation: u64,
     nonce: String,
     tx: mpsc::Sender<ChunkMsg>,
 ) -> anyhow::Result<()> {
-    let mut snapshotter = PgSnapshotter::connect(&cfg).await?;
     let mut chunk_no: u64 = 0;
     let mut warned: HashSet<TableId> = HashSet::new();
     // Requests this process read to the end: their final progress is saved
@@ -214,19 +294,22 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
             if p.state == SnapshotState::Done || finished.contains(&(p.table.clone(), p.request)) {
                 continue;
             }
-            let Some(table) = snapshotter.table(&p.table).await? else {
+            let retire = |p: &SnapshotProgress| {
                 tracing::warn!(source = name, tenant = %p.table.tenant, table = %p.table.table,
                     "table to snapshot no longer exists; request retired");
                 let mut done = p.clone();
                 done.state = SnapshotState::Done;
-                store.save_snapshot(&name, generation, &done).await?;
+                done
+            };
+            let Some(table) = snapshotter.table(&p.table).await? else {
+                store.save_snapshot(&name, generation, &retire(&p)).await?;
                 continue;
             };
-            if !table.keyed {
+            if !R::keyed(&table) {
                 if warned.insert(p.table.clone()) {
                     tracing::warn!(source = name, tenant = %p.table.tenant, table = %p.table.table,
-                        "table has no primary key and no replica identity index: it cannot be snapshotted in \
-                         chunks; add a primary key or REPLICA IDENTITY USING INDEX");
+                        "table has no primary key and no unique key over NOT NULL columns (PostgreSQL: replica \
+                         identity index) of a comparable type: it cannot be snapshotted in chunks; add a primary key");
                 }
                 continue;
             }
@@ -238,27 +321,35 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
             progress.state = SnapshotState::Running;
             tracing::info!(source = name, tenant = %p.table.tenant, table = %p.table.table, request = p.request,
                 resume = progress.last_key.is_some(), estimate = progress.estimate, "snapshot started");
+            let mut table = table;
             loop {
                 chunk_no += 1;
                 let started = Instant::now();
                 snapshotter.watermark(&watermark_id(false, &nonce, chunk_no)).await?;
                 let chunk = snapshotter.read_chunk(&table, progress.last_key.as_deref(), snap.chunk_rows).await?;
+                // A schema change between the layout read and the chunk read
+                // would give rows without their new columns: read again.
+                let now = snapshotter.table(&p.table).await?;
+                let changed =
+                    now.as_ref().is_none_or(|t| R::schema(t).fingerprint() != R::schema(&table).fingerprint());
                 let n = chunk.rows.len();
-                let done = n < snap.chunk_rows;
+                let done = !changed && n < snap.chunk_rows;
                 let mut next = progress.clone();
-                next.chunks += 1;
-                next.rows += n as u64;
-                next.updated_ms = (metrics::now_secs() * 1000.0) as i64;
-                if let Some(k) = chunk.last_key {
-                    next.last_key = Some(k);
+                if !changed {
+                    next.chunks += 1;
+                    next.rows += n as u64;
+                    if let Some(k) = chunk.last_key {
+                        next.last_key = Some(k);
+                    }
                 }
+                next.updated_ms = (metrics::now_secs() * 1000.0) as i64;
                 if done {
                     next.state = SnapshotState::Done;
                 }
                 let msg = ChunkMsg {
                     id: format!("{nonce}:{chunk_no}"),
-                    schema: table.schema.clone(),
-                    rows: chunk.rows,
+                    schema: R::schema(&table).clone(),
+                    rows: if changed { Vec::new() } else { chunk.rows },
                     progress: next.clone(),
                 };
                 if tx.send(msg).await.is_err() {
@@ -273,6 +364,20 @@ pub async fn run_pg_worker<S: CheckpointStore + 'static>(
                 if done {
                     finished.insert((p.table.clone(), p.request));
                     break;
+                }
+                match now {
+                    Some(t) => {
+                        if changed {
+                            tracing::info!(source = name, tenant = %p.table.tenant, table = %p.table.table,
+                                "table altered during a chunk read: chunk read again with the new layout");
+                        }
+                        table = t;
+                    }
+                    None => {
+                        store.save_snapshot(&name, generation, &retire(&progress)).await?;
+                        finished.insert((p.table.clone(), p.request));
+                        break;
+                    }
                 }
             }
         }

@@ -9,8 +9,8 @@ use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
 use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
 use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
-use lablake_mysql::{MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
-use lablake_postgres::{PgAcker, PgItem, PgOrigin, PgSource, PgSourceConfig};
+use lablake_mysql::{MysqlSnapshotter, MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
+use lablake_postgres::{PgAcker, PgItem, PgOrigin, PgSnapshotter, PgSource, PgSourceConfig};
 use tokio::sync::watch;
 
 use crate::{metrics, snapshot};
@@ -79,6 +79,9 @@ impl Reader for Mysql {
                 commit_ts_ms: (metrics::now_secs() * 1000.0) as i64,
             }),
             SourceItem::Unresolved { table, reason, position } => Item::Unresolved { table, reason, position },
+            SourceItem::Watermark { id, source } => {
+                Item::Watermark { id, at: Box::new(move |i| SourceItem::snapshot_source(&source, i)) }
+            }
             _ => anyhow::bail!("the MySQL source produced an item this version cannot handle"),
         })
     }
@@ -126,6 +129,7 @@ async fn claim<S: CheckpointStore>(name: &str, store: &S) -> anyhow::Result<(u64
 pub async fn run_source<S: CheckpointStore + 'static>(
     name: &str,
     config: MysqlSourceConfig,
+    snap: &snapshot::SnapshotConfig,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
@@ -138,8 +142,11 @@ pub async fn run_source<S: CheckpointStore + 'static>(
         }
         None => tracing::info!(source = name, generation, "starting source from its configured start position"),
     }
-    let source = MysqlSource::start(config, resume).await.with_context(|| format!("starting source `{name}`"))?;
-    drive(name, Mysql { source, last_position: String::new() }, None, None, generation, bus, store, shutdown).await
+    let source =
+        MysqlSource::start(config.clone(), resume).await.with_context(|| format!("starting source `{name}`"))?;
+    let reader = Mysql { source, last_position: String::new() };
+    let snapshotter = async move { anyhow::Ok(MysqlSnapshotter::connect(&config).await?) };
+    with_snapshots(name, reader, None, snapshotter, snap, generation, bus, store, shutdown).await
 }
 
 /// Runs one PostgreSQL source until `shutdown` turns true or an error occurs.
@@ -162,22 +169,44 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
     let acker = source.acker();
     let reader = Postgres { source, origin: PgOrigin::new(name), last_position: String::new() };
-    // Snapshots run beside the stream: the worker reads chunks between
-    // watermarks, the stream loop emits them (see `snapshot`).
+    let snapshotter = async move { anyhow::Ok(PgSnapshotter::connect(&config).await?) };
+    with_snapshots(name, reader, Some(acker), snapshotter, snap, generation, bus, store, shutdown).await
+}
+
+/// Drives a source with its snapshot worker beside it: the worker reads
+/// chunks between watermarks, the stream loop emits them (see `snapshot`).
+/// Either failing stops both.
+#[allow(clippy::too_many_arguments)]
+async fn with_snapshots<S, R, N, F>(
+    name: &str,
+    reader: R,
+    acker: Option<PgAcker>,
+    snapshotter: F,
+    snap: &snapshot::SnapshotConfig,
+    generation: u64,
+    bus: &BusConfig,
+    store: std::sync::Arc<S>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    S: CheckpointStore + 'static,
+    R: Reader,
+    N: snapshot::Snapshotter + 'static,
+    F: Future<Output = anyhow::Result<N>> + Send + 'static,
+{
     let nonce = format!("{:x}", rand_nonce());
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let mut worker = tokio::spawn(snapshot::run_pg_worker(
-        name.to_owned(),
-        config.clone(),
-        snap.clone(),
-        store.clone(),
-        generation,
-        nonce.clone(),
-        tx,
-    ));
+    let worker = {
+        let (name, snap, store, nonce) = (name.to_owned(), snap.clone(), store.clone(), nonce.clone());
+        async move {
+            let snapshotter = snapshotter.await.context("connecting the snapshot reader")?;
+            snapshot::run_worker(name, snapshotter, snap, store, generation, nonce, tx).await
+        }
+    };
+    let mut worker = tokio::spawn(worker);
     let windows = snapshot::Windows::new(nonce, rx);
     let result = {
-        let drive = drive(name, reader, Some(acker), Some(windows), generation, bus, store, shutdown);
+        let drive = drive(name, reader, acker, Some(windows), generation, bus, store, shutdown);
         tokio::pin!(drive);
         tokio::select! {
             r = &mut drive => r,
@@ -285,13 +314,17 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                     records.inc();
                 }
                 Item::Change(event) => {
-                    if let Some(w) = windows.as_mut() {
-                        w.observe(&event, &mut scratch);
+                    // A key-changing update leaves its old key behind: a delete of it, then a create.
+                    let (first, second) = event.split_key_change();
+                    for event in std::iter::once(first).chain(second) {
+                        if let Some(w) = windows.as_mut() {
+                            w.observe(&event, &mut scratch);
+                        }
+                        let (topic, fut) = producer.send(&event).await?;
+                        acks.delivery(topic, fut).await?;
+                        records.inc();
+                        lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
                     }
-                    let (topic, fut) = producer.send(&event).await?;
-                    acks.delivery(topic, fut).await?;
-                    records.inc();
-                    lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
                 }
                 Item::Checkpoint(cp) => acks.marker(Marker::Source(cp)).await?,
                 Item::Watermark { id, at } => {

@@ -98,6 +98,35 @@ impl ChangeEvent {
         self.after.as_deref().or(self.before.as_deref())
     }
 
+    /// Whether this is an update that changed the primary key (both images
+    /// present and their key values differ; with no primary key, every
+    /// column is the key).
+    pub fn changes_key(&self) -> bool {
+        match (&self.before, &self.after) {
+            (Some(b), Some(a)) if self.op == Op::Update => {
+                self.schema.primary_key.iter().any(|i| match (b.get(*i), a.get(*i)) {
+                    // TOAST-unchanged values and absent columns are not key changes.
+                    (Some(Value::Unchanged), _) | (_, Some(Value::Unchanged)) => false,
+                    (x, y) => x != y,
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// An update that changed the primary key as a delete of the old key
+    /// followed by a create of the new one, both at the update's position
+    /// (what Debezium emits): downstream state keyed by primary key then
+    /// drops the old row. Any other event is returned as it is.
+    pub fn split_key_change(self) -> (ChangeEvent, Option<ChangeEvent>) {
+        if !self.changes_key() {
+            return (self, None);
+        }
+        let create = ChangeEvent { op: Op::Create, before: None, ..self.clone() };
+        let delete = ChangeEvent { op: Op::Delete, after: None, ..self };
+        (delete, Some(create))
+    }
+
     /// Primary-key values in key order.
     pub fn key_values(&self) -> Vec<&Value> {
         match self.key_row() {
@@ -110,5 +139,55 @@ impl ChangeEvent {
     pub fn approx_size(&self) -> usize {
         let row = |r: &Option<Vec<Value>>| r.as_ref().map_or(0, |r| r.iter().map(Value::approx_size).sum());
         256 + row(&self.before) + row(&self.after)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Column, ColumnType, TableSchema};
+
+    fn update(before: [i64; 2], after: [i64; 2]) -> ChangeEvent {
+        let schema = TableSchema::new(
+            vec![
+                Column { name: "id".into(), ty: ColumnType::Int { bytes: 8, unsigned: false }, nullable: false },
+                Column { name: "v".into(), ty: ColumnType::Int { bytes: 8, unsigned: false }, nullable: true },
+            ],
+            vec![0],
+        );
+        ChangeEvent {
+            table: TableId { tenant: "t".into(), database: "d".into(), table: "x".into() },
+            op: Op::Update,
+            schema,
+            before: Some(before.iter().map(|v| Value::Int(*v)).collect()),
+            after: Some(after.iter().map(|v| Value::Int(*v)).collect()),
+            source: SourceInfo {
+                connector: "mysql".into(),
+                name: "s".into(),
+                server_id: 1,
+                file: "binlog.000001".into(),
+                pos: 100,
+                row: 0,
+                gtid: None,
+                ts_ms: 0,
+                position: SourcePosition::mysql(1, 100, 0),
+            },
+            ts_ms: 0,
+        }
+    }
+
+    #[test]
+    fn key_changing_updates_split_into_delete_and_create() {
+        let (same, none) = update([1, 5], [1, 6]).split_key_change();
+        assert_eq!((same.op, none), (Op::Update, None));
+        let (delete, create) = update([1, 5], [2, 5]).split_key_change();
+        let create = create.unwrap();
+        assert_eq!((delete.op, delete.key_values(), delete.after.is_none()), (Op::Delete, vec![&Value::Int(1)], true));
+        assert_eq!((create.op, create.key_values(), create.before.is_none()), (Op::Create, vec![&Value::Int(2)], true));
+        assert_eq!(delete.source.position, create.source.position);
+        let mut toast = update([1, 5], [1, 5]);
+        toast.before.as_mut().unwrap()[0] = Value::Unchanged;
+        assert!(!toast.changes_key());
     }
 }

@@ -9,12 +9,14 @@
 //! * [`event`] — a row change ([`ChangeEvent`]) with its tenant, table, position.
 //! * [`envelope`] — the documented, Debezium-compatible JSON envelope on Kafka.
 //! * [`tenant`] — table selection and tenant resolution rules.
+//! * [`snapshot`] — a chunk of a snapshot read ([`Chunk`]).
 //! * [`topic`] — per-tenant Kafka topic naming.
 
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod position;
+pub mod snapshot;
 pub mod tenant;
 pub mod topic;
 pub mod value;
@@ -22,4 +24,5 @@ pub mod value;
 pub use error::ModelError;
 pub use event::{ChangeEvent, Op, SourceInfo, TableId};
 pub use position::SourcePosition;
+pub use snapshot::Chunk;
 pub use value::{Column, ColumnType, Date, DateTime, TableSchema, Value};

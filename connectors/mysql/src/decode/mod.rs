@@ -10,8 +10,10 @@
 mod charset;
 mod decimal;
 mod json;
+
 mod reader;
 mod rows;
+mod select;
 mod table;
 mod temporal;
 
@@ -19,4 +21,6 @@ pub use charset::Charset;
 pub use json::{JsonDiff, JsonDiffOp};
 pub(crate) use reader::Reader as ByteReader;
 pub use rows::{Cell, RowChange, RowImages, decode_row_images, decode_rows};
+pub(crate) use select::{chunkable, from_select, key_param, key_text};
+pub(crate) use table::Kind;
 pub use table::{CatalogColumn, CatalogNeed, CatalogTable, Flavor, TableInfo};

@@ -44,6 +44,8 @@ pub struct CatalogColumn {
     pub charset: Option<String>,
     /// Declared JSON (`DATA_TYPE = 'json'`) or guarded by `CHECK (json_valid(col))`.
     pub is_json: bool,
+    /// `COLUMNS.IS_NULLABLE = 'YES'`.
+    pub nullable: bool,
 }
 
 /// A table as information_schema describes it.
@@ -399,6 +401,125 @@ impl TableInfo {
         Ok(TableInfo {
             database: meta.database.into(),
             table: meta.table.into(),
+            schema: TableSchema::new(columns, key),
+            key_is_all_columns,
+            undecodable_charset_columns: undecodable,
+            kinds,
+            json_columns,
+        })
+    }
+
+    /// The decoding description of a table from information_schema alone
+    /// (snapshot reads, which have no table map). The schema equals the one
+    /// [`TableInfo::from_table_map`] builds for the same table definition, so
+    /// snapshot rows and streamed rows share a schema fingerprint.
+    pub fn from_catalog(
+        database: &str,
+        table: &str,
+        catalog: &CatalogTable,
+        flavor: Flavor,
+    ) -> Result<TableInfo, MysqlError> {
+        let qualified = format!("{database}.{table}");
+        let mut kinds = Vec::with_capacity(catalog.columns.len());
+        let mut undecodable = Vec::new();
+        let mut json_columns = Vec::new();
+        for (i, c) in catalog.columns.iter().enumerate() {
+            let bad = |reason: String| MysqlError::decode(&qualified, &c.name, reason);
+            let ct = c.column_type.to_ascii_lowercase();
+            let unsigned = ct.contains("unsigned");
+            // `decimal(10,2)` → [10, 2]; `datetime(3)` → [3].
+            let args: Vec<u32> = ct
+                .split_once('(')
+                .and_then(|(_, r)| r.split_once(')'))
+                .map(|(a, _)| a.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            let arg = |k: usize, default: u32| args.get(k).copied().unwrap_or(default);
+            let small = |v: u32| u8::try_from(v).map_err(|_| bad(format!("`{ct}` out of range")));
+            let charset = || c.charset.as_deref().map_or(Charset::Binary, Charset::from_name);
+            let text = |json: bool, pad_to: Option<usize>| {
+                let cs = charset();
+                Kind::Str { prefix: 4, charset: cs, json, pad_to }
+            };
+            let kind = match c.data_type.to_ascii_lowercase().as_str() {
+                "tinyint" => Kind::Int { bytes: 1, unsigned },
+                "smallint" => Kind::Int { bytes: 2, unsigned },
+                "mediumint" => Kind::Int { bytes: 3, unsigned },
+                "int" | "integer" => Kind::Int { bytes: 4, unsigned },
+                "bigint" => Kind::Int { bytes: 8, unsigned },
+                "float" => Kind::Float,
+                "double" | "real" | "double precision" => Kind::Double,
+                "decimal" | "numeric" => {
+                    let (precision, scale) = (small(arg(0, 10))?, small(arg(1, 0))?);
+                    decimal::check_precision(precision, scale).map_err(bad)?;
+                    Kind::Decimal { precision, scale }
+                }
+                "year" => Kind::Year,
+                "date" => Kind::Date,
+                "time" => Kind::Time2 { fsp: fsp(small(arg(0, 0))?).map_err(bad)? },
+                "datetime" => Kind::DateTime2 { fsp: fsp(small(arg(0, 0))?).map_err(bad)? },
+                "timestamp" => Kind::Timestamp2 { fsp: fsp(small(arg(0, 0))?).map_err(bad)? },
+                "bit" => {
+                    let bits = u16::try_from(arg(0, 1)).unwrap_or(0);
+                    if bits == 0 || bits > 64 {
+                        return Err(bad(format!("BIT({bits}) out of range")));
+                    }
+                    Kind::Bit { bits }
+                }
+                "enum" => {
+                    let labels = parse_labels(&c.column_type, "enum")
+                        .ok_or_else(|| bad("cannot parse ENUM labels".to_owned()))?;
+                    Kind::Enum { pack: if labels.len() < 256 { 1 } else { 2 }, labels: labels.into() }
+                }
+                "set" => {
+                    let labels =
+                        parse_labels(&c.column_type, "set").ok_or_else(|| bad("cannot parse SET labels".to_owned()))?;
+                    let pack = u8::try_from(labels.len().div_ceil(8).max(1)).unwrap_or(8);
+                    Kind::Set { pack, labels: labels.into() }
+                }
+                "json" if flavor == Flavor::MySql => {
+                    json_columns.push(i);
+                    Kind::Json { prefix: 4 }
+                }
+                "binary" => text(false, Some(arg(0, 1) as usize)),
+                "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "json" | "varbinary"
+                | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+                    let json = flavor == Flavor::MariaDb && c.is_json && charset().is_text();
+                    text(json, None)
+                }
+                "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+                | "geometrycollection" | "geomcollection" | "vector" => Kind::Raw { prefix: 4 },
+                other => return Err(bad(format!("unsupported column type `{other}`"))),
+            };
+            if let Kind::Str { charset: Charset::Unsupported, .. } = kind {
+                undecodable.push(c.name.clone());
+            }
+            kinds.push(kind);
+        }
+        let mut key: Vec<usize> = catalog
+            .primary_key
+            .iter()
+            .map(|k| {
+                catalog.columns.iter().position(|c| c.name.eq_ignore_ascii_case(k)).ok_or_else(|| {
+                    MysqlError::MissingMetadata {
+                        table: qualified.clone(),
+                        reason: format!("primary-key column `{k}` is not a column"),
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let key_is_all_columns = key.is_empty();
+        if key_is_all_columns {
+            key = (0..kinds.len()).collect();
+        }
+        let columns = catalog
+            .columns
+            .iter()
+            .zip(&kinds)
+            .map(|(c, kind)| Column { name: c.name.clone(), ty: kind.column_type(), nullable: c.nullable })
+            .collect();
+        Ok(TableInfo {
+            database: database.into(),
+            table: table.into(),
             schema: TableSchema::new(columns, key),
             key_is_all_columns,
             undecodable_charset_columns: undecodable,
