@@ -37,6 +37,7 @@ pub async fn run_all<S: CheckpointStore>(store: &S) {
     status_is_filtered_by_tenant(store, &format!("{p}-status")).await;
     manifest_is_ordered_and_per_table(store, &format!("{p}-manifest")).await;
     snapshot_requests_progress_and_supersede(store, &format!("{p}-snap")).await;
+    schema_history_numbers_each_shape_once(store, &format!("{p}-schema")).await;
 }
 
 /// A prefix unique to this process and call: lowercase, usable in tenant names.
@@ -603,4 +604,40 @@ pub async fn snapshot_requests_progress_and_supersede<S: CheckpointStore>(store:
     );
     assert!(!store.save_snapshot(&source, g, &p).await.expect("stale save"), "superseded save must write nothing");
     assert_eq!(store.snapshots(&source).await.expect("list")[0], fresh);
+}
+
+/// Schema history: a shape keeps its version (re-registering and replays
+/// are no-ops), a new shape takes the next number with its changes against
+/// the latest, racing registrars agree and never share a number, and tables
+/// have separate histories.
+pub async fn schema_history_numbers_each_shape_once<S: CheckpointStore>(store: &S, prefix: &str) {
+    use crate::SchemaVersion;
+    use lablake_model::{Column, ColumnType, TableSchema};
+    let t = TableId { tenant: format!("{prefix}a").into(), database: "lab".into(), table: "orders".into() };
+    let other = TableId { table: "results".into(), ..t.clone() };
+    let int = ColumnType::Int { bytes: 8, unsigned: false };
+    let shape = |names: &[&str]| {
+        let cols = names.iter().map(|n| Column { name: (*n).into(), ty: int.clone(), nullable: true }).collect();
+        SchemaVersion::of(&TableSchema::new(cols, vec![0]), "0001", 5)
+    };
+    let (v1, v2, v3) = (shape(&["id", "a"]), shape(&["id", "a", "b"]), shape(&["id", "c", "b"]));
+    assert!(store.schema_history(&t).await.expect("empty history").is_empty());
+    assert_eq!(store.register_schema(&t, &v1).await.expect("v1"), 1);
+    assert_eq!(store.register_schema(&t, &v1).await.expect("v1 again"), 1);
+    let (a, b) = tokio::join!(store.register_schema(&t, &v2), store.register_schema(&t, &v2));
+    assert_eq!((a.expect("race a"), b.expect("race b")), (2, 2), "racing registrars agree on a shape's version");
+    assert_eq!(store.register_schema(&t, &v3).await.expect("v3"), 3);
+    // A shape seen again (a replay of old records) keeps its old number.
+    assert_eq!(store.register_schema(&t, &v1).await.expect("v1 replayed"), 1);
+    assert_eq!(store.register_schema(&other, &v3).await.expect("other table"), 1);
+    let h = store.schema_history(&t).await.expect("history");
+    assert_eq!(h.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(h[0].changes, vec!["new table"]);
+    assert_eq!(h[1].changes, vec!["added column b"]);
+    assert_eq!(h[2].changes, vec!["renamed column a to c"]);
+    assert_eq!((h[2].first_position.as_str(), h[2].primary_key.clone()), ("0001", vec!["id".to_owned()]));
+    let (x, y) = tokio::join!(store.register_schema(&other, &v1), store.register_schema(&other, &v2));
+    let (x, y) = (x.expect("race x"), y.expect("race y"));
+    assert!(x != y && x > 1 && y > 1, "different shapes never share a number: {x} {y}");
+    assert_eq!(store.schema_history(&other).await.expect("other history").len(), 3);
 }

@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::rules::{self, ALL_TABLES};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
-    SourceCheckpoint, TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SchemaVersion,
+    SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
 /// Configuration of the DynamoDB checkpoint store. Credentials come from the
@@ -654,6 +654,53 @@ impl CheckpointStore for DynamoStore {
             Err(e) => Err(e.into_error(&what)),
         }
     }
+
+    async fn register_schema(&self, table: &TableId, candidate: &SchemaVersion) -> Result<u32, CheckpointError> {
+        let what = format!("schema history of {}.{}.{}", table.tenant, table.database, table.table);
+        // Read the history, then create the next entry conditionally: a racing
+        // registrar that took the number first makes us read again.
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let history = self.schema_history(table).await?;
+            let entry = match crate::schema::register(&history, candidate) {
+                crate::schema::Registration::Existing(v) => return Ok(v),
+                crate::schema::Registration::Append(entry) => entry,
+            };
+            let json = serde_json::to_string(&entry).map_err(|e| backend("encoding a schema version", e))?;
+            let mut item = Item::new();
+            item.insert("pk".into(), s(schema_pk(table)));
+            item.insert("sk".into(), s(format!("v{:010}", entry.version)));
+            item.insert("kind".into(), s("schema"));
+            item.insert("fingerprint".into(), s(&entry.fingerprint));
+            item.insert("entry".into(), s(json));
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)");
+            match put.send().await {
+                Ok(_) => return Ok(entry.version),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => continue,
+                Err(e) => return Err(sdk_error(format!("writing {what}"), e)),
+            }
+        }
+        Err(CheckpointError::Backend { message: format!("{what}: too many concurrent registrations"), source: None })
+    }
+
+    async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
+        let what = format!("schema history of {}.{}.{}", table.tenant, table.database, table.table);
+        let mut out = self
+            .query_pk(schema_pk(table), &what)
+            .await?
+            .iter()
+            .map(|item| {
+                let json = get_s(item, "entry", &what)?;
+                serde_json::from_str::<SchemaVersion>(&json).map_err(|_| corrupt(&what, "entry"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
 }
 
 impl DynamoStore {
@@ -819,6 +866,10 @@ fn snapshot_pk(source: &str) -> String {
 
 fn snapshot_sk(t: &TableId) -> String {
     format!("{}#{}#{}", esc(&t.tenant), esc(&t.database), esc(&t.table))
+}
+
+fn schema_pk(t: &TableId) -> String {
+    format!("schema#{}#{}#{}", esc(&t.tenant), esc(&t.database), esc(&t.table))
 }
 
 fn snapshot_item(source: &str, p: &SnapshotProgress) -> Result<Item, CheckpointError> {

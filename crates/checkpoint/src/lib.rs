@@ -30,11 +30,13 @@ mod dynamo;
 mod error;
 mod memory;
 mod rules;
+mod schema;
 mod table_id_serde;
 
 pub use dynamo::{DynamoConfig, DynamoStore};
 pub use error::CheckpointError;
 pub use memory::MemoryStore;
+pub use schema::{SchemaColumn, SchemaVersion};
 
 use lablake_model::TableId;
 
@@ -283,4 +285,21 @@ pub trait CheckpointStore: Send + Sync {
         generation: u64,
         progress: &SnapshotProgress,
     ) -> impl Future<Output = Result<bool, CheckpointError>> + Send;
+
+    /// Registers a shape of `table` in its schema history and returns its
+    /// version: the existing entry's when one has the same fingerprint,
+    /// else a new entry numbered one past the latest, with its `changes`
+    /// computed against the latest. Racing registrars never take the same
+    /// number (conditional create) and agree on the version of a shape.
+    fn register_schema(
+        &self,
+        table: &TableId,
+        candidate: &SchemaVersion,
+    ) -> impl Future<Output = Result<u32, CheckpointError>> + Send;
+
+    /// The schema history of `table`, ordered by version.
+    fn schema_history(
+        &self,
+        table: &TableId,
+    ) -> impl Future<Output = Result<Vec<SchemaVersion>, CheckpointError>> + Send;
 }

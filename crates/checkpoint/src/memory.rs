@@ -7,8 +7,8 @@ use lablake_model::TableId;
 
 use crate::rules::{self, ALL_TABLES};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SnapshotProgress,
-    SourceCheckpoint, TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SchemaVersion,
+    SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
 /// A [`CheckpointStore`] held in process memory. Cloning shares the state.
@@ -33,6 +33,7 @@ struct State {
     manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
     status: BTreeMap<StatusKey, TableStatus>,
     snapshots: BTreeMap<(String, TableId), SnapshotProgress>,
+    schemas: HashMap<TableId, Vec<SchemaVersion>>,
 }
 
 impl State {
@@ -200,6 +201,23 @@ impl CheckpointStore for MemoryStore {
         }
         state.snapshots.insert(key, progress.clone());
         Ok(true)
+    }
+
+    async fn register_schema(&self, table: &TableId, candidate: &SchemaVersion) -> Result<u32, CheckpointError> {
+        let mut state = self.lock();
+        let history = state.schemas.entry(table.clone()).or_default();
+        Ok(match crate::schema::register(history, candidate) {
+            crate::schema::Registration::Existing(v) => v,
+            crate::schema::Registration::Append(entry) => {
+                let v = entry.version;
+                history.push(entry);
+                v
+            }
+        })
+    }
+
+    async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
+        Ok(self.lock().schemas.get(table).cloned().unwrap_or_default())
     }
 }
 

@@ -65,12 +65,24 @@ enum Command {
         /// `table` or `schema.table` (default: every table of the tenant).
         #[arg(long)]
         table: Option<String>,
-        /// Only this source (default: every PostgreSQL source).
+        /// Only this source (default: every source).
         #[arg(long)]
         source: Option<String>,
         /// Return after recording the request.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Prints the schema history of a tenant's table: every version, where it
+    /// was first seen and what changed.
+    Schema {
+        #[arg(long)]
+        tenant: String,
+        /// `database.table` (PostgreSQL: `schema.table`).
+        #[arg(long)]
+        table: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// Validates the configuration and exits.
     CheckConfig,
@@ -148,6 +160,32 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Schema { tenant, table, json } = &command {
+        use lablake_checkpoint::CheckpointStore;
+        let Some((database, name)) = table.split_once('.') else {
+            anyhow::bail!("--table must be `database.table`, got `{table}`");
+        };
+        let id =
+            lablake_model::TableId { tenant: tenant.as_str().into(), database: database.into(), table: name.into() };
+        let history = store.schema_history(&id).await?;
+        if history.is_empty() {
+            anyhow::bail!("no schema history for {tenant}/{table} (not captured yet, or not this tenant)");
+        }
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&history)?);
+        } else {
+            for v in &history {
+                let cols: Vec<String> = v
+                    .columns
+                    .iter()
+                    .map(|c| format!("{} {}{}", c.name, c.ty, if c.nullable { "" } else { " not null" }))
+                    .collect();
+                println!("v{} first at {}: {}", v.version, v.first_position, v.changes.join("; "));
+                println!("    columns: {}; key: {}", cols.join(", "), v.primary_key.join(", "));
+            }
+        }
+        return Ok(());
+    }
     if let Command::Snapshot { tenant, table, source, no_wait } = command {
         return request_snapshots(&cfg, store.as_ref(), &tenant, table.as_deref(), source.as_deref(), no_wait).await;
     }
@@ -179,7 +217,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Run { shard } => (true, true, None, shard),
         Command::Source { name } => (true, false, name, String::new()),
         Command::Curate { shard } => (false, true, None, shard),
-        Command::Status { .. } | Command::Snapshot { .. } | Command::CheckConfig => unreachable!("handled above"),
+        Command::Status { .. } | Command::Snapshot { .. } | Command::Schema { .. } | Command::CheckConfig => {
+            unreachable!("handled above")
+        }
     };
     if run_sources {
         let mut any = false;

@@ -2,13 +2,15 @@
 //! positions only after Kafka acknowledged everything before them, and (for
 //! PostgreSQL) reporting a position to the slot only after it is checkpointed.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
-use lablake_checkpoint::{CheckpointStore, SourceCheckpoint};
-use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
+use lablake_checkpoint::{CheckpointStore, SchemaVersion, SourceCheckpoint};
+use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, TableSchema};
 use lablake_mysql::{MysqlSnapshotter, MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
 use lablake_postgres::{PgAcker, PgItem, PgOrigin, PgSnapshotter, PgSource, PgSourceConfig};
 use tokio::sync::watch;
@@ -116,6 +118,46 @@ impl Reader for Postgres {
             }
             _ => anyhow::bail!("the PostgreSQL source produced an item this version cannot handle"),
         })
+    }
+}
+
+/// Gives every change its table's schema-history version (registering a
+/// shape the first time this process sees it), before the change is sent:
+/// records carry `lablake.schema_version`, and the history in the checkpoint
+/// store says what each version looks like and what changed.
+#[derive(Default)]
+struct Versions {
+    /// Per table: the schema as the source built it, and its versioned copy.
+    by_table: HashMap<TableId, (Arc<TableSchema>, Arc<TableSchema>)>,
+}
+
+impl Versions {
+    async fn apply<S: CheckpointStore>(&mut self, store: &S, event: &mut ChangeEvent) -> anyhow::Result<()> {
+        if event.schema.columns.is_empty() {
+            // A truncate of a table whose layout is unknown here.
+            return Ok(());
+        }
+        if let Some((seen, versioned)) = self.by_table.get_mut(&event.table) {
+            if Arc::ptr_eq(seen, &event.schema) {
+                event.schema = versioned.clone();
+                return Ok(());
+            }
+            if seen.fingerprint() == event.schema.fingerprint() {
+                *seen = event.schema.clone();
+                event.schema = versioned.clone();
+                return Ok(());
+            }
+        }
+        let candidate =
+            SchemaVersion::of(&event.schema, event.source.position.as_str(), (metrics::now_secs() * 1000.0) as i64);
+        let version = store.register_schema(&event.table, &candidate).await.context("registering a schema version")?;
+        let t = &event.table;
+        tracing::info!(tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table), version,
+            columns = event.schema.columns.len(), "table schema version");
+        let versioned = event.schema.with_version(version);
+        self.by_table.insert(event.table.clone(), (event.schema.clone(), versioned.clone()));
+        event.schema = versioned;
+        Ok(())
     }
 }
 
@@ -295,6 +337,7 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
     };
 
     let records = metrics::SOURCE_RECORDS.with_label_values(&[name]);
+    let mut versions = Versions::default();
     let mut scratch = Vec::new();
     let lag = metrics::SOURCE_LAG.with_label_values(&[name]);
     let result: anyhow::Result<()> = async {
@@ -305,7 +348,8 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                 item = reader.next() => item.with_context(|| format!("reading source `{name}`"))?,
             };
             match item {
-                Item::Change(event) if event.op == Op::Truncate => {
+                Item::Change(mut event) if event.op == Op::Truncate => {
+                    versions.apply(store.as_ref(), &mut event).await?;
                     tracing::info!(source = name, tenant = %event.table.tenant,
                         table = %format!("{}.{}", event.table.database, event.table.table), "TRUNCATE propagated");
                     for (topic, fut) in producer.send_truncate(&event).await? {
@@ -313,7 +357,8 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                     }
                     records.inc();
                 }
-                Item::Change(event) => {
+                Item::Change(mut event) => {
+                    versions.apply(store.as_ref(), &mut event).await?;
                     // A key-changing update leaves its old key behind: a delete of it, then a create.
                     let (first, second) = event.split_key_change();
                     for event in std::iter::once(first).chain(second) {
@@ -329,8 +374,9 @@ async fn drive<S: CheckpointStore + 'static, R: Reader>(
                 Item::Checkpoint(cp) => acks.marker(Marker::Source(cp)).await?,
                 Item::Watermark { id, at } => {
                     let Some(w) = windows.as_mut() else { continue };
-                    if let Some((events, progress)) = w.watermark(&id, at).await? {
-                        for event in &events {
+                    if let Some((mut events, progress)) = w.watermark(&id, at).await? {
+                        for event in &mut events {
+                            versions.apply(store.as_ref(), event).await?;
                             let (topic, fut) = producer.send(event).await?;
                             acks.delivery(topic, fut).await?;
                         }

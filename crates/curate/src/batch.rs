@@ -109,10 +109,14 @@ pub fn curated_schema(table: &TableSchema) -> SchemaRef {
     fields.push(Field::new(meta::KAFKA_OFFSET, DataType::Int64, false));
     fields.push(Field::new(meta::UNCHANGED, DataType::Utf8, true));
     let pk: Vec<&str> = table.primary_key.iter().map(|i| table.columns[*i].name.as_str()).collect();
-    Arc::new(Schema::new(fields).with_metadata(std::collections::HashMap::from([
+    let mut metadata = std::collections::HashMap::from([
         ("lablake.schema".to_owned(), table.fingerprint().to_owned()),
         ("lablake.primary_key".to_owned(), pk.join(",")),
-    ])))
+    ]);
+    if let Some(v) = table.version() {
+        metadata.insert("lablake.schema_version".to_owned(), v.to_string());
+    }
+    Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 
 /// Accumulates the changes of one table (one schema) straight into Arrow
@@ -166,9 +170,10 @@ impl BatchBuilder {
         self.summary.as_ref()
     }
 
-    /// Whether a change of `schema` belongs in this batch (same columns and key).
+    /// Whether a change of `schema` belongs in this batch (same columns, key and schema version).
     pub fn accepts(&self, schema: &Arc<TableSchema>) -> bool {
-        Arc::ptr_eq(&self.schema, schema) || self.schema.fingerprint() == schema.fingerprint()
+        Arc::ptr_eq(&self.schema, schema)
+            || (self.schema.fingerprint() == schema.fingerprint() && self.schema.version() == schema.version())
     }
 
     /// Adds a change read at `partition`/`offset`. Checks every value first,

@@ -110,11 +110,21 @@ pub fn encode(event: &ChangeEvent, out: &mut Vec<u8>) {
 }
 
 /// The schema part of the `lablake` block, computed once per schema.
-pub(crate) fn schema_fragment(fingerprint: &str, columns: &[Column], primary_key: &[usize]) -> Vec<u8> {
+pub(crate) fn schema_fragment(
+    fingerprint: &str,
+    version: Option<u32>,
+    columns: &[Column],
+    primary_key: &[usize],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + columns.len() * 32);
     out.extend_from_slice(b"\"schema\":\"");
     out.extend_from_slice(fingerprint.as_bytes());
-    out.extend_from_slice(b"\",\"columns\":[");
+    out.push(b'"');
+    if let Some(v) = version {
+        out.extend_from_slice(b",\"schema_version\":");
+        push_int(&mut out, v);
+    }
+    out.extend_from_slice(b",\"columns\":[");
     for (i, c) in columns.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -359,6 +369,9 @@ struct RawMeta<'a> {
     tenant: Text<'a>,
     #[serde(borrow)]
     schema: std::borrow::Cow<'a, str>,
+    /// The schema-history version (absent before the source registered one).
+    #[serde(default)]
+    schema_version: Option<u32>,
     #[serde(borrow)]
     columns: Vec<(std::borrow::Cow<'a, str>, &'a str, bool)>,
     #[serde(borrow)]
@@ -373,7 +386,7 @@ struct RawMeta<'a> {
 /// not re-allocate its schema or names per record).
 #[derive(Default)]
 pub struct Decoder {
-    last: Option<(String, Arc<TableSchema>)>,
+    last: Option<(String, Option<u32>, Arc<TableSchema>)>,
     names: [Option<Arc<str>>; 7],
 }
 
@@ -405,13 +418,16 @@ impl Decoder {
         let op =
             Op::from_code(raw.op).ok_or_else(|| ModelError::InvalidEnvelope(format!("unknown op `{}`", raw.op)))?;
         let schema = match &self.last {
-            Some((fp, s)) if fp.as_str() == raw.lablake.schema => s.clone(),
+            Some((fp, v, s)) if fp.as_str() == raw.lablake.schema && *v == raw.lablake.schema_version => s.clone(),
             _ => {
-                let s = schema_of(&raw.lablake)?;
+                let mut s = schema_of(&raw.lablake)?;
                 if s.fingerprint() != raw.lablake.schema {
                     return Err(ModelError::InvalidEnvelope("schema fingerprint does not match its columns".into()));
                 }
-                self.last = Some((raw.lablake.schema.to_string(), s.clone()));
+                if let Some(v) = raw.lablake.schema_version {
+                    s = s.with_version(v);
+                }
+                self.last = Some((raw.lablake.schema.to_string(), raw.lablake.schema_version, s.clone()));
                 s
             }
         };
@@ -736,6 +752,24 @@ mod tests {
         let mut out = Vec::new();
         encode(&with_row, &mut out);
         assert!(Decoder::new().decode(&out).is_err());
+    }
+
+    #[test]
+    fn schema_versions_round_trip_and_are_optional() {
+        let mut dec = Decoder::new();
+        let plain = sample_event();
+        let mut out = Vec::new();
+        encode(&plain, &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("schema_version"));
+        assert_eq!(dec.decode(&out).unwrap().schema.version(), None);
+        let mut versioned = sample_event();
+        versioned.schema = versioned.schema.with_version(7);
+        assert_eq!(versioned.schema.fingerprint(), plain.schema.fingerprint());
+        let mut out = Vec::new();
+        encode(&versioned, &mut out);
+        assert!(String::from_utf8_lossy(&out).contains("\"schema_version\":7,"));
+        // Same fingerprint, new version: the decoder's cached schema is not reused.
+        assert_eq!(dec.decode(&out).unwrap().schema.version(), Some(7));
     }
 
     #[test]

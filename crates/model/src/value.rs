@@ -287,7 +287,10 @@ pub struct TableSchema {
     /// Indexes into `columns` of the primary-key columns, in key order.
     pub primary_key: Vec<usize>,
     fingerprint: String,
-    /// `"schema":"…","columns":[…],"pk":[…]` as written in every envelope.
+    /// The table's schema-history version of this shape, once registered
+    /// (see `lablake_checkpoint::SchemaVersion`); `None` before.
+    version: Option<u32>,
+    /// `"schema":"…",["schema_version":n,]"columns":[…],"pk":[…]` as written in every envelope.
     pub(crate) envelope_fragment: Vec<u8>,
 }
 
@@ -309,8 +312,27 @@ impl std::hash::Hash for TableSchema {
 impl TableSchema {
     pub fn new(columns: Vec<Column>, primary_key: Vec<usize>) -> Arc<Self> {
         let fingerprint = compute_fingerprint(&columns, &primary_key);
-        let envelope_fragment = crate::envelope::schema_fragment(&fingerprint, &columns, &primary_key);
-        Arc::new(TableSchema { columns, primary_key, fingerprint, envelope_fragment })
+        let envelope_fragment = crate::envelope::schema_fragment(&fingerprint, None, &columns, &primary_key);
+        Arc::new(TableSchema { columns, primary_key, fingerprint, version: None, envelope_fragment })
+    }
+
+    /// The same schema marked with its schema-history version (a new `Arc`:
+    /// schemas are immutable once built).
+    pub fn with_version(&self, version: u32) -> Arc<Self> {
+        let envelope_fragment =
+            crate::envelope::schema_fragment(&self.fingerprint, Some(version), &self.columns, &self.primary_key);
+        Arc::new(TableSchema {
+            columns: self.columns.clone(),
+            primary_key: self.primary_key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            version: Some(version),
+            envelope_fragment,
+        })
+    }
+
+    /// The schema-history version, when registered.
+    pub fn version(&self) -> Option<u32> {
+        self.version
     }
 
     /// A stable fingerprint of names, types and key (FNV-1a, hex). Files roll
