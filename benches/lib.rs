@@ -217,3 +217,32 @@ pub mod pg {
         Ok(())
     }
 }
+
+/// The results table in MySQL/MariaDB, for the MySQL benchmarks.
+pub mod mysql {
+    /// DDL of `results` (in the current database).
+    pub const RESULTS_DDL: &str = "CREATE TABLE results (
+        id BIGINT UNSIGNED NOT NULL PRIMARY KEY, order_id BIGINT UNSIGNED NOT NULL, patient_id INT NOT NULL,
+        loinc VARCHAR(10) NOT NULL, value_num DECIMAL(18,6), value_text VARCHAR(200), unit VARCHAR(20),
+        ref_low DOUBLE, abnormal ENUM('N','L','H','LL','HH','A'), collected_at DATETIME(6), resulted_at TIMESTAMP(6) NULL,
+        status TINYINT NOT NULL)";
+
+    /// `INSERT INTO results VALUES …` for ids `ids`.
+    pub fn insert_results(ids: std::ops::Range<u64>) -> String {
+        let values: Vec<String> = ids
+            .map(|i| {
+                format!(
+                    "({i}, {}, {}, '{}-{}', {}.{:06}, 'within range', 'mmol/L', 3.5, '{}', NOW(6), NOW(6), 1)",
+                    i / 4,
+                    i % 100_000,
+                    1000 + i % 9000,
+                    i % 10,
+                    i % 500,
+                    i % 1_000_000,
+                    if i % 10 == 0 { "H" } else { "N" }
+                )
+            })
+            .collect();
+        format!("INSERT INTO results VALUES {}", values.join(","))
+    }
+}

@@ -24,17 +24,11 @@ use lablake_checkpoint::{CheckpointStore, DynamoConfig, DynamoStore};
 use lablake_tests::{World, dynamodb_endpoint};
 use mysql_async::prelude::Queryable;
 
-const DDL: &str = "CREATE TABLE results (
-    id BIGINT UNSIGNED NOT NULL PRIMARY KEY, order_id BIGINT UNSIGNED NOT NULL, patient_id INT NOT NULL,
-    loinc VARCHAR(10) NOT NULL, value_num DECIMAL(18,6), value_text VARCHAR(200), unit VARCHAR(20),
-    ref_low DOUBLE, abnormal ENUM('N','L','H','LL','HH','A'), collected_at DATETIME(6), resulted_at TIMESTAMP(6) NULL,
-    status TINYINT NOT NULL)";
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let rows: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(100_000);
     let rate: Option<u64> = std::env::args().nth(2).map(|s| s.parse()).transpose()?;
-    let mut w = World::new(1, &[DDL], "").await?;
+    let mut w = World::new(1, &[lablake_benches::mysql::RESULTS_DDL], "").await?;
     // Larger batches than the tests' defaults.
     let cfg = std::fs::read_to_string(&w.config_path)?
         .replace("max_rows = 5000", "max_rows = 100000")
@@ -60,21 +54,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let n = 1000.min(rows - id);
-        let values: Vec<String> = (id..id + n)
-            .map(|i| {
-                format!(
-                    "({i}, {}, {}, '{}-{}', {}.{:06}, 'within range', 'mmol/L', 3.5, '{}', NOW(6), NOW(6), 1)",
-                    i / 4,
-                    i % 100_000,
-                    1000 + i % 9000,
-                    i % 10,
-                    i % 500,
-                    i % 1_000_000,
-                    if i % 10 == 0 { "H" } else { "N" }
-                )
-            })
-            .collect();
-        conn.query_drop(format!("INSERT INTO results VALUES {}", values.join(","))).await?;
+        conn.query_drop(lablake_benches::mysql::insert_results(id..id + n)).await?;
         id += n;
     }
     let inserted = started.elapsed();

@@ -1,76 +1,56 @@
-//! PostgreSQL snapshot throughput against a raw `COPY … TO STDOUT` of the
-//! same table to /dev/null (psql), in the same run. Prints one JSON report:
-//! `{rows, raw_copy_s, lablake_s, ratio}` where `ratio` is Lablake's rows/s
-//! divided by the raw read's (aim: ≥ 0.7).
+//! Snapshot throughput against a raw read of the same table, in the same
+//! run, per source: PostgreSQL against `COPY … TO STDOUT` through psql,
+//! MySQL/MariaDB against `SELECT *` through the mariadb/mysql client, both to
+//! /dev/null. Prints one JSON report: `{source, rows, raw_s, lablake_s,
+//! ratio}` where `ratio` is Lablake's rows/s divided by the raw read's (aim:
+//! ≥ 0.7).
 //!
 //! ```text
 //! eval "$(dev/services env)"; cargo build --release -p lablake-benches
-//! target/release/snapshot-throughput 500000 [--chunk-rows N] [--read-only]
+//! target/release/snapshot-throughput 500000 [--source postgres|mysql] [--chunk-rows N] [--read-only]
 //! ```
 //!
 //! `--read-only` stops after the chunk reads and decodes (no envelopes, no
 //! Kafka), to split the cost.
 //!
-//! Lablake's side is the snapshot path of the source stage: for every chunk a
-//! low watermark, a key-ordered `COPY (…) (FORMAT binary)` chunk read and
-//! decode, a high watermark, then each row becomes a change event, an
-//! envelope, and a Kafka record; the clock stops when Kafka acknowledged the
-//! last one. The stream-side window bookkeeping (an idle table here) is not
-//! part of it.
+//! Lablake's side is the snapshot path of the source stage through the same
+//! `Snapshotter` the pipeline uses: for every chunk a low watermark, a
+//! key-ordered chunk read converted to the streamed values, a high
+//! watermark, then each row becomes a change event, an envelope, and a Kafka
+//! record; the clock stops when Kafka acknowledged the last one. The
+//! stream-side window bookkeeping (an idle table here) is not part of it.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use lablake_benches::pg;
+use lablake::snapshot::Snapshotter;
+use lablake_benches::{mysql, pg};
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
-use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition};
+use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId};
+use lablake_mysql::{MysqlSnapshotter, MysqlSourceConfig};
 use lablake_postgres::{PgSnapshotter, PgSourceConfig};
-use lablake_tests::{kafka_brokers, pg_client, pg_url, rand_id};
+use lablake_tests::{kafka_brokers, mysql_url, pg_client, pg_url, rand_id};
+use mysql_async::prelude::Queryable;
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rows: i64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(500_000);
-    let chunk_rows: usize = args
-        .iter()
-        .position(|a| a == "--chunk-rows")
-        .and_then(|i| args.get(i + 1))
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10_000);
-    let read_only = args.iter().any(|a| a == "--read-only");
-    let id = rand_id(8);
-    let schema = format!("lab_s{id}");
-    let c = pg_client().await?;
-    c.batch_execute(&format!("CREATE SCHEMA {schema}; {}", pg::results_ddl(&schema))).await?;
-    pg::insert_results(&c, &schema, rows, 100_000).await?;
-    c.batch_execute(&format!("VACUUM ANALYZE {schema}.results")).await?;
+struct Run {
+    chunk_rows: usize,
+    read_only: bool,
+    bus: BusConfig,
+}
 
-    // Raw read: COPY in text format to /dev/null through psql.
-    let psql = std::env::var("LABLAKE_PG_BIN")
-        .map(|b| format!("{b}/psql"))
-        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/psql".into());
-    let raw = || -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let out = std::process::Command::new(&psql)
-            .args([&pg_url(), "-q", "-c", &format!("COPY {schema}.results TO STDOUT")])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .context("running psql")?;
-        anyhow::ensure!(out.success(), "psql failed: {out}");
-        Ok(started.elapsed().as_secs_f64())
-    };
-    raw()?; // warm the cache for both
-    let raw_s = raw()?;
-
-    let cfg: PgSourceConfig = serde_json::from_value(serde_json::json!({
-        "name": "bench", "url": pg_url(), "slot": "unused", "publication": "unused",
-        "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
-    }))?;
-    let mut bus = BusConfig::new(kafka_brokers());
-    bus.topic_prefix = format!("snap{id}");
-    let mut producer = ChangeProducer::new(&bus)?;
-    let (acks, mut acked) = ack_queue::<()>(bus.max_in_flight);
+/// Snapshots `table` through `snap` the way the source stage does — a
+/// reader task (watermarks and chunk reads) handing chunks over a channel of
+/// capacity 1 to the producing side, so the next chunk is read while the
+/// current one is produced; returns the rows read and the seconds until
+/// Kafka acknowledged the last one.
+async fn snapshot<R: Snapshotter + 'static>(mut snap: R, id: &TableId, run: &Run) -> anyhow::Result<(i64, f64)>
+where
+    R::Table: 'static,
+{
+    let table = snap.table(id).await?.context("benchmark table layout")?;
+    let schema = R::schema(&table).clone();
+    let mut producer = ChangeProducer::new(&run.bus)?;
+    let (acks, mut acked) = ack_queue::<()>(run.bus.max_in_flight);
     let waiter = tokio::spawn(async move {
         let mut n = 0u64;
         while acked.next().await?.is_some() {
@@ -78,29 +58,43 @@ async fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(n)
     });
-    let mut snap = PgSnapshotter::connect(&cfg).await?;
-    let table_id =
-        snap.tables().await?.into_iter().find(|t| *t.database == *schema).context("benchmark table not listed")?;
-    let table = snap.table(&table_id).await?.context("benchmark table layout")?;
     let name: std::sync::Arc<str> = "bench".into();
     let started = Instant::now();
-    let (mut last, mut read, mut chunk_no) = (None, 0i64, 0u64);
-    loop {
-        chunk_no += 1;
-        snap.watermark(&format!("l:bench:{chunk_no}")).await?;
-        let chunk = snap.read_chunk(&table, last.as_deref(), chunk_rows).await?;
-        snap.watermark(&format!("h:bench:{chunk_no}")).await?;
-        let n = chunk.rows.len();
-        let rows_of_chunk = if read_only { Vec::new() } else { chunk.rows };
-        for (i, row) in rows_of_chunk.into_iter().enumerate() {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, Vec<Vec<lablake_model::Value>>)>(1);
+    let chunk_rows = run.chunk_rows;
+    let reader = tokio::spawn(async move {
+        let (mut last, mut chunk_no) = (None, 0u64);
+        loop {
+            chunk_no += 1;
+            snap.watermark(&format!("l:bench:{chunk_no}")).await?;
+            let chunk = snap.read_chunk(&table, last.as_deref(), chunk_rows).await?;
+            let n = chunk.rows.len();
+            if tx.send((chunk_no, chunk.rows)).await.is_err() {
+                break;
+            }
+            snap.watermark(&format!("h:bench:{chunk_no}")).await?;
+            if n < chunk_rows {
+                break;
+            }
+            last = chunk.last_key;
+        }
+        anyhow::Ok(())
+    });
+    let mut read = 0i64;
+    while let Some((chunk_no, rows)) = rx.recv().await {
+        read += rows.len() as i64;
+        if run.read_only {
+            continue;
+        }
+        for (i, row) in rows.into_iter().enumerate() {
             let event = ChangeEvent {
-                table: table.id.clone(),
+                table: id.clone(),
                 op: Op::Read,
-                schema: table.schema.clone(),
+                schema: schema.clone(),
                 before: None,
                 after: Some(row),
                 source: SourceInfo {
-                    connector: "postgresql".into(),
+                    connector: "bench".into(),
                     name: name.clone(),
                     server_id: 0,
                     file: "".into(),
@@ -116,24 +110,116 @@ async fn main() -> anyhow::Result<()> {
             acks.delivery(topic, fut).await?;
         }
         acks.marker(()).await?;
-        read += n as i64;
-        if n < chunk_rows {
-            break;
-        }
-        last = chunk.last_key;
     }
+    reader.await??;
     drop(acks);
     waiter.await??;
-    let ours_s = started.elapsed().as_secs_f64();
-    anyhow::ensure!(read == rows, "snapshot read {read} rows, table has {rows}");
+    Ok((read, started.elapsed().as_secs_f64()))
+}
+
+/// Runs `cmd` with stdout to /dev/null twice (the first warms the caches) and
+/// times the second.
+fn raw_read(cmd: &mut dyn FnMut() -> std::process::Command) -> anyhow::Result<f64> {
+    let mut once = || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let status = cmd().stdout(std::process::Stdio::null()).status().context("running the raw reader")?;
+        anyhow::ensure!(status.success(), "raw read failed: {status}");
+        Ok(started.elapsed().as_secs_f64())
+    };
+    once()?;
+    once()
+}
+
+async fn postgres(rows: i64, run: &Run, id: &str) -> anyhow::Result<(f64, i64, f64)> {
+    let schema = format!("lab_s{id}");
+    let c = pg_client().await?;
+    c.batch_execute(&format!("CREATE SCHEMA {schema}; {}", pg::results_ddl(&schema))).await?;
+    pg::insert_results(&c, &schema, rows, 100_000).await?;
+    c.batch_execute(&format!("VACUUM ANALYZE {schema}.results")).await?;
+    let psql = std::env::var("LABLAKE_PG_BIN")
+        .map(|b| format!("{b}/psql"))
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/psql".into());
+    let raw_s = raw_read(&mut || {
+        let mut c = std::process::Command::new(&psql);
+        c.args([&pg_url(), "-q", "-c", &format!("COPY {schema}.results TO STDOUT")]);
+        c
+    })?;
+    let cfg: PgSourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "bench", "url": pg_url(), "slot": "unused", "publication": "unused",
+        "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
+    }))?;
+    let mut snap = PgSnapshotter::connect(&cfg).await?;
+    let table = snap.tables().await?.into_iter().find(|t| *t.database == *schema).context("table not listed")?;
+    let (read, ours_s) = snapshot(snap, &table, run).await?;
     c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
+    Ok((raw_s, read, ours_s))
+}
+
+async fn mysql(rows: i64, run: &Run, id: &str) -> anyhow::Result<(f64, i64, f64)> {
+    let db = format!("lab_s{id}");
+    let pool = mysql_async::Pool::new(mysql_url().as_str());
+    let mut c = pool.get_conn().await?;
+    c.query_drop(format!("CREATE DATABASE {db}")).await?;
+    c.query_drop(format!("USE {db}")).await?;
+    c.query_drop(mysql::RESULTS_DDL).await?;
+    let rows_u = u64::try_from(rows)?;
+    let mut done = 0u64;
+    while done < rows_u {
+        let n = 5_000.min(rows_u - done);
+        c.query_drop(mysql::insert_results(done..done + n)).await?;
+        done += n;
+    }
+    c.query_drop("ANALYZE TABLE results").await?;
+    let opts = mysql_async::Opts::from_url(&mysql_url())?;
+    let client = if std::path::Path::new("/usr/bin/mariadb").exists() { "mariadb" } else { "mysql" };
+    let raw_s = raw_read(&mut || {
+        let mut c = std::process::Command::new(client);
+        c.args(["--protocol=TCP", "-h", opts.ip_or_hostname(), "-P", &opts.tcp_port().to_string()])
+            .args(["-u", opts.user().unwrap_or("root"), "--quick", "--batch", "--skip-column-names"])
+            .args(["-e", &format!("SELECT * FROM {db}.results")]);
+        if let Some(p) = opts.pass() {
+            c.env("MYSQL_PWD", p);
+        }
+        c
+    })?;
+    let cfg: MysqlSourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "bench", "url": mysql_url(), "server_id": 4_000_000_000u32,
+        "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
+    }))?;
+    let mut snap = MysqlSnapshotter::connect(&cfg).await?;
+    let table = snap.tables().await?.into_iter().find(|t| *t.database == *db).context("table not listed")?;
+    let (read, ours_s) = snapshot(snap, &table, run).await?;
+    c.query_drop(format!("DROP DATABASE {db}")).await?;
+    Ok((raw_s, read, ours_s))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rows: i64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(500_000);
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let chunk_rows: usize = flag("--chunk-rows").map(|s| s.parse()).transpose()?.unwrap_or(10_000);
+    let source = flag("--source").unwrap_or_else(|| "postgres".into());
+    let read_only = args.iter().any(|a| a == "--read-only");
+    let id = rand_id(8);
+    let mut bus = BusConfig::new(kafka_brokers());
+    bus.topic_prefix = format!("snap{id}");
+    let run = Run { chunk_rows, read_only, bus };
+    let (raw_s, read, ours_s) = match source.as_str() {
+        "postgres" => postgres(rows, &run, &id).await?,
+        "mysql" => mysql(rows, &run, &id).await?,
+        other => anyhow::bail!("--source must be postgres or mysql, got `{other}`"),
+    };
+    anyhow::ensure!(read == rows, "snapshot read {read} rows, table has {rows}");
     let report = serde_json::json!({
+        "source": source,
         "rows": rows,
         "chunk_rows": chunk_rows,
         "path": if read_only { "chunk reads + decode" } else { "chunk reads + decode + envelope + Kafka acked" },
-        "raw_copy_s": (raw_s * 100.0).round() / 100.0,
+        "raw": if source == "postgres" { "psql COPY TO STDOUT" } else { "mariadb --quick SELECT *" },
+        "raw_s": (raw_s * 100.0).round() / 100.0,
         "lablake_s": (ours_s * 100.0).round() / 100.0,
-        "raw_copy_rows_per_s": (rows as f64 / raw_s).round(),
+        "raw_rows_per_s": (rows as f64 / raw_s).round(),
         "lablake_rows_per_s": (rows as f64 / ours_s).round(),
         "ratio": ((raw_s / ours_s) * 100.0).round() / 100.0,
     });
