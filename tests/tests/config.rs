@@ -116,3 +116,27 @@ fn postgres_sources_are_validated_with_named_keys() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("slott"), "{err}");
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/lablake.toml"))
+        .expect("examples/lablake.toml");
+    let (code, err) = check(&example, &[]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn user_table_settings_are_validated_with_named_keys() {
+    let ok = format!("{GOOD}\n[user_tables]\npatterns = [\"udt_*\"]\n");
+    let (code, err) = check(&ok, &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check(&format!("{GOOD}\n[user_tables]\npatterns = [\"[\"]\n"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("user_tables.patterns"), "{err}");
+    let (code, err) = check(&format!("{GOOD}\n[user_tables]\nchunk_rows = 0\n"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("user_tables.chunk_rows"), "{err}");
+    let (code, err) = check(&format!("{GOOD}\n[user_tables]\npaterns = []\n"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("paterns"), "{err}");
+}

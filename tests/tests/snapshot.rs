@@ -74,7 +74,8 @@ async fn a_killed_snapshot_resumes_from_its_last_chunk() -> anyhow::Result<()> {
     const CHUNK: usize = 500;
     let preload = preload(ROWS as u32);
     // 15k rows/s: the snapshot takes ~4 s of running time.
-    let extra = format!("[snapshot]\nchunk_rows = {CHUNK}\nmax_rows_per_second = 15000");
+    // Three chunks read in parallel per window.
+    let extra = format!("[snapshot]\nchunk_rows = {CHUNK}\nmax_rows_per_second = 15000\nparallel_chunks = 3");
     let mut w = World::new_postgres(1, &[DDL, &preload], &extra).await?;
     let t = w.tenants[0].clone();
     w.start()?;
@@ -87,7 +88,7 @@ async fn a_killed_snapshot_resumes_from_its_last_chunk() -> anyhow::Result<()> {
     // Restarting from zero would read ≥ 60k rows per restart; resuming re-reads
     // at most the chunks not yet acknowledged at each kill.
     assert!(reads >= ROWS, "{reads} snapshot rows");
-    assert!(reads < ROWS + kills * 20 * CHUNK, "{reads} snapshot rows after {kills} kills: not resumed");
+    assert!(reads < ROWS + kills * 60 * CHUNK, "{reads} snapshot rows after {kills} kills: not resumed");
     let log = std::fs::read_to_string(&w.log_path)?;
     let started: Vec<&str> = log.lines().filter(|l| l.contains("snapshot started")).collect();
     assert!(started.iter().any(|l| l.contains("resume=true")), "no snapshot resumed:\n{}", started.join("\n"));
@@ -157,7 +158,8 @@ async fn mysql_snapshot_with_concurrent_writes_equals_the_source() -> anyhow::Re
     let preload = my_preload(20_000);
     let mut ddl = vec![MY_DDL];
     ddl.extend(preload.iter().map(String::as_str));
-    let mut w = World::new(3, &ddl, "[snapshot]\nchunk_rows = 1000").await?;
+    // Three chunks read in parallel per window.
+    let mut w = World::new(3, &ddl, "[snapshot]\nchunk_rows = 1000\nparallel_chunks = 3").await?;
     w.start()?;
     let (pool, tenants) = (w.pool.clone(), w.tenants.clone());
     let writer = tokio::spawn(async move {

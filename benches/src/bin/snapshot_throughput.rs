@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! eval "$(dev/services env)"; cargo build --release -p lablake-benches
-//! target/release/snapshot-throughput 500000 [--source postgres|mysql] [--chunk-rows N] [--read-only]
+//! target/release/snapshot-throughput 500000 [--source postgres|mysql] [--chunk-rows N] [--parallel N] [--read-only]
 //! ```
 //!
 //! `--read-only` stops after the chunk reads and decodes (no envelopes, no
@@ -23,7 +23,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use lablake::snapshot::Snapshotter;
+use lablake::snapshot::{Snapshotter, read_chunks};
 use lablake_benches::{mysql, pg};
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
 use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId};
@@ -34,6 +34,8 @@ use mysql_async::prelude::Queryable;
 
 struct Run {
     chunk_rows: usize,
+    /// Chunks read in parallel per window (one connection each).
+    parallel: usize,
     read_only: bool,
     bus: BusConfig,
 }
@@ -43,11 +45,11 @@ struct Run {
 /// capacity 1 to the producing side, so the next chunk is read while the
 /// current one is produced; returns the rows read and the seconds until
 /// Kafka acknowledged the last one.
-async fn snapshot<R: Snapshotter + 'static>(mut snap: R, id: &TableId, run: &Run) -> anyhow::Result<(i64, f64)>
+async fn snapshot<R: Snapshotter + 'static>(mut readers: Vec<R>, id: &TableId, run: &Run) -> anyhow::Result<(i64, f64)>
 where
     R::Table: 'static,
 {
-    let table = snap.table(id).await?.context("benchmark table layout")?;
+    let table = readers[0].table(id).await?.context("benchmark table layout")?;
     let schema = R::schema(&table).clone();
     let mut producer = ChangeProducer::new(&run.bus)?;
     let (acks, mut acked) = ack_queue::<()>(run.bus.max_in_flight);
@@ -66,14 +68,13 @@ where
         let (mut last, mut chunk_no) = (None, 0u64);
         loop {
             chunk_no += 1;
-            snap.watermark(&format!("l:bench:{chunk_no}")).await?;
-            let chunk = snap.read_chunk(&table, last.as_deref(), chunk_rows).await?;
-            let n = chunk.rows.len();
+            readers[0].watermark(&format!("l:bench:{chunk_no}")).await?;
+            let (chunk, done) = read_chunks(&mut readers, &table, last.as_deref(), chunk_rows).await?;
             if tx.send((chunk_no, chunk.rows)).await.is_err() {
                 break;
             }
-            snap.watermark(&format!("h:bench:{chunk_no}")).await?;
-            if n < chunk_rows {
+            readers[0].watermark(&format!("h:bench:{chunk_no}")).await?;
+            if done {
                 break;
             }
             last = chunk.last_key;
@@ -148,9 +149,12 @@ async fn postgres(rows: i64, run: &Run, id: &str) -> anyhow::Result<(f64, i64, f
         "name": "bench", "url": pg_url(), "slot": "unused", "publication": "unused",
         "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
     }))?;
-    let mut snap = PgSnapshotter::connect(&cfg).await?;
-    let table = snap.tables().await?.into_iter().find(|t| *t.database == *schema).context("table not listed")?;
-    let (read, ours_s) = snapshot(snap, &table, run).await?;
+    let mut readers = Vec::new();
+    for _ in 0..run.parallel {
+        readers.push(PgSnapshotter::connect(&cfg).await?);
+    }
+    let table = readers[0].tables().await?.into_iter().find(|t| *t.database == *schema).context("table not listed")?;
+    let (read, ours_s) = snapshot(readers, &table, run).await?;
     c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
     Ok((raw_s, read, ours_s))
 }
@@ -186,9 +190,12 @@ async fn mysql(rows: i64, run: &Run, id: &str) -> anyhow::Result<(f64, i64, f64)
         "name": "bench", "url": mysql_url(), "server_id": 4_000_000_000u32,
         "tenant": { "kind": "schema", "pattern": "lab_{tenant}" },
     }))?;
-    let mut snap = MysqlSnapshotter::connect(&cfg).await?;
-    let table = snap.tables().await?.into_iter().find(|t| *t.database == *db).context("table not listed")?;
-    let (read, ours_s) = snapshot(snap, &table, run).await?;
+    let mut readers = Vec::new();
+    for _ in 0..run.parallel {
+        readers.push(MysqlSnapshotter::connect(&cfg).await?);
+    }
+    let table = readers[0].tables().await?.into_iter().find(|t| *t.database == *db).context("table not listed")?;
+    let (read, ours_s) = snapshot(readers, &table, run).await?;
     c.query_drop(format!("DROP DATABASE {db}")).await?;
     Ok((raw_s, read, ours_s))
 }
@@ -204,7 +211,8 @@ async fn main() -> anyhow::Result<()> {
     let id = rand_id(8);
     let mut bus = BusConfig::new(kafka_brokers());
     bus.topic_prefix = format!("snap{id}");
-    let run = Run { chunk_rows, read_only, bus };
+    let parallel: usize = flag("--parallel").map(|s| s.parse()).transpose()?.unwrap_or(1).max(1);
+    let run = Run { chunk_rows, parallel, read_only, bus };
     let (raw_s, read, ours_s) = match source.as_str() {
         "postgres" => postgres(rows, &run, &id).await?,
         "mysql" => mysql(rows, &run, &id).await?,
@@ -215,6 +223,7 @@ async fn main() -> anyhow::Result<()> {
         "source": source,
         "rows": rows,
         "chunk_rows": chunk_rows,
+        "parallel_chunks": parallel,
         "path": if read_only { "chunk reads + decode" } else { "chunk reads + decode + envelope + Kafka acked" },
         "raw": if source == "postgres" { "psql COPY TO STDOUT" } else { "mariadb --quick SELECT *" },
         "raw_s": (raw_s * 100.0).round() / 100.0,

@@ -197,57 +197,30 @@ impl MysqlSnapshotter {
         after: Option<&[String]>,
         limit: usize,
     ) -> Result<Chunk, MysqlError> {
+        self.read_range(t, after, None, limit).await
+    }
+
+    /// Like [`MysqlSnapshotter::read_chunk`], only keys up to and including
+    /// `upto` (a boundary from [`MysqlSnapshotter::boundaries`]).
+    pub async fn read_range(
+        &mut self,
+        t: &MysqlSnapshotTable,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Chunk, MysqlError> {
         let kinds: &[Kind] = &t.info.kinds;
         let cols: Vec<String> = t.schema.columns.iter().map(|c| quote(&c.name)).collect();
-        let keys: Vec<&String> = t.chunk_key.iter().map(|i| &cols[*i]).collect();
-        let mut sql = format!("SELECT {} FROM {}", cols.join(", "), t.quoted);
-        let mut params = Vec::new();
-        if let Some(after) = after {
-            if after.len() != keys.len() {
-                return Err(MysqlError::decode(
-                    &t.info.qualified_name(),
-                    "chunk key",
-                    "stored chunk key has the wrong arity",
-                ));
-            }
-            // (k1 > a1) OR (k1 = a1 AND k2 > a2) OR ...: range scans on every server.
-            let placeholders: Vec<&'static str> = t
-                .chunk_key
-                .iter()
-                .zip(after)
-                .map(|(i, text)| {
-                    key_param(&kinds[*i], text)
-                        .map(|(sql, p)| {
-                            params.push(p);
-                            sql
-                        })
-                        .map_err(|r| MysqlError::decode(&t.info.qualified_name(), &t.schema.columns[*i].name, r))
-                })
-                .collect::<Result<_, _>>()?;
-            let base = std::mem::take(&mut params);
-            let mut ors = Vec::new();
-            for n in 0..keys.len() {
-                let mut ands = Vec::new();
-                for j in 0..n {
-                    ands.push(format!("{} = {}", keys[j], placeholders[j]));
-                    params.push(base[j].clone());
-                }
-                ands.push(format!("{} > {}", keys[n], placeholders[n]));
-                params.push(base[n].clone());
-                ors.push(format!("({})", ands.join(" AND ")));
-            }
-            sql.push_str(&format!(" WHERE {}", ors.join(" OR ")));
-        }
-        sql.push_str(&format!(
-            " ORDER BY {} LIMIT {limit}",
-            keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
-        ));
+        let (cond, params) = key_range(t, after, upto)?;
+        let order: Vec<&str> = t.chunk_key.iter().map(|i| cols[*i].as_str()).collect();
+        let sql =
+            format!("SELECT {} FROM {}{cond} ORDER BY {} LIMIT {limit}", cols.join(", "), t.quoted, order.join(", "));
         let params = if params.is_empty() { Params::Empty } else { Params::Positional(params) };
         let raw: Vec<Row> = self.conn.exec(sql, params).await.map_err(query_err("reading a snapshot chunk"))?;
         let mut rows = Vec::with_capacity(raw.len());
         for r in raw {
-            let values = r.unwrap();
-            let row = values
+            let row = r
+                .unwrap()
                 .into_iter()
                 .zip(kinds)
                 .zip(&t.schema.columns)
@@ -260,4 +233,99 @@ impl MysqlSnapshotter {
         let last_key = rows.last().and_then(|row| t.chunk_key.iter().map(|i| key_text(&row[*i])).collect());
         Ok(Chunk { rows, last_key })
     }
+
+    /// Up to `count` chunk keys (as text) that split the rows after `after`
+    /// into ranges of `step` rows (fewer when the table ends first): an
+    /// index walk over the keys, for reading several chunks in parallel.
+    pub async fn boundaries(
+        &mut self,
+        t: &MysqlSnapshotTable,
+        after: Option<&[String]>,
+        step: usize,
+        count: usize,
+    ) -> Result<Vec<Vec<String>>, MysqlError> {
+        if t.chunk_key.is_empty() || step == 0 || count == 0 {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = t.chunk_key.iter().map(|i| quote(&t.schema.columns[*i].name)).collect();
+        let mut out: Vec<Vec<String>> = Vec::with_capacity(count);
+        let mut from: Option<Vec<String>> = after.map(<[String]>::to_vec);
+        for _ in 0..count {
+            let (cond, params) = key_range(t, from.as_deref(), None)?;
+            let sql = format!(
+                "SELECT {} FROM {}{cond} ORDER BY {} LIMIT 1 OFFSET {}",
+                keys.join(", "),
+                t.quoted,
+                keys.join(", "),
+                step - 1
+            );
+            let params = if params.is_empty() { Params::Empty } else { Params::Positional(params) };
+            let row: Option<Row> =
+                self.conn.exec_first(sql, params).await.map_err(query_err("finding chunk boundaries"))?;
+            let Some(row) = row else { break };
+            let key = row
+                .unwrap()
+                .into_iter()
+                .zip(&t.chunk_key)
+                .map(|(v, i)| {
+                    let name = &t.schema.columns[*i].name;
+                    let value = from_select(&t.info.kinds[*i], v)
+                        .map_err(|r| MysqlError::decode(&t.info.qualified_name(), name, r))?;
+                    key_text(&value).ok_or_else(|| MysqlError::decode(&t.info.qualified_name(), name, "null chunk key"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(key.clone());
+            from = Some(key);
+        }
+        Ok(out)
+    }
+}
+
+/// ` WHERE <keys after `after`> [AND NOT <keys after `upto`>]` and its parameters.
+fn key_range(
+    t: &MysqlSnapshotTable,
+    after: Option<&[String]>,
+    upto: Option<&[String]>,
+) -> Result<(String, Vec<mysql_async::Value>), MysqlError> {
+    let mut params = Vec::new();
+    let mut conds = Vec::new();
+    if let Some(a) = after {
+        conds.push(greater(t, a, &mut params)?);
+    }
+    if let Some(u) = upto {
+        conds.push(format!("NOT {}", greater(t, u, &mut params)?));
+    }
+    Ok((if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) }, params))
+}
+
+/// `((k1 > ?) OR (k1 = ? AND k2 > ?) OR …)`: rows whose chunk key is greater
+/// than `vals` (the expanded form gets a range scan on MySQL and MariaDB alike).
+fn greater(
+    t: &MysqlSnapshotTable,
+    vals: &[String],
+    params: &mut Vec<mysql_async::Value>,
+) -> Result<String, MysqlError> {
+    if vals.len() != t.chunk_key.len() {
+        return Err(MysqlError::decode(&t.info.qualified_name(), "chunk key", "stored chunk key has the wrong arity"));
+    }
+    let mut typed = Vec::with_capacity(vals.len());
+    for (i, text) in t.chunk_key.iter().zip(vals) {
+        let name = &t.schema.columns[*i].name;
+        let (sql, p) =
+            key_param(&t.info.kinds[*i], text).map_err(|r| MysqlError::decode(&t.info.qualified_name(), name, r))?;
+        typed.push((quote(name), sql, p));
+    }
+    let mut ors = Vec::new();
+    for n in 0..typed.len() {
+        let mut ands = Vec::new();
+        for (col, sql, p) in &typed[..n] {
+            ands.push(format!("{col} = {sql}"));
+            params.push(p.clone());
+        }
+        let (col, sql, p) = &typed[n];
+        ands.push(format!("{col} > {sql}"));
+        params.push(p.clone());
+        ors.push(format!("({})", ands.join(" AND ")));
+    }
+    Ok(format!("({})", ors.join(" OR ")))
 }

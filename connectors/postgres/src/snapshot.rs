@@ -182,6 +182,18 @@ impl PgSnapshotter {
         after: Option<&[String]>,
         limit: usize,
     ) -> Result<Chunk, PgError> {
+        self.read_range(t, after, None, limit).await
+    }
+
+    /// Like [`PgSnapshotter::read_chunk`], only keys up to and including
+    /// `upto` (a boundary from [`PgSnapshotter::boundaries`]).
+    pub async fn read_range(
+        &self,
+        t: &SnapshotTable,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Chunk, PgError> {
         let cols: Vec<String> = t.schema.columns.iter().map(|c| quote_ident(&c.name)).collect();
         // Key columns qualified by the alias: the text copies of the keys
         // would otherwise make the names ambiguous.
@@ -192,22 +204,7 @@ impl PgSnapshotter {
         }
         sql.push_str(&format!(" FROM {} AS _s", t.quoted));
         if t.keyed {
-            if let Some(after) = after {
-                if after.len() != t.key.len() {
-                    return Err(PgError::Config {
-                        key: "snapshot".into(),
-                        reason: format!(
-                            "{}: the saved key has {} columns, the table {}",
-                            t.quoted,
-                            after.len(),
-                            t.key.len()
-                        ),
-                    });
-                }
-                let lits: Vec<String> =
-                    t.key.iter().zip(after).map(|((_, ty), v)| format!("{}::{ty}", quote_literal(v))).collect();
-                sql.push_str(&format!(" WHERE ({}) > ({})", keys.join(", "), lits.join(", ")));
-            }
+            sql.push_str(&key_range(t, &keys, after, upto)?);
             sql.push_str(&format!(" ORDER BY {} LIMIT {limit}", keys.join(", ")));
         }
         let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
@@ -219,6 +216,64 @@ impl PgSnapshotter {
         }
         parse_copy(&t.quoted, &t.schema, &t.kinds, t.key.len(), buf.freeze())
     }
+
+    /// Up to `count` keys (as text) that split the rows after `after` into
+    /// ranges of `step` rows: the key of the `step`-th row, of the
+    /// `2·step`-th, … (fewer when the table ends first). An index-only walk
+    /// over the keys, for reading several chunks in parallel.
+    pub async fn boundaries(
+        &self,
+        t: &SnapshotTable,
+        after: Option<&[String]>,
+        step: usize,
+        count: usize,
+    ) -> Result<Vec<Vec<String>>, PgError> {
+        if !t.keyed || step == 0 || count == 0 {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = t.key.iter().map(|(k, _)| format!("_s.{k}")).collect();
+        let texts: Vec<String> = keys.iter().map(|k| format!("{k}::text")).collect();
+        let sql = format!(
+            "SELECT {} FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS _n FROM {} AS _s{} ORDER BY {} LIMIT {}) _b \
+             WHERE _n % {step} = 0 ORDER BY _n",
+            (0..keys.len()).map(|i| format!("_k{i}")).collect::<Vec<_>>().join(", "),
+            texts.iter().enumerate().map(|(i, k)| format!("{k} AS _k{i}")).collect::<Vec<_>>().join(", "),
+            keys.join(", "),
+            t.quoted,
+            key_range(t, &keys, after, None)?,
+            keys.join(", "),
+            step.saturating_mul(count),
+        );
+        let rows = self.client.query(&sql, &[]).await.map_err(|e| connection(pg_reason(&e)))?;
+        Ok(rows.iter().map(|r| (0..keys.len()).map(|i| r.get::<_, String>(i)).collect()).collect())
+    }
+}
+
+/// ` WHERE (keys) > (after) [AND (keys) <= (upto)]`, empty without bounds.
+fn key_range(
+    t: &SnapshotTable,
+    keys: &[String],
+    after: Option<&[String]>,
+    upto: Option<&[String]>,
+) -> Result<String, PgError> {
+    let lits = |vals: &[String]| -> Result<String, PgError> {
+        if vals.len() != t.key.len() {
+            return Err(PgError::Config {
+                key: "snapshot".into(),
+                reason: format!("{}: the saved key has {} columns, the table {}", t.quoted, vals.len(), t.key.len()),
+            });
+        }
+        let l: Vec<String> = t.key.iter().zip(vals).map(|((_, ty), v)| format!("{}::{ty}", quote_literal(v))).collect();
+        Ok(l.join(", "))
+    };
+    let mut conds = Vec::new();
+    if let Some(a) = after {
+        conds.push(format!("({}) > ({})", keys.join(", "), lits(a)?));
+    }
+    if let Some(u) = upto {
+        conds.push(format!("({}) <= ({})", keys.join(", "), lits(u)?));
+    }
+    Ok(if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) })
 }
 
 /// Parses `COPY … (FORMAT binary)` output: the table's columns, then the

@@ -636,6 +636,14 @@ pub async fn schema_history_numbers_each_shape_once<S: CheckpointStore>(store: &
     assert_eq!(h[1].changes, vec!["added column b"]);
     assert_eq!(h[2].changes, vec!["renamed column a to c"]);
     assert_eq!((h[2].first_position.as_str(), h[2].primary_key.clone()), ("0001", vec!["id".to_owned()]));
+    // A drop is recorded once; the table created again starts a new run of versions.
+    let dropped = SchemaVersion::dropped(9);
+    assert_eq!(store.register_schema(&t, &dropped).await.expect("drop"), 4);
+    assert_eq!(store.register_schema(&t, &SchemaVersion::dropped(10)).await.expect("drop again"), 4);
+    assert_eq!(store.register_schema(&t, &v1).await.expect("created again"), 5);
+    let h = store.schema_history(&t).await.expect("history after drop");
+    assert_eq!((h[3].changes.clone(), h[3].is_drop()), (vec!["dropped table".to_owned()], true));
+    assert_eq!(h[4].changes, vec!["table created again"]);
     let (x, y) = tokio::join!(store.register_schema(&other, &v1), store.register_schema(&other, &v2));
     let (x, y) = (x.expect("race x"), y.expect("race y"));
     assert!(x != y && x > 1 && y > 1, "different shapes never share a number: {x} {y}");

@@ -62,6 +62,24 @@ impl SchemaVersion {
         }
     }
 
+    /// An entry recording that the table was dropped (no columns), at `now_ms`.
+    pub fn dropped(now_ms: i64) -> Self {
+        SchemaVersion {
+            version: 0,
+            fingerprint: format!("{DROPPED}{now_ms}"),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            first_position: String::new(),
+            registered_ms: now_ms,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Whether this entry records a drop of the table.
+    pub fn is_drop(&self) -> bool {
+        self.fingerprint.starts_with(DROPPED)
+    }
+
     /// The changes from `prev` to `self`, in column order.
     pub fn changes_from(&self, prev: &SchemaVersion) -> Vec<String> {
         let old = |name: &str| prev.columns.iter().position(|c| c.name == name);
@@ -100,6 +118,8 @@ impl SchemaVersion {
     }
 }
 
+const DROPPED: &str = "dropped:";
+
 /// What registering `candidate` against `history` (ordered by version) does.
 pub(crate) enum Registration {
     Existing(u32),
@@ -108,20 +128,25 @@ pub(crate) enum Registration {
 
 /// The decision both stores make (then write conditionally).
 pub(crate) fn register(history: &[SchemaVersion], candidate: &SchemaVersion) -> Registration {
-    if let Some(v) = history.iter().find(|v| v.fingerprint == candidate.fingerprint) {
+    // Shapes are looked up since the table's last drop: a table created again
+    // starts a new run of versions.
+    let since_drop = history.iter().rposition(SchemaVersion::is_drop).map_or(0, |i| i + 1);
+    let current = &history[since_drop..];
+    if candidate.is_drop() {
+        if let Some(last) = history.last().filter(|v| v.is_drop()) {
+            return Registration::Existing(last.version);
+        }
+    } else if let Some(v) = current.iter().find(|v| v.fingerprint == candidate.fingerprint) {
         return Registration::Existing(v.version);
     }
     let mut entry = candidate.clone();
-    match history.last() {
-        Some(latest) => {
-            entry.version = latest.version + 1;
-            entry.changes = entry.changes_from(latest);
-        }
-        None => {
-            entry.version = 1;
-            entry.changes = vec!["new table".to_owned()];
-        }
-    }
+    entry.version = history.last().map_or(1, |v| v.version + 1);
+    entry.changes = match history.last() {
+        _ if candidate.is_drop() => vec!["dropped table".to_owned()],
+        None => vec!["new table".to_owned()],
+        Some(latest) if latest.is_drop() => vec!["table created again".to_owned()],
+        Some(latest) => entry.changes_from(latest),
+    };
     Registration::Append(entry)
 }
 

@@ -41,6 +41,9 @@ pub struct Config {
     /// Snapshots (full loads).
     #[serde(default)]
     pub snapshot: crate::snapshot::SnapshotConfig,
+    /// User-defined tables and their own lane.
+    #[serde(default)]
+    pub user_tables: UserTablesConfig,
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -92,6 +95,67 @@ impl Default for CurateConfig {
             tenants: Vec::new(),
             max_open_bytes: default_open_bytes(),
         }
+    }
+}
+
+/// `[user_tables]`: which tables are user-defined (customer-created, found
+/// at run time) and the budget of their lane. Their snapshots run in their
+/// own worker per source (own chunk size and rate cap, never queued behind
+/// core tables or in front of them) and their topics are curated by their own
+/// consumer group `<curate.group>-udt` with its own memory budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserTablesConfig {
+    /// Globs over the table name, e.g. `["udt_*"]`. Empty: no separate lane.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Rows per snapshot chunk of a user-defined table.
+    #[serde(default = "default_udt_chunk_rows")]
+    pub chunk_rows: usize,
+    /// Cap on snapshot rows read per second per source for user-defined tables (0: none).
+    #[serde(default)]
+    pub max_rows_per_second: u64,
+    /// Byte budget of the user-defined lane's open batches.
+    #[serde(default = "default_udt_open_bytes")]
+    pub max_open_bytes: usize,
+}
+
+fn default_udt_chunk_rows() -> usize {
+    5_000
+}
+fn default_udt_open_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
+impl Default for UserTablesConfig {
+    fn default() -> Self {
+        UserTablesConfig {
+            patterns: Vec::new(),
+            chunk_rows: default_udt_chunk_rows(),
+            max_rows_per_second: 0,
+            max_open_bytes: default_udt_open_bytes(),
+        }
+    }
+}
+
+impl UserTablesConfig {
+    /// The pure rule (validated by [`Config::validate`]).
+    pub fn rule(&self) -> lablake_model::tenant::UserTableRule {
+        lablake_model::tenant::UserTableRule::new(&self.patterns).unwrap_or_default()
+    }
+
+    /// The snapshot settings of the user-defined lane.
+    pub fn snapshot(&self, core: &crate::snapshot::SnapshotConfig) -> crate::snapshot::SnapshotConfig {
+        crate::snapshot::SnapshotConfig {
+            chunk_rows: self.chunk_rows,
+            max_rows_per_second: self.max_rows_per_second,
+            ..core.clone()
+        }
+    }
+
+    /// The curation settings of the user-defined lane.
+    pub fn curate(&self, core: &CurateConfig) -> CurateConfig {
+        CurateConfig { group: format!("{}-udt", core.group), max_open_bytes: self.max_open_bytes, ..core.clone() }
     }
 }
 
@@ -198,6 +262,18 @@ impl Config {
         }
         if self.snapshot.chunk_rows == 0 || self.snapshot.chunk_rows > 1_000_000 {
             return Err(invalid("snapshot.chunk_rows", "must be between 1 and 1000000"));
+        }
+        if self.snapshot.parallel_chunks == 0 || self.snapshot.parallel_chunks > 16 {
+            return Err(invalid("snapshot.parallel_chunks", "must be between 1 and 16"));
+        }
+        if let Err(e) = lablake_model::tenant::UserTableRule::new(&self.user_tables.patterns) {
+            return Err(invalid("user_tables.patterns", &e.to_string()));
+        }
+        if self.user_tables.chunk_rows == 0 || self.user_tables.chunk_rows > 1_000_000 {
+            return Err(invalid("user_tables.chunk_rows", "must be between 1 and 1000000"));
+        }
+        if self.user_tables.max_open_bytes < 1024 * 1024 {
+            return Err(invalid("user_tables.max_open_bytes", "must be at least 1 MiB"));
         }
         if self.curate.batch.max_rows == 0 {
             return Err(invalid("curate.batch.max_rows", "must be at least 1"));

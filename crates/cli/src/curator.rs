@@ -37,6 +37,12 @@ pub struct Curator<S> {
     pub store: Arc<S>,
     /// Shard name of this consumer within its group (one lease per shard).
     pub shard: String,
+    /// The tables whose topics this curator consumes.
+    pub lane: crate::lane::Lane,
+    /// A group whose checkpoint a partition starts from when this group has
+    /// none (the core group, when the user-defined lane is enabled on a
+    /// running deployment: its topics are not curated again from offset 0).
+    pub inherit_group: Option<String>,
 }
 
 struct Open {
@@ -65,7 +71,7 @@ impl<S: CheckpointStore + 'static> Curator<S> {
         let group = self.curate.group.clone();
         let lease = format!("curate#{group}#{}", self.shard);
         let generation = self.store.acquire_lease(&lease).await.context("acquiring the curation lease")?;
-        tracing::info!(group, shard = self.shard, generation, "curator started");
+        tracing::info!(group, shard = self.shard, generation, lane = self.lane.name(), "curator started");
         let mut consumer = ChangeConsumer::new(&self.bus, &format!("lablake-{group}"))?;
         let mut dlq = ChangeProducer::new(&self.bus)?;
         let mut parts: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
@@ -85,6 +91,9 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                         if !self.curate.tenants.is_empty() && !self.curate.tenants.iter().any(|x| x == tenant) {
                             continue;
                         }
+                        if !topic::table_of_topic(&self.bus.topic_prefix, &t).is_some_and(|n| self.lane.owns(n)) {
+                            continue;
+                        }
                         for p in 0..n {
                             let key: (Arc<str>, i32) = (t.as_str().into(), p);
                             if parts.contains_key(&key) {
@@ -96,9 +105,17 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                                     Some(i) => (i.first_offset, Some(cp.version), Some(i)),
                                     None => (cp.next_offset, Some(cp.version), None),
                                 },
-                                None => (0, None, None),
+                                None => match &self.inherit_group {
+                                    // Everything the other group committed is curated already; a batch it
+                                    // has pending is rebuilt here from its first offset (same object key).
+                                    Some(g) => match self.store.load_partition(g, &t, p).await? {
+                                        Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None),
+                                        None => (0, None, None),
+                                    },
+                                    None => (0, None, None),
+                                },
                             };
-                            tracing::info!(topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
+                            tracing::info!(group, topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
                             // Fetch from a little before `start` (records before it are skipped):
                             // tansu 0.6 answers a fetch from inside a record batch with the *next*
                             // batch, which at the end of the log means nothing at all until more

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod curator;
+pub mod lane;
 pub mod metrics;
 pub mod snapshot;
 pub mod source;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lablake::config::{Config, LogFormat};
 use lablake::curator::Curator;
+use lablake::lane::Lane;
 use lablake::{metrics, snapshot, source, status};
 use lablake_checkpoint::DynamoStore;
 use lablake_lake::Lake;
@@ -221,6 +222,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             unreachable!("handled above")
         }
     };
+    let rule = cfg.user_tables.rule();
+    let lanes = snapshot::Lanes {
+        core: cfg.snapshot.clone(),
+        user: rule.is_enabled().then(|| (rule.clone(), cfg.user_tables.snapshot(&cfg.snapshot))),
+    };
     if run_sources {
         let mut any = false;
         for scfg in cfg.sources.clone() {
@@ -229,7 +235,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
             any = true;
-            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), cfg.snapshot.clone());
+            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), lanes.clone());
             tasks.spawn(async move { source::run_source(&name, scfg, &snap, &bus, store, stop).await });
         }
         for scfg in cfg.postgres_sources.clone() {
@@ -238,7 +244,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
                 continue;
             }
             any = true;
-            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), cfg.snapshot.clone());
+            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), lanes.clone());
             tasks.spawn(async move { source::run_pg_source(&name, scfg, &snap, &bus, store, stop).await });
         }
         if !any {
@@ -246,15 +252,32 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
     }
     if run_curator {
+        let core_lane = if rule.is_enabled() { Lane::Core(rule.clone()) } else { Lane::All };
         let curator = Curator {
             bus: cfg.kafka.clone(),
             curate: cfg.curate.clone(),
             lake: Lake::new(cfg.lake.clone())?,
             store: store.clone(),
-            shard,
+            shard: shard.clone(),
+            lane: core_lane,
+            inherit_group: None,
         };
         let stop = stop_rx.clone();
         tasks.spawn(async move { curator.run(stop).await });
+        if rule.is_enabled() {
+            // The user-defined lane: its own consumer group, lease and memory budget.
+            let curator = Curator {
+                bus: cfg.kafka.clone(),
+                curate: cfg.user_tables.curate(&cfg.curate),
+                lake: Lake::new(cfg.lake.clone())?,
+                store: store.clone(),
+                shard,
+                lane: Lane::User(rule.clone()),
+                inherit_group: Some(cfg.curate.group.clone()),
+            };
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { curator.run(stop).await });
+        }
     }
     // The first task to fail stops the process (a supervisor restarts it; all
     // state is in the checkpoints, so a restart loses and duplicates nothing).

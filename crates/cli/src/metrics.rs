@@ -50,6 +50,9 @@ pub static SNAPSHOT_ESTIMATE: LazyLock<GaugeVec> = LazyLock::new(|| {
 pub static SNAPSHOT_DONE: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_snapshot_done", "1 when the table's snapshot finished", &["source", "tenant", "database", "table"])
 });
+pub static TABLES_RETIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_tables_retired_total", "Tables that disappeared from a source (dropped)", &["source", "lane"])
+});
 pub static SOURCE_LAG: LazyLock<GaugeVec> =
     LazyLock::new(|| gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"]));
 pub static SOURCE_CHECKPOINT_AGE: LazyLock<GaugeVec> = LazyLock::new(|| {

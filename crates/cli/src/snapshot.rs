@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lablake_checkpoint::{CheckpointStore, SnapshotProgress, SnapshotState};
+use lablake_model::tenant::UserTableRule;
+
+pub use crate::lane::Lane;
 use lablake_model::{ChangeEvent, Chunk, Op, SourceInfo, TableId, TableSchema, Value, envelope};
 use lablake_mysql::MysqlSnapshotter;
 use lablake_postgres::PgSnapshotter;
@@ -43,6 +46,10 @@ pub struct SnapshotConfig {
     /// Cap on rows read per second from the source (0: no cap).
     #[serde(default)]
     pub max_rows_per_second: u64,
+    /// Chunks of one table read in parallel (each on its own connection,
+    /// between the same pair of watermarks); memory is this many chunks.
+    #[serde(default = "default_parallel")]
+    pub parallel_chunks: usize,
     /// How often requests and new tables are looked for, e.g. `"2s"`.
     #[serde(default = "default_poll", with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -50,6 +57,9 @@ pub struct SnapshotConfig {
 
 fn default_chunk_rows() -> usize {
     10_000
+}
+fn default_parallel() -> usize {
+    1
 }
 fn default_true() -> bool {
     true
@@ -64,6 +74,7 @@ impl Default for SnapshotConfig {
             chunk_rows: default_chunk_rows(),
             on_new_table: true,
             max_rows_per_second: 0,
+            parallel_chunks: default_parallel(),
             poll_interval: default_poll(),
         }
     }
@@ -84,8 +95,13 @@ pub fn watermark_id(high: bool, nonce: &str, chunk: u64) -> String {
     format!("{}:{nonce}:{chunk}", if high { 'h' } else { 'l' })
 }
 
-/// What the stream loop keeps of the open chunk window.
+/// What the stream loop keeps of the snapshot lanes' chunk windows (one
+/// lane per snapshot worker: core tables, user-defined tables).
 pub struct Windows {
+    lanes: Vec<LaneWindow>,
+}
+
+struct LaneWindow {
     nonce: String,
     rx: mpsc::Receiver<ChunkMsg>,
     open: Option<Window>,
@@ -100,19 +116,29 @@ struct Window {
 }
 
 impl Windows {
+    /// One lane: watermarks carrying `nonce`, chunks from `rx`.
     pub fn new(nonce: String, rx: mpsc::Receiver<ChunkMsg>) -> Self {
-        Windows { nonce, rx, open: None }
+        Windows { lanes: vec![LaneWindow { nonce, rx, open: None }] }
+    }
+
+    /// Adds a lane with its own nonce (distinct from the others') and chunk channel.
+    pub fn add_lane(&mut self, nonce: String, rx: mpsc::Receiver<ChunkMsg>) {
+        self.lanes.push(LaneWindow { nonce, rx, open: None });
     }
 
     /// Notes a streamed change (call for every change while a window may be open).
     pub fn observe(&mut self, event: &ChangeEvent, scratch: &mut Vec<u8>) {
-        if let Some(w) = &mut self.open {
+        let mut encoded = false;
+        for w in self.lanes.iter_mut().filter_map(|l| l.open.as_mut()) {
             if event.op == Op::Truncate {
                 w.truncated.insert(event.table.clone());
-                return;
+                continue;
             }
-            scratch.clear();
-            envelope::encode_key(event, scratch);
+            if !encoded {
+                scratch.clear();
+                envelope::encode_key(event, scratch);
+                encoded = true;
+            }
             match w.changed.get_mut(&event.table) {
                 Some(keys) => {
                     keys.insert(scratch.clone());
@@ -137,19 +163,19 @@ impl Windows {
         let (Some(kind), Some(nonce), Some(chunk)) = (parts.next(), parts.next(), parts.next()) else {
             return Ok(None);
         };
-        if nonce != self.nonce {
+        let Some(lane) = self.lanes.iter_mut().find(|l| l.nonce == nonce) else {
             return Ok(None);
-        }
+        };
         let base = format!("{nonce}:{chunk}");
         match kind {
             "l" => {
-                self.open = Some(Window { id: base, changed: HashMap::new(), truncated: HashSet::new() });
+                lane.open = Some(Window { id: base, changed: HashMap::new(), truncated: HashSet::new() });
                 Ok(None)
             }
             "h" => {
-                let Some(w) = self.open.take().filter(|w| w.id == base) else { return Ok(None) };
+                let Some(w) = lane.open.take().filter(|w| w.id == base) else { return Ok(None) };
                 // The worker sent the chunk before writing this watermark.
-                let msg = self.rx.recv().await.ok_or_else(|| anyhow::anyhow!("snapshot worker stopped"))?;
+                let msg = lane.rx.recv().await.ok_or_else(|| anyhow::anyhow!("snapshot worker stopped"))?;
                 anyhow::ensure!(msg.id == base, "snapshot chunk {} arrived at watermark {base}", msg.id);
                 if w.truncated.contains(&msg.progress.table) {
                     // Rows read before the truncate must not come back after it.
@@ -212,6 +238,23 @@ pub trait Snapshotter: Send {
         after: Option<&[String]>,
         limit: usize,
     ) -> impl Future<Output = anyhow::Result<Chunk>> + Send;
+    /// `read_chunk` bounded above by `upto` (inclusive).
+    fn read_range(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> impl Future<Output = anyhow::Result<Chunk>> + Send;
+    /// Up to `count` keys splitting the rows after `after` into ranges of
+    /// `step` rows (the `step`-th key, the `2·step`-th, …).
+    fn boundaries(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        step: usize,
+        count: usize,
+    ) -> impl Future<Output = anyhow::Result<Vec<Vec<String>>>> + Send;
 }
 
 impl Snapshotter for PgSnapshotter {
@@ -236,6 +279,24 @@ impl Snapshotter for PgSnapshotter {
     }
     async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
         Ok(PgSnapshotter::read_chunk(self, t, after, limit).await?)
+    }
+    async fn read_range(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> anyhow::Result<Chunk> {
+        Ok(PgSnapshotter::read_range(self, t, after, upto, limit).await?)
+    }
+    async fn boundaries(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        step: usize,
+        count: usize,
+    ) -> anyhow::Result<Vec<Vec<String>>> {
+        Ok(PgSnapshotter::boundaries(self, t, after, step, count).await?)
     }
 }
 
@@ -262,36 +323,70 @@ impl Snapshotter for MysqlSnapshotter {
     async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
         Ok(MysqlSnapshotter::read_chunk(self, t, after, limit).await?)
     }
+    async fn read_range(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        upto: Option<&[String]>,
+        limit: usize,
+    ) -> anyhow::Result<Chunk> {
+        Ok(MysqlSnapshotter::read_range(self, t, after, upto, limit).await?)
+    }
+    async fn boundaries(
+        &mut self,
+        t: &Self::Table,
+        after: Option<&[String]>,
+        step: usize,
+        count: usize,
+    ) -> anyhow::Result<Vec<Vec<String>>> {
+        Ok(MysqlSnapshotter::boundaries(self, t, after, step, count).await?)
+    }
 }
 
 /// The snapshot worker of a source: requests snapshots of new tables, then
 /// runs every open request chunk by chunk. Ends when `tx` closes (the
 /// source stopped).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
     name: String,
-    mut snapshotter: R,
+    mut readers: Vec<R>,
+    lane: Lane,
     snap: SnapshotConfig,
     store: Arc<S>,
     generation: u64,
     nonce: String,
     tx: mpsc::Sender<ChunkMsg>,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(!readers.is_empty(), "a snapshot worker needs a reader");
     let mut chunk_no: u64 = 0;
     let mut warned: HashSet<TableId> = HashSet::new();
     // Requests this process read to the end: their final progress is saved
     // once Kafka acknowledges the last chunk, maybe after the next poll.
     let mut finished: HashSet<(TableId, u64)> = HashSet::new();
+    // Tables of this lane seen at the last poll: one that disappears was dropped.
+    let mut known: Option<HashSet<TableId>> = None;
     loop {
-        if snap.on_new_table {
-            for t in snapshotter.tables().await? {
-                if store.request_snapshot(&name, &t, true).await? {
-                    tracing::info!(source = name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
-                        "new table: snapshot requested");
-                }
+        let tables: HashSet<TableId> = readers[0].tables().await?.into_iter().filter(|t| lane.owns(&t.table)).collect();
+        for t in &tables {
+            let new = known.as_ref().is_none_or(|k| !k.contains(t));
+            if new && snap.on_new_table && store.request_snapshot(&name, t, true).await? {
+                tracing::info!(source = name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
+                    lane = lane.name(), "new table: snapshot requested");
             }
         }
+        for t in known.iter().flatten().filter(|t| !tables.contains(*t)) {
+            tracing::info!(source = name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
+                lane = lane.name(), "table dropped: retired (its topic and curated files stay; no new records)");
+            metrics::TABLES_RETIRED.with_label_values(&[&name, lane.name()]).inc();
+            let now = (metrics::now_secs() * 1000.0) as i64;
+            store.register_schema(t, &lablake_checkpoint::SchemaVersion::dropped(now)).await?;
+        }
+        known = Some(tables);
         for p in store.snapshots(&name).await? {
-            if p.state == SnapshotState::Done || finished.contains(&(p.table.clone(), p.request)) {
+            if p.state == SnapshotState::Done
+                || finished.contains(&(p.table.clone(), p.request))
+                || !lane.owns(&p.table.table)
+            {
                 continue;
             }
             let retire = |p: &SnapshotProgress| {
@@ -301,7 +396,7 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
                 done.state = SnapshotState::Done;
                 done
             };
-            let Some(table) = snapshotter.table(&p.table).await? else {
+            let Some(table) = readers[0].table(&p.table).await? else {
                 store.save_snapshot(&name, generation, &retire(&p)).await?;
                 continue;
             };
@@ -315,7 +410,7 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
             }
             let mut progress = p.clone();
             if progress.state == SnapshotState::Requested {
-                progress.estimate = snapshotter.estimate(&table).await?;
+                progress.estimate = readers[0].estimate(&table).await?;
                 progress.started_ms = (metrics::now_secs() * 1000.0) as i64;
             }
             progress.state = SnapshotState::Running;
@@ -325,15 +420,16 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
             loop {
                 chunk_no += 1;
                 let started = Instant::now();
-                snapshotter.watermark(&watermark_id(false, &nonce, chunk_no)).await?;
-                let chunk = snapshotter.read_chunk(&table, progress.last_key.as_deref(), snap.chunk_rows).await?;
+                readers[0].watermark(&watermark_id(false, &nonce, chunk_no)).await?;
+                let (chunk, done) =
+                    read_chunks(&mut readers, &table, progress.last_key.as_deref(), snap.chunk_rows).await?;
                 // A schema change between the layout read and the chunk read
                 // would give rows without their new columns: read again.
-                let now = snapshotter.table(&p.table).await?;
+                let now = readers[0].table(&p.table).await?;
                 let changed =
                     now.as_ref().is_none_or(|t| R::schema(t).fingerprint() != R::schema(&table).fingerprint());
                 let n = chunk.rows.len();
-                let done = !changed && n < snap.chunk_rows;
+                let done = !changed && done;
                 let mut next = progress.clone();
                 if !changed {
                     next.chunks += 1;
@@ -355,7 +451,7 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
                 if tx.send(msg).await.is_err() {
                     return Ok(());
                 }
-                snapshotter.watermark(&watermark_id(true, &nonce, chunk_no)).await?;
+                readers[0].watermark(&watermark_id(true, &nonce, chunk_no)).await?;
                 progress = next;
                 if snap.max_rows_per_second > 0 {
                     let due = Duration::from_secs_f64(n as f64 / snap.max_rows_per_second as f64);
@@ -384,6 +480,67 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
         tokio::select! {
             _ = tokio::time::sleep(snap.poll_interval) => {}
             _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Reads the next chunks of `table` after `after` between one pair of
+/// watermarks: one chunk on the first reader, or — with several readers — up
+/// to one chunk per reader in parallel over key ranges split at
+/// [`Snapshotter::boundaries`]. Returns the rows in key order with the last
+/// key, and whether the table ended.
+pub async fn read_chunks<R: Snapshotter>(
+    readers: &mut [R],
+    table: &R::Table,
+    after: Option<&[String]>,
+    chunk_rows: usize,
+) -> anyhow::Result<(Chunk, bool)> {
+    if readers.len() <= 1 {
+        let Some(r) = readers.first_mut() else { anyhow::bail!("no snapshot reader") };
+        let chunk = r.read_chunk(table, after, chunk_rows).await?;
+        let done = chunk.rows.len() < chunk_rows;
+        return Ok((chunk, done));
+    }
+    let bounds = readers[0].boundaries(table, after, chunk_rows, readers.len() - 1).await?;
+    // (after, up to) per reader; the last range is open and ends at `chunk_rows` rows.
+    type Key = Option<Vec<String>>;
+    let mut ranges: Vec<(Key, Key)> = Vec::with_capacity(bounds.len() + 1);
+    let mut from = after.map(<[String]>::to_vec);
+    for b in bounds {
+        ranges.push((from.take(), Some(b.clone())));
+        from = Some(b);
+    }
+    ranges.push((from, None));
+    let reads =
+        readers.iter_mut().zip(&ranges).map(|(r, (a, u))| r.read_range(table, a.as_deref(), u.as_deref(), chunk_rows));
+    let parts = futures::future::try_join_all(reads).await?;
+    let done = parts.last().is_none_or(|p| p.rows.len() < chunk_rows);
+    let mut out = Chunk::default();
+    for p in parts {
+        out.rows.extend(p.rows);
+        if p.last_key.is_some() {
+            out.last_key = p.last_key;
+        }
+    }
+    Ok((out, done))
+}
+
+/// The snapshot lanes of every source: core tables with `[snapshot]`, and
+/// user-defined tables with `[user_tables]`' budget when patterns are set.
+#[derive(Debug, Clone)]
+pub struct Lanes {
+    pub core: SnapshotConfig,
+    pub user: Option<(UserTableRule, SnapshotConfig)>,
+}
+
+impl Lanes {
+    /// One worker per lane, with what it owns and its settings.
+    pub fn workers(&self) -> Vec<(Lane, SnapshotConfig)> {
+        match &self.user {
+            None => vec![(Lane::All, self.core.clone())],
+            Some((rule, cfg)) => {
+                vec![(Lane::Core(rule.clone()), self.core.clone()), (Lane::User(rule.clone()), cfg.clone())]
+            }
         }
     }
 }

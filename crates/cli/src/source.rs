@@ -137,16 +137,15 @@ impl Versions {
             // A truncate of a table whose layout is unknown here.
             return Ok(());
         }
-        if let Some((seen, versioned)) = self.by_table.get_mut(&event.table) {
-            if Arc::ptr_eq(seen, &event.schema) {
-                event.schema = versioned.clone();
-                return Ok(());
-            }
-            if seen.fingerprint() == event.schema.fingerprint() {
-                *seen = event.schema.clone();
-                event.schema = versioned.clone();
-                return Ok(());
-            }
+        // A schema object the source built anew (DDL, a new table map or
+        // Relation message, a snapshot chunk) is looked up again even when its
+        // shape is unchanged: the table may have been dropped and created again
+        // since, which starts a new run of versions.
+        if let Some((seen, versioned)) = self.by_table.get(&event.table)
+            && Arc::ptr_eq(seen, &event.schema)
+        {
+            event.schema = versioned.clone();
+            return Ok(());
         }
         let candidate =
             SchemaVersion::of(&event.schema, event.source.position.as_str(), (metrics::now_secs() * 1000.0) as i64);
@@ -171,7 +170,7 @@ async fn claim<S: CheckpointStore>(name: &str, store: &S) -> anyhow::Result<(u64
 pub async fn run_source<S: CheckpointStore + 'static>(
     name: &str,
     config: MysqlSourceConfig,
-    snap: &snapshot::SnapshotConfig,
+    snap: &snapshot::Lanes,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
@@ -187,15 +186,18 @@ pub async fn run_source<S: CheckpointStore + 'static>(
     let source =
         MysqlSource::start(config.clone(), resume).await.with_context(|| format!("starting source `{name}`"))?;
     let reader = Mysql { source, last_position: String::new() };
-    let snapshotter = async move { anyhow::Ok(MysqlSnapshotter::connect(&config).await?) };
-    with_snapshots(name, reader, None, snapshotter, snap, generation, bus, store, shutdown).await
+    let connect = move || {
+        let config = config.clone();
+        async move { anyhow::Ok(MysqlSnapshotter::connect(&config).await?) }
+    };
+    with_snapshots(name, reader, None, connect, snap, generation, bus, store, shutdown).await
 }
 
 /// Runs one PostgreSQL source until `shutdown` turns true or an error occurs.
 pub async fn run_pg_source<S: CheckpointStore + 'static>(
     name: &str,
     config: PgSourceConfig,
-    snap: &snapshot::SnapshotConfig,
+    snap: &snapshot::Lanes,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
     shutdown: watch::Receiver<bool>,
@@ -211,20 +213,25 @@ pub async fn run_pg_source<S: CheckpointStore + 'static>(
     let source = PgSource::start(&config, resume).await.with_context(|| format!("starting source `{name}`"))?;
     let acker = source.acker();
     let reader = Postgres { source, origin: PgOrigin::new(name), last_position: String::new() };
-    let snapshotter = async move { anyhow::Ok(PgSnapshotter::connect(&config).await?) };
-    with_snapshots(name, reader, Some(acker), snapshotter, snap, generation, bus, store, shutdown).await
+    let connect = move || {
+        let config = config.clone();
+        async move { anyhow::Ok(PgSnapshotter::connect(&config).await?) }
+    };
+    with_snapshots(name, reader, Some(acker), connect, snap, generation, bus, store, shutdown).await
 }
 
-/// Drives a source with its snapshot worker beside it: the worker reads
-/// chunks between watermarks, the stream loop emits them (see `snapshot`).
-/// Either failing stops both.
+/// Drives a source with its snapshot workers beside it (one per lane: core
+/// tables, and user-defined tables when configured, each with its own
+/// connection, chunk size and rate cap): a worker reads chunks between
+/// watermarks, the stream loop emits them (see `snapshot`). Any of them
+/// failing stops all.
 #[allow(clippy::too_many_arguments)]
-async fn with_snapshots<S, R, N, F>(
+async fn with_snapshots<S, R, N, F, C>(
     name: &str,
     reader: R,
     acker: Option<PgAcker>,
-    snapshotter: F,
-    snap: &snapshot::SnapshotConfig,
+    connect: C,
+    lanes: &snapshot::Lanes,
     generation: u64,
     bus: &BusConfig,
     store: std::sync::Arc<S>,
@@ -235,31 +242,43 @@ where
     R: Reader,
     N: snapshot::Snapshotter + 'static,
     F: Future<Output = anyhow::Result<N>> + Send + 'static,
+    C: Fn() -> F + Clone + Send + 'static,
 {
     let nonce = format!("{:x}", rand_nonce());
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let worker = {
-        let (name, snap, store, nonce) = (name.to_owned(), snap.clone(), store.clone(), nonce.clone());
-        async move {
-            let snapshotter = snapshotter.await.context("connecting the snapshot reader")?;
-            snapshot::run_worker(name, snapshotter, snap, store, generation, nonce, tx).await
+    let mut workers = tokio::task::JoinSet::new();
+    let mut windows: Option<snapshot::Windows> = None;
+    for (i, (lane, cfg)) in lanes.workers().into_iter().enumerate() {
+        let lane_nonce = format!("{nonce}{i}");
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        match windows.as_mut() {
+            None => windows = Some(snapshot::Windows::new(lane_nonce.clone(), rx)),
+            Some(w) => w.add_lane(lane_nonce.clone(), rx),
         }
-    };
-    let mut worker = tokio::spawn(worker);
-    let windows = snapshot::Windows::new(nonce, rx);
+        let (name, store, connect) = (name.to_owned(), store.clone(), connect.clone());
+        workers.spawn(async move {
+            // One connection per chunk read in parallel.
+            let mut readers = Vec::with_capacity(cfg.parallel_chunks);
+            for _ in 0..cfg.parallel_chunks.max(1) {
+                readers.push(connect().await.context("connecting a snapshot reader")?);
+            }
+            snapshot::run_worker(name, readers, lane, cfg, store, generation, lane_nonce, tx).await
+        });
+    }
     let result = {
-        let drive = drive(name, reader, acker, Some(windows), generation, bus, store, shutdown);
+        let drive = drive(name, reader, acker, windows, generation, bus, store, shutdown);
         tokio::pin!(drive);
-        tokio::select! {
-            r = &mut drive => r,
-            w = &mut worker => match w {
-                Ok(Ok(())) => drive.await,
-                Ok(Err(e)) => Err(e.context(format!("snapshot worker of `{name}`"))),
-                Err(e) => Err(anyhow::anyhow!("snapshot worker of `{name}` panicked: {e}")),
-            },
+        loop {
+            tokio::select! {
+                r = &mut drive => break r,
+                Some(w) = workers.join_next() => match w {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e.context(format!("snapshot worker of `{name}`"))),
+                    Err(e) => break Err(anyhow::anyhow!("snapshot worker of `{name}` panicked: {e}")),
+                },
+            }
         }
     };
-    worker.abort();
+    workers.abort_all();
     result
 }
 

@@ -107,6 +107,39 @@ impl TableFilter {
     }
 }
 
+/// Which tables are user-defined (customer-created, discovered at run
+/// time): globs over the table name, e.g. `udt_*`. They are processed in
+/// their own lane (snapshot worker, consumer group), so a huge one never
+/// delays the core tables. No patterns: no user-defined tables.
+#[derive(Debug, Clone, Default)]
+pub struct UserTableRule {
+    set: Option<GlobSet>,
+}
+
+impl UserTableRule {
+    pub fn new(patterns: &[String]) -> Result<Self, ModelError> {
+        if patterns.is_empty() {
+            return Ok(UserTableRule { set: None });
+        }
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p).map_err(|e| ModelError::InvalidRule { rule: p.clone(), reason: e.to_string() })?);
+        }
+        let set = b.build().map_err(|e| ModelError::InvalidRule { rule: patterns.join(","), reason: e.to_string() })?;
+        Ok(UserTableRule { set: Some(set) })
+    }
+
+    /// Whether any pattern is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.set.is_some()
+    }
+
+    /// Whether `table` (the table name alone) is user-defined.
+    pub fn is_user_table(&self, table: &str) -> bool {
+        self.set.as_ref().is_some_and(|s| s.is_match(table))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +162,17 @@ mod tests {
         assert_eq!(TenantRule::tenant_of_value(&Value::Int(42)).unwrap(), "42");
         assert!(TenantRule::tenant_of_value(&Value::String("../x".into())).is_err());
         assert!(TenantRule::tenant_of_value(&Value::Null).is_err());
+    }
+
+    #[test]
+    fn user_tables_match_on_the_table_name() {
+        let r = UserTableRule::new(&["udt_*".into(), "custom_?".into()]).unwrap();
+        assert!(r.is_enabled());
+        assert!(r.is_user_table("udt_visits") && r.is_user_table("custom_1"));
+        assert!(!r.is_user_table("orders") && !r.is_user_table("custom_12"));
+        let none = UserTableRule::new(&[]).unwrap();
+        assert!(!none.is_enabled() && !none.is_user_table("udt_x"));
+        assert!(UserTableRule::new(&["[".into()]).is_err());
     }
 
     #[test]

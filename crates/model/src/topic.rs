@@ -27,6 +27,12 @@ pub fn tenant_of_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
     rest.contains('.').then_some(tenant)
 }
 
+/// The (sanitized) table name of a change topic, if the topic is one.
+pub fn table_of_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
+    tenant_of_topic(prefix, topic)?;
+    topic.rsplit_once('.').map(|(_, t)| t)
+}
+
 fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
@@ -41,6 +47,8 @@ mod tests {
         let topic = change_topic("lablake", &t);
         assert_eq!(topic, "lablake.acme.lab_acme.or_ders_");
         assert_eq!(tenant_of_topic("lablake", &topic), Some("acme"));
+        assert_eq!(table_of_topic("lablake", &topic), Some("or_ders_"));
+        assert_eq!(table_of_topic("lablake", "lablake-dlq.acme"), None);
         assert_eq!(tenant_of_topic("lablake", "lablake-dlq.acme"), None);
         assert_eq!(tenant_of_topic("lablake", "other.acme.a.b"), None);
         assert_eq!(dead_letter_topic("lablake", "acme"), "lablake-dlq.acme");
