@@ -38,6 +38,7 @@ pub async fn run_all<S: CheckpointStore>(store: &S) {
     manifest_is_ordered_and_per_table(store, &format!("{p}-manifest")).await;
     snapshot_requests_progress_and_supersede(store, &format!("{p}-snap")).await;
     schema_history_numbers_each_shape_once(store, &format!("{p}-schema")).await;
+    sink_checkpoints_round_trip_and_are_fenced(store, &format!("{p}-sink")).await;
 }
 
 /// A prefix unique to this process and call: lowercase, usable in tenant names.
@@ -648,4 +649,30 @@ pub async fn schema_history_numbers_each_shape_once<S: CheckpointStore>(store: &
     let (x, y) = (x.expect("race x"), y.expect("race y"));
     assert!(x != y && x > 1 && y > 1, "different shapes never share a number: {x} {y}");
     assert_eq!(store.schema_history(&other).await.expect("other history").len(), 3);
+}
+
+/// Sink checkpoints round-trip per table, list per sink, and are saved only
+/// by the current holder of the sink's lease.
+pub async fn sink_checkpoints_round_trip_and_are_fenced<S: CheckpointStore>(store: &S, prefix: &str) {
+    use crate::SinkCheckpoint;
+    let sink = format!("{prefix}-snowflake");
+    let a = TableId { tenant: format!("{prefix}a").into(), database: "lab".into(), table: "orders".into() };
+    let b = TableId { table: "results".into(), ..a.clone() };
+    assert!(store.load_sink(&sink, &a).await.expect("load").is_none());
+    let g1 = store.acquire_lease(&format!("sink#{sink}")).await.expect("lease");
+    let mut cp = SinkCheckpoint::new(&a);
+    cp.next.insert("t.a#0".into(), 5000);
+    cp.files = 1;
+    cp.rows = 5000;
+    cp.max_commit_ts_ms = 17;
+    store.save_sink(&sink, g1, &cp).await.expect("save");
+    store.save_sink(&sink, g1, &SinkCheckpoint::new(&b)).await.expect("save b");
+    let back = store.load_sink(&sink, &a).await.expect("load again").expect("saved");
+    assert_eq!(back, cp);
+    assert!(back.has_loaded("t.a", 0, 0) && !back.has_loaded("t.a", 0, 5000) && !back.has_loaded("t.a", 1, 0));
+    assert_eq!(store.sinks(&sink).await.expect("list").len(), 2);
+    let g2 = store.acquire_lease(&format!("sink#{sink}")).await.expect("lease again");
+    let err = store.save_sink(&sink, g1, &cp).await.expect_err("a stale sink is fenced");
+    assert!(matches!(err, CheckpointError::Fenced { .. }), "{err:?}");
+    store.save_sink(&sink, g2, &cp).await.expect("the new holder saves");
 }

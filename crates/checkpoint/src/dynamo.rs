@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::rules::{self, ALL_TABLES};
 use crate::{
     BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SchemaVersion,
-    SnapshotProgress, SourceCheckpoint, TableStatus,
+    SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
 /// Configuration of the DynamoDB checkpoint store. Credentials come from the
@@ -687,6 +687,52 @@ impl CheckpointStore for DynamoStore {
         Err(CheckpointError::Backend { message: format!("{what}: too many concurrent registrations"), source: None })
     }
 
+    async fn load_sink(&self, sink: &str, table: &TableId) -> Result<Option<SinkCheckpoint>, CheckpointError> {
+        let what = format!("sink checkpoint of `{sink}` for {}.{}.{}", table.tenant, table.database, table.table);
+        match self.get(sink_pk(sink), snapshot_sk(table), &what).await? {
+            None => Ok(None),
+            Some(item) => {
+                let json = get_s(&item, "checkpoint", &what)?;
+                serde_json::from_str(&json).map(Some).map_err(|_| corrupt(&what, "checkpoint"))
+            }
+        }
+    }
+
+    async fn sinks(&self, sink: &str) -> Result<Vec<SinkCheckpoint>, CheckpointError> {
+        let what = format!("sink checkpoints of `{sink}`");
+        let mut out = self
+            .query_pk(sink_pk(sink), &what)
+            .await?
+            .iter()
+            .map(|item| {
+                let json = get_s(item, "checkpoint", &what)?;
+                serde_json::from_str::<SinkCheckpoint>(&json).map_err(|_| corrupt(&what, "checkpoint"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.table.cmp(&b.table));
+        Ok(out)
+    }
+
+    async fn save_sink(&self, sink: &str, generation: u64, checkpoint: &SinkCheckpoint) -> Result<(), CheckpointError> {
+        let t = &checkpoint.table;
+        let what = format!("sink checkpoint of `{sink}` for {}.{}.{}", t.tenant, t.database, t.table);
+        let lease = rules::sink_lease(sink);
+        let json = serde_json::to_string(checkpoint).map_err(|e| backend("encoding a sink checkpoint", e))?;
+        let mut item = Item::new();
+        item.insert("pk".into(), s(sink_pk(sink)));
+        item.insert("sk".into(), s(snapshot_sk(t)));
+        item.insert("kind".into(), s("sink"));
+        item.insert("checkpoint".into(), s(json));
+        item.insert("generation".into(), n(generation));
+        item.insert("updated_at_ms".into(), n(rules::now_ms()));
+        let put = Put::builder().table_name(&self.table).set_item(Some(item)).build().map_err(|e| backend(&what, e))?;
+        let items = vec![self.lease_check(&lease, generation)?, TransactWriteItem::builder().put(put).build()];
+        let lease_err = || rules::lease_fenced(&lease, generation);
+        self.transact(&format!("saving {what}"), items, &[Some(&lease_err), None])
+            .await
+            .map_err(|e| e.into_error(&what))
+    }
+
     async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
         let what = format!("schema history of {}.{}.{}", table.tenant, table.database, table.table);
         let mut out = self
@@ -866,6 +912,10 @@ fn snapshot_pk(source: &str) -> String {
 
 fn snapshot_sk(t: &TableId) -> String {
     format!("{}#{}#{}", esc(&t.tenant), esc(&t.database), esc(&t.table))
+}
+
+fn sink_pk(sink: &str) -> String {
+    format!("sink#{}", esc(sink))
 }
 
 fn schema_pk(t: &TableId) -> String {

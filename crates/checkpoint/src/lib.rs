@@ -169,6 +169,41 @@ impl SnapshotProgress {
     }
 }
 
+/// How far a warehouse sink (e.g. `snowflake`) has loaded one table's
+/// curated batches. Saved only after a batch is merged, so a restart loads
+/// at most the last batch again (which the sink makes harmless).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkCheckpoint {
+    #[serde(with = "table_id_serde")]
+    pub table: TableId,
+    /// Per `<topic>#<partition>`: the first offset of the next batch to load
+    /// (every batch of that partition starting below it is loaded).
+    pub next: std::collections::BTreeMap<String, i64>,
+    pub files: u64,
+    pub rows: u64,
+    /// Newest source commit time loaded (ms since the epoch), for freshness.
+    pub max_commit_ts_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl SinkCheckpoint {
+    pub fn new(table: &TableId) -> Self {
+        SinkCheckpoint {
+            table: table.clone(),
+            next: std::collections::BTreeMap::new(),
+            files: 0,
+            rows: 0,
+            max_commit_ts_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    /// Whether the batch of `topic`/`partition` starting at `first_offset` is loaded.
+    pub fn has_loaded(&self, topic: &str, partition: i32, first_offset: i64) -> bool {
+        self.next.get(&format!("{topic}#{partition}")).is_some_and(|n| first_offset < *n)
+    }
+}
+
 /// State of a [`SnapshotProgress`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,6 +331,25 @@ pub trait CheckpointStore: Send + Sync {
         table: &TableId,
         candidate: &SchemaVersion,
     ) -> impl Future<Output = Result<u32, CheckpointError>> + Send;
+
+    /// The sink checkpoint of `table`, if the sink loaded anything of it.
+    fn load_sink(
+        &self,
+        sink: &str,
+        table: &TableId,
+    ) -> impl Future<Output = Result<Option<SinkCheckpoint>, CheckpointError>> + Send;
+
+    /// Every table's checkpoint of `sink`, ordered by table.
+    fn sinks(&self, sink: &str) -> impl Future<Output = Result<Vec<SinkCheckpoint>, CheckpointError>> + Send;
+
+    /// Saves a sink checkpoint if the lease `sink#<sink>` still has
+    /// `generation` (else [`CheckpointError::Fenced`]).
+    fn save_sink(
+        &self,
+        sink: &str,
+        generation: u64,
+        checkpoint: &SinkCheckpoint,
+    ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
 
     /// The schema history of `table`, ordered by version.
     fn schema_history(

@@ -8,7 +8,7 @@ use lablake_model::TableId;
 use crate::rules::{self, ALL_TABLES};
 use crate::{
     BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SchemaVersion,
-    SnapshotProgress, SourceCheckpoint, TableStatus,
+    SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
 /// A [`CheckpointStore`] held in process memory. Cloning shares the state.
@@ -34,6 +34,7 @@ struct State {
     status: BTreeMap<StatusKey, TableStatus>,
     snapshots: BTreeMap<(String, TableId), SnapshotProgress>,
     schemas: HashMap<TableId, Vec<SchemaVersion>>,
+    sinks: BTreeMap<(String, TableId), SinkCheckpoint>,
 }
 
 impl State {
@@ -214,6 +215,21 @@ impl CheckpointStore for MemoryStore {
                 v
             }
         })
+    }
+
+    async fn load_sink(&self, sink: &str, table: &TableId) -> Result<Option<SinkCheckpoint>, CheckpointError> {
+        Ok(self.lock().sinks.get(&(sink.to_owned(), table.clone())).cloned())
+    }
+
+    async fn sinks(&self, sink: &str) -> Result<Vec<SinkCheckpoint>, CheckpointError> {
+        Ok(self.lock().sinks.iter().filter(|((s, _), _)| s == sink).map(|(_, c)| c.clone()).collect())
+    }
+
+    async fn save_sink(&self, sink: &str, generation: u64, checkpoint: &SinkCheckpoint) -> Result<(), CheckpointError> {
+        let mut state = self.lock();
+        state.check_lease(&rules::sink_lease(sink), generation)?;
+        state.sinks.insert((sink.to_owned(), checkpoint.table.clone()), checkpoint.clone());
+        Ok(())
     }
 
     async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {

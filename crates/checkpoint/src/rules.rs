@@ -30,6 +30,10 @@ pub(crate) fn lease_fenced(lease: &str, generation: u64) -> CheckpointError {
     CheckpointError::Fenced(format!("lease `{lease}` is no longer held at generation {generation}"))
 }
 
+pub(crate) fn sink_lease(sink: &str) -> String {
+    format!("sink#{sink}")
+}
+
 pub(crate) fn source_lease(source: &str) -> String {
     format!("source#{source}")
 }

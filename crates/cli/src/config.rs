@@ -41,6 +41,9 @@ pub struct Config {
     /// Snapshots (full loads).
     #[serde(default)]
     pub snapshot: crate::snapshot::SnapshotConfig,
+    /// The Snowflake sink (`[snowflake]`; none: no warehouse stage).
+    #[serde(default)]
+    pub snowflake: Option<crate::sink::SinkConfig>,
     /// User-defined tables and their own lane.
     #[serde(default)]
     pub user_tables: UserTablesConfig,
@@ -262,6 +265,14 @@ impl Config {
         }
         if self.snapshot.chunk_rows == 0 || self.snapshot.chunk_rows > 1_000_000 {
             return Err(invalid("snapshot.chunk_rows", "must be between 1 and 1000000"));
+        }
+        if let Some(sf) = &self.snowflake {
+            sf.connection.validate().map_err(|e| match e {
+                lablake_snowflake::SnowflakeError::Config { key, reason } => {
+                    ConfigError::Invalid { key: format!("snowflake.connection.{key}"), reason }
+                }
+                other => ConfigError::Invalid { key: "snowflake.connection".into(), reason: other.to_string() },
+            })?;
         }
         if self.snapshot.parallel_chunks == 0 || self.snapshot.parallel_chunks > 16 {
             return Err(invalid("snapshot.parallel_chunks", "must be between 1 and 16"));

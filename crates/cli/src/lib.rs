@@ -5,6 +5,7 @@ pub mod config;
 pub mod curator;
 pub mod lane;
 pub mod metrics;
+pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod status;

@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, default_value = "0")]
         shard: String,
     },
+    /// Runs the Snowflake sink only (curated batches → Snowflake).
+    Sink,
     /// Prints per tenant and table what is curated and how far behind.
     Status {
         #[arg(long)]
@@ -214,10 +216,13 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let run_sink = matches!(command, Command::Run { .. } | Command::Sink);
+    let sink_only = matches!(command, Command::Sink);
     let (run_sources, run_curator, only, shard) = match command {
         Command::Run { shard } => (true, true, None, shard),
         Command::Source { name } => (true, false, name, String::new()),
         Command::Curate { shard } => (false, true, None, shard),
+        Command::Sink => (false, false, None, String::new()),
         Command::Status { .. } | Command::Snapshot { .. } | Command::Schema { .. } | Command::CheckConfig => {
             unreachable!("handled above")
         }
@@ -278,6 +283,18 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let stop = stop_rx.clone();
             tasks.spawn(async move { curator.run(stop).await });
         }
+    }
+    match (&cfg.snowflake, run_sink) {
+        (Some(sf), true) => {
+            let (sf, store, stop) = (sf.clone(), store.clone(), stop_rx.clone());
+            let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
+            let lake = Lake::new(cfg.lake.clone())?;
+            tasks.spawn(async move { lablake::sink::run_sink(sf, lake, bucket, store, stop).await });
+        }
+        (None, true) if sink_only => {
+            anyhow::bail!("no sink to run: configure [snowflake]");
+        }
+        _ => {}
     }
     // The first task to fail stops the process (a supervisor restarts it; all
     // state is in the checkpoints, so a restart loses and duplicates nothing).

@@ -50,6 +50,21 @@ pub static SNAPSHOT_ESTIMATE: LazyLock<GaugeVec> = LazyLock::new(|| {
 pub static SNAPSHOT_DONE: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_snapshot_done", "1 when the table's snapshot finished", &["source", "tenant", "database", "table"])
 });
+pub static SINK_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_sink_batches_total", "Curated batches loaded into Snowflake", &["tenant", "table"])
+});
+pub static SINK_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_sink_rows_total", "Rows inserted, updated or deleted in Snowflake", &["tenant", "table"])
+});
+pub static SINK_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_sink_lag_seconds", "Now minus the newest source commit loaded into Snowflake", &["tenant", "table"])
+});
+pub static SINK_FAILURES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    let c = prometheus::IntCounter::new("lablake_sink_failures_total", "Failed Snowflake load passes (retried)")
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+    let _ = REGISTRY.register(Box::new(c.clone()));
+    c
+});
 pub static TABLES_RETIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_tables_retired_total", "Tables that disappeared from a source (dropped)", &["source", "lane"])
 });

@@ -1,0 +1,195 @@
+//! The warehouse stage: curated batches → one Snowflake database per tenant.
+//!
+//! Per table, in manifest order (topic, partition, first offset), every
+//! batch the sink checkpoint does not cover is loaded with
+//! [`lablake_snowflake::Loader`] (staged COPY, position-guarded MERGE, load
+//! ledger) and only then the checkpoint advances (DynamoDB, conditional on
+//! the sink's lease). A crash anywhere repeats at most the last batch, which
+//! the loader makes harmless. Failures (wrong credentials, unreachable
+//! endpoint) are logged with the tenant and the endpoint and retried with
+//! backoff; nothing is skipped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lablake_checkpoint::{CheckpointStore, SinkCheckpoint};
+use lablake_lake::Lake;
+use lablake_model::{ColumnType, TableId};
+use lablake_snowflake::{Batch, BatchColumn, Client, Loader, LoaderConfig, SnowflakeConfig};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::metrics;
+
+/// The sink's name in checkpoints and leases.
+pub const SINK: &str = "snowflake";
+
+/// `[snowflake]`: the warehouse sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `[snowflake.connection]`: account, user, credentials, base URL.
+    pub connection: SnowflakeConfig,
+    /// Database of tenant `acme` = `<database_prefix>ACME`.
+    #[serde(default = "default_prefix")]
+    pub database_prefix: String,
+    /// Storage integration of the external stages over the lake (production).
+    #[serde(default)]
+    pub storage_integration: Option<String>,
+    /// Soft deletes: set this BOOLEAN column instead of deleting rows.
+    #[serde(default)]
+    pub soft_delete_column: Option<String>,
+    /// How often new curated batches are looked for.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Only these tenants (empty: all).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+}
+
+fn default_prefix() -> String {
+    "LABLAKE_".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Columns and key of a curated file, from its Parquet schema.
+fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<String>)> {
+    let batches = lablake_lake::decode_parquet(bytes)?;
+    let schema = batches.first().map(|b| b.schema()).context("curated file without rows")?;
+    let mut columns = Vec::new();
+    for f in schema.fields() {
+        if f.name().starts_with('_') {
+            continue;
+        }
+        let ty: ColumnType = f
+            .metadata()
+            .get("lablake.type")
+            .with_context(|| format!("column `{}` has no lablake.type", f.name()))?
+            .parse()?;
+        columns.push(BatchColumn { name: f.name().clone(), ty });
+    }
+    let pk = schema
+        .metadata()
+        .get("lablake.primary_key")
+        .map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    Ok((columns, pk))
+}
+
+/// Runs the sink until `shutdown` turns true.
+pub async fn run_sink<S: CheckpointStore + 'static>(
+    cfg: SinkConfig,
+    lake: Lake,
+    bucket: String,
+    store: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let generation = store.acquire_lease(&format!("sink#{SINK}")).await.context("acquiring the sink lease")?;
+    let client = Client::new(cfg.connection.clone())?;
+    let endpoint = client.endpoint().to_owned();
+    tracing::info!(endpoint, generation, "snowflake sink started");
+    let mut loader = Loader::new(
+        client,
+        LoaderConfig {
+            database_prefix: cfg.database_prefix.clone(),
+            lake_url: format!("s3://{bucket}/"),
+            storage_integration: cfg.storage_integration.clone(),
+            soft_delete_column: cfg.soft_delete_column.clone(),
+        },
+    );
+    let mut failures = 0u32;
+    loop {
+        let pass = load_new_batches(&cfg, &lake, store.as_ref(), generation, &mut loader, &endpoint);
+        let wait = tokio::select! {
+            _ = shutdown.changed() => break,
+            r = pass => match r {
+                Ok(()) => {
+                    failures = 0;
+                    cfg.interval
+                }
+                Err(e) if matches!(e.downcast_ref::<lablake_checkpoint::CheckpointError>(), Some(lablake_checkpoint::CheckpointError::Fenced { .. })) => {
+                    return Err(e.context("another sink took over"));
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
+                    tracing::warn!(error = format!("{e:#}"), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
+                    metrics::SINK_FAILURES.inc();
+                    wait
+                }
+            },
+        };
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!("snowflake sink stopped");
+    Ok(())
+}
+
+async fn load_new_batches<S: CheckpointStore>(
+    cfg: &SinkConfig,
+    lake: &Lake,
+    store: &S,
+    generation: u64,
+    loader: &mut Loader,
+    endpoint: &str,
+) -> anyhow::Result<()> {
+    for row in store.status(None).await? {
+        if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
+            continue;
+        }
+        let table = TableId {
+            tenant: row.tenant.as_str().into(),
+            database: row.database.as_str().into(),
+            table: row.table.as_str().into(),
+        };
+        let mut cp = store.load_sink(SINK, &table).await?.unwrap_or_else(|| SinkCheckpoint::new(&table));
+        for entry in store.manifest(&table).await? {
+            if cp.has_loaded(&entry.topic, entry.partition, entry.first_offset) {
+                continue;
+            }
+            let (columns, primary_key) = batch_layout(lake.get(&row.tenant, &entry.object_key).await?)
+                .with_context(|| format!("reading curated file {}", entry.object_key))?;
+            let batch = Batch {
+                tenant: row.tenant.clone(),
+                database: row.database.clone(),
+                table: row.table.clone(),
+                columns,
+                primary_key,
+                object_key: entry.object_key.clone(),
+                partition: entry.partition,
+                first_offset: entry.first_offset,
+                last_offset: entry.last_offset,
+            };
+            let out = loader.load(&batch).await.with_context(|| {
+                format!("loading {}.{} of tenant `{}` into {endpoint}", row.database, row.table, row.tenant)
+            })?;
+            cp.next.insert(format!("{}#{}", entry.topic, entry.partition), entry.last_offset + 1);
+            cp.files += 1;
+            cp.rows += entry.rows;
+            if let Some(ts) = out.max_commit_ts_ms {
+                cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
+            }
+            cp.updated_ms = (metrics::now_secs() * 1000.0) as i64;
+            // Only after the MERGE: a crash before this repeats the batch harmlessly.
+            store.save_sink(SINK, generation, &cp).await?;
+            let labels = [row.tenant.as_str(), &row.table];
+            metrics::SINK_BATCHES.with_label_values(&labels).inc();
+            metrics::SINK_ROWS.with_label_values(&labels).inc_by(out.inserted + out.updated + out.deleted);
+            if cp.max_commit_ts_ms > 0 {
+                metrics::SINK_LAG
+                    .with_label_values(&labels)
+                    .set(metrics::now_secs() - cp.max_commit_ts_ms as f64 / 1000.0);
+            }
+            tracing::debug!(tenant = %row.tenant, table = %row.table, file = %entry.object_key,
+                already = out.already_loaded, staged = out.staged, inserted = out.inserted, updated = out.updated,
+                deleted = out.deleted, "batch loaded into snowflake");
+        }
+    }
+    Ok(())
+}
