@@ -159,7 +159,11 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         if json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         } else {
-            print!("{}", status::render(&rows, (metrics::now_secs() * 1000.0) as i64));
+            let sinks = match cfg.snowflake {
+                Some(_) => lablake_checkpoint::CheckpointStore::sinks(store.as_ref(), lablake::sink::SINK).await?,
+                None => Vec::new(),
+            };
+            print!("{}", status::render(&rows, &sinks, (metrics::now_secs() * 1000.0) as i64));
         }
         return Ok(());
     }

@@ -1,22 +1,38 @@
 //! `lablake status`: per tenant and table, what is curated and how far behind.
 
 use anyhow::Context;
-use lablake_checkpoint::{CheckpointStore, TableStatus};
+use lablake_checkpoint::{CheckpointStore, SinkCheckpoint, TableStatus};
 
-/// Renders status rows as an aligned text table.
-pub fn render(rows: &[TableStatus], now_ms: i64) -> String {
+/// Renders status rows as an aligned text table: what is curated and how far
+/// behind the source, and — with a warehouse sink — what is loaded into
+/// Snowflake and how far behind the source that is.
+pub fn render(rows: &[TableStatus], sinks: &[SinkCheckpoint], now_ms: i64) -> String {
+    let behind = |ts: i64| if ts > 0 { format!("{:.1}s", (now_ms - ts) as f64 / 1000.0) } else { "-".into() };
     let mut out = String::from(
-        "TENANT           SOURCE     DATABASE             TABLE                ROWS       FILES  DLQ    BEHIND\n",
+        "TENANT           SOURCE     DATABASE             TABLE                ROWS       FILES  DLQ    BEHIND     \
+         SF-FILES SF-ROWS    SF-BEHIND\n",
     );
     for r in rows {
-        let behind = if r.max_commit_ts_ms > 0 {
-            format!("{:.1}s", (now_ms - r.max_commit_ts_ms) as f64 / 1000.0)
-        } else {
-            "-".into()
+        let sink = sinks
+            .iter()
+            .find(|s| *s.table.tenant == *r.tenant && *s.table.database == *r.database && *s.table.table == *r.table);
+        let (files, loaded, lag) = match sink {
+            Some(s) => (s.files.to_string(), s.rows.to_string(), behind(s.max_commit_ts_ms)),
+            None => ("-".into(), "-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "{:<16} {:<10} {:<20} {:<20} {:<10} {:<6} {:<6} {}\n",
-            r.tenant, r.source, r.database, r.table, r.rows, r.files, r.dead_lettered, behind
+            "{:<16} {:<10} {:<20} {:<20} {:<10} {:<6} {:<6} {:<10} {:<8} {:<10} {}\n",
+            r.tenant,
+            r.source,
+            r.database,
+            r.table,
+            r.rows,
+            r.files,
+            r.dead_lettered,
+            behind(r.max_commit_ts_ms),
+            files,
+            loaded,
+            lag
         ));
     }
     out
@@ -94,4 +110,35 @@ pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableI
         change_rows,
         live_rows: latest.values().filter(|(_, deleted)| !deleted).count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_curated_and_loaded_lag() {
+        let row = TableStatus {
+            tenant: "acme".into(),
+            source: "main".into(),
+            database: "lab_acme".into(),
+            table: "orders".into(),
+            rows: 10,
+            files: 2,
+            dead_lettered: 0,
+            max_commit_ts_ms: 9_000,
+            max_position: String::new(),
+            updated_at_ms: 0,
+        };
+        let t = lablake_model::TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "orders".into() };
+        let mut sink = SinkCheckpoint::new(&t);
+        sink.files = 1;
+        sink.rows = 7;
+        sink.max_commit_ts_ms = 4_000;
+        let text = render(std::slice::from_ref(&row), &[sink], 10_000);
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(line.contains(" 1.0s") && line.ends_with("1        7          6.0s"), "{text}");
+        let text = render(&[row], &[], 10_000);
+        assert!(text.lines().nth(1).unwrap_or_default().ends_with("-        -          -"), "{text}");
+    }
 }
