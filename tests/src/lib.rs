@@ -228,13 +228,41 @@ heartbeat_interval = "1s"
         Ok(())
     }
 
+    /// Starts `lablake run` with extra environment variables (e.g. `LABLAKE_FAILPOINTS`).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let child = self.spawn_with_env(&["run"], env)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the pipeline exits on its own (a failpoint), up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut().context("not running")?;
+            if let Some(status) = c.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("lablake still running after {timeout:?}; log:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Spawns `lablake <args>` with this world's config, logging to its log file.
     pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        self.spawn_with_env(args, &[])
+    }
+
+    fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         Command::new(lablake_bin())
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
+            .envs(env.iter().copied())
             .env("LABLAKE_LOG", "info,lablake=debug")
             .stdout(Stdio::null())
             .stderr(log)

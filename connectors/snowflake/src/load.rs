@@ -223,6 +223,7 @@ impl Loader {
                 &[],
             )
             .await?;
+        crate::failpoint("sink.after_copy");
         let staged =
             copy.rows.iter().filter_map(|r| r.get(3).cloned().flatten()).filter_map(|v| v.parse::<u64>().ok()).sum();
 
@@ -360,9 +361,14 @@ impl Loader {
             };
             let url =
                 format!("{}/{tenant}/curated/", self.cfg.lake_url.replace("{tenant}", tenant).trim_end_matches('/'));
-            self.client
-                .query(&format!("CREATE STAGE IF NOT EXISTS LABLAKE_LAKE URL = {}{credentials}", literal(&url)), &[])
-                .await?;
+            let stage = format!("CREATE STAGE IF NOT EXISTS LABLAKE_LAKE URL = {}{credentials}", literal(&url));
+            match self.client.query(&stage, &[]).await {
+                // The emulator answers "already exists" despite IF NOT EXISTS.
+                Err(SnowflakeError::Query { code, .. }) if code == "002002" => {}
+                other => {
+                    other?;
+                }
+            }
             self.client
                 .query(
                     "CREATE TABLE IF NOT EXISTS \"_LABLAKE_LOADS\" (\"OBJECT_KEY\" VARCHAR, \"TABLE_NAME\" VARCHAR, \

@@ -176,6 +176,7 @@ async fn load_new_batches<S: CheckpointStore>(
                 cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
             }
             cp.updated_ms = (metrics::now_secs() * 1000.0) as i64;
+            lablake_snowflake::failpoint("sink.after_merge");
             // Only after the MERGE: a crash before this repeats the batch harmlessly.
             store.save_sink(SINK, generation, &cp).await?;
             let labels = [row.tenant.as_str(), &row.table];

@@ -151,8 +151,10 @@ impl Versions {
             SchemaVersion::of(&event.schema, event.source.position.as_str(), (metrics::now_secs() * 1000.0) as i64);
         let version = store.register_schema(&event.table, &candidate).await.context("registering a schema version")?;
         let t = &event.table;
-        tracing::info!(tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table), version,
-            columns = event.schema.columns.len(), "table schema version");
+        if self.by_table.get(t).and_then(|(_, v)| v.version()) != Some(version) {
+            tracing::info!(tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table), version,
+                columns = event.schema.columns.len(), "table schema version");
+        }
         let versioned = event.schema.with_version(version);
         self.by_table.insert(event.table.clone(), (event.schema.clone(), versioned.clone()));
         event.schema = versioned;
