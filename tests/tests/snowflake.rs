@@ -43,15 +43,20 @@ async fn client() -> anyhow::Result<Client> {
 }
 
 /// Rows of a tenant's Snowflake table, keyed by `ID`, as column → text
-/// (`NULL` for nulls, names lower case), only `columns`.
+/// (`NULL` for nulls, names lower case), only `columns`, rows matching `filter`.
 async fn snowflake_rows(
     c: &mut Client,
     database: &str,
     tenant: &str,
     columns: &[&str],
+    filter: &str,
 ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
     let select: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.to_uppercase())).collect();
-    let sql = format!("SELECT {} FROM \"{database}\".\"LAB_{}\".\"ORDERS\"", select.join(", "), tenant.to_uppercase());
+    let sql = format!(
+        "SELECT {} FROM \"{database}\".\"LAB_{}\".\"ORDERS\" WHERE {filter}",
+        select.join(", "),
+        tenant.to_uppercase()
+    );
     let r = match c.query(&sql, &[]).await {
         Ok(r) => r,
         // Not created yet.
@@ -60,27 +65,72 @@ async fn snowflake_rows(
     };
     let mut out = BTreeMap::new();
     for row in r.rows {
-        let m: BTreeMap<String, String> =
-            columns.iter().zip(row).map(|(c, v)| ((*c).to_owned(), v.unwrap_or_else(|| "NULL".into()))).collect();
+        let m: BTreeMap<String, String> = columns
+            .iter()
+            .zip(row)
+            .map(|(c, v)| ((*c).to_owned(), v.map_or_else(|| "NULL".into(), |v| micros(&v))))
+            .collect();
         out.insert(m["id"].clone(), m);
     }
     Ok(out)
 }
 
+/// A timestamp read as `seconds.fraction` with the server's fraction digits
+/// (the emulator reports nine for a TIMESTAMP(6) column), at microseconds;
+/// other values unchanged.
+fn micros(v: &str) -> String {
+    match v.split_once('.') {
+        Some((secs, frac))
+            if frac.len() > 6
+                && frac[6..].bytes().all(|b| b == b'0')
+                && secs.bytes().all(|b| b.is_ascii_digit())
+                && frac.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("{secs}.{}", &frac[..6])
+        }
+        _ => v.to_owned(),
+    }
+}
+
+/// Where the source rows come from.
+enum Source<'a> {
+    Mysql,
+    Postgres(&'a tokio_postgres::Client),
+}
+
+/// Waits until the Snowflake table equals the source table on `columns`
+/// (name, source expression rendering Snowflake's text form).
 async fn await_equal(
     w: &mut World,
     c: &mut Client,
     database: &str,
     tenant: &str,
-    columns: &[&str],
+    columns: &[(&str, &str)],
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let exprs: Vec<(&str, &str)> = columns.iter().map(|c| (*c, *c)).collect();
+    await_equal_from(w, Source::Mysql, c, database, tenant, columns, "TRUE", timeout).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn await_equal_from(
+    w: &mut World,
+    source: Source<'_>,
+    c: &mut Client,
+    database: &str,
+    tenant: &str,
+    columns: &[(&str, &str)],
+    filter: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
     let deadline = Instant::now() + timeout;
     loop {
         w.assert_running()?;
-        let expected = source_rows(&w.pool, tenant, "orders", &exprs).await?;
-        let got = snowflake_rows(c, database, tenant, columns).await?;
+        let expected = match &source {
+            Source::Mysql => source_rows(&w.pool, tenant, "orders", columns).await?,
+            Source::Postgres(pg) => lablake_tests::pg_source_rows(pg, tenant, "orders", columns).await?,
+        };
+        let got = snowflake_rows(c, database, tenant, &names, filter).await?;
         if got == expected {
             return Ok(());
         }
@@ -102,6 +152,17 @@ async fn await_equal(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// MariaDB columns compared in full: `updated` (DATETIME(6)) as epoch
+/// seconds, the form Snowflake timestamps read back as.
+const MY_COLUMNS: &[(&str, &str)] = &[
+    ("id", "id"),
+    ("patient", "patient"),
+    ("status", "status"),
+    ("amount", "amount"),
+    ("updated", "UNIX_TIMESTAMP(updated)"),
+    ("note", "note"),
+];
 
 /// A mixed workload on three tenants lands in each tenant's Snowflake
 /// database exactly (inserts, updates, deletes), and a column added at the
@@ -128,10 +189,9 @@ async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
         conn.query_drop("UPDATE orders SET note = 'changed' WHERE id BETWEEN 100 AND 120").await?;
     }
     let mut c = client().await?;
-    let cols = ["id", "patient", "status", "amount", "note"];
     for t in w.tenants.clone() {
         let db = format!("{prefix}{}", t.to_uppercase());
-        await_equal(&mut w, &mut c, &db, &t, &cols, Duration::from_secs(120)).await?;
+        await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(120)).await?;
     }
     // A new source column: added in Snowflake before the rows that carry it.
     let t = w.tenants[0].clone();
@@ -140,7 +200,8 @@ async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
     conn.query_drop("INSERT INTO orders VALUES (1000, 'late', 'new', 1.00, NOW(6), NULL, 'north')").await?;
     conn.query_drop("UPDATE orders SET lab = 'south' WHERE id = 5").await?;
     let db = format!("{prefix}{}", t.to_uppercase());
-    await_equal(&mut w, &mut c, &db, &t, &["id", "patient", "note", "lab"], Duration::from_secs(60)).await?;
+    let with_lab = [("id", "id"), ("patient", "patient"), ("note", "note"), ("lab", "lab")];
+    await_equal(&mut w, &mut c, &db, &t, &with_lab, Duration::from_secs(60)).await?;
     let _ = w.stop();
     Ok(())
 }
@@ -187,8 +248,7 @@ async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exac
     let mut c = client().await?;
     for t in w.tenants.clone() {
         let db = format!("{prefix}{}", t.to_uppercase());
-        await_equal(&mut w, &mut c, &db, &t, &["id", "patient", "status", "amount", "note"], Duration::from_secs(120))
-            .await?;
+        await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(120)).await?;
     }
     let log = std::fs::read_to_string(&w.log_path)?;
     let hits = log.lines().filter(|l| l.contains("failpoint reached")).count();
@@ -231,7 +291,63 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
     w.start_with_env(&[("LABLAKE__SNOWFLAKE__CONNECTION__BASE_URL", &snowflake_url())])?;
     let mut c = client().await?;
     let db = format!("{prefix}{}", t.to_uppercase());
-    await_equal(&mut w, &mut c, &db, &t, &["id", "patient", "amount"], Duration::from_secs(60)).await?;
+    let cols = [("id", "id"), ("patient", "patient"), ("amount", "amount")];
+    await_equal(&mut w, &mut c, &db, &t, &cols, Duration::from_secs(60)).await?;
+    let _ = w.stop();
+    Ok(())
+}
+
+/// PostgreSQL → Snowflake with soft deletes: a mixed workload on three
+/// tenants, deletes kept as flagged rows, and unchanged TOAST values (a large
+/// text not sent with updates of other columns) kept in Snowflake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tenants_land_in_snowflake_with_soft_deletes_and_toast() -> anyhow::Result<()> {
+    const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT NULL, status text, \
+                          amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    // Soft deletes (a `[snowflake]` key, so before `[snowflake.connection]`).
+    let extra = sink_config(&prefix).replacen(
+        "[snowflake.connection]",
+        "soft_delete_column = \"_DELETED\"\n[snowflake.connection]",
+        1,
+    );
+    let mut w = World::new_postgres(3, &[PG_DDL], &extra).await?;
+    w.start()?;
+    let pg = lablake_tests::pg_client().await?;
+    for (n, t) in w.tenants.clone().iter().enumerate() {
+        pg.batch_execute(&format!(
+            "SET search_path = lab_{t};
+             INSERT INTO orders (id, patient, status, amount, note)
+               SELECT g, 'p{n}-' || g, 'new', (g % 97) + 0.25, CASE WHEN g % 5 = 0 THEN repeat('toast ', 3000) END
+               FROM generate_series(1, 200) g;
+             UPDATE orders SET status = 'collected', amount = amount + 1 WHERE id % 4 = 0;
+             DELETE FROM orders WHERE id % 10 = 7;
+             UPDATE orders SET status = 'resulted' WHERE id % 5 = 0;
+             RESET search_path"
+        ))
+        .await?;
+    }
+    let mut c = client().await?;
+    let cols = [
+        ("id", "id"),
+        ("patient", "patient"),
+        ("status", "status"),
+        ("amount", "amount"),
+        ("updated", "to_char(extract(epoch from updated), 'FM9999999999.000000')"),
+        ("note", "note"),
+    ];
+    for t in w.tenants.clone() {
+        let db = format!("{prefix}{}", t.to_uppercase());
+        let live = "COALESCE(\"_DELETED\", FALSE) = FALSE";
+        await_equal_from(&mut w, Source::Postgres(&pg), &mut c, &db, &t, &cols, live, Duration::from_secs(120)).await?;
+        // Deleted rows are kept, flagged.
+        let sql = format!(
+            "SELECT COUNT(*) AS N FROM \"{db}\".\"LAB_{}\".\"ORDERS\" WHERE \"_DELETED\" = TRUE",
+            t.to_uppercase()
+        );
+        let flagged = c.query(&sql, &[]).await?;
+        assert_eq!(flagged.get(0, "n"), Some("20"), "soft-deleted rows of {t}");
+    }
     let _ = w.stop();
     Ok(())
 }

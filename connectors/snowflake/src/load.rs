@@ -283,8 +283,11 @@ impl Loader {
             .collect();
         let set: Vec<String> = all.iter().filter(|c| !keys.contains(c)).map(|c| format!("{c} = s.{c}")).collect();
         let values: Vec<String> = all.iter().map(|c| format!("s.{c}")).collect();
-        let (delete, soft_set, soft_insert) = match &self.cfg.soft_delete_column {
-            None => ("DELETE".to_owned(), String::new(), (String::new(), String::new())),
+        // Soft deletes keep a flagged row for every deleted key, also one never
+        // loaded before (its values are the delete's before image): the
+        // position guard then protects deleted keys as well.
+        let (delete, soft_set, soft_insert, insert_when) = match &self.cfg.soft_delete_column {
+            None => ("DELETE".to_owned(), String::new(), (String::new(), String::new()), " AND s.\"_OP\" <> 'd'"),
             Some(flag) => {
                 let f = ident(flag);
                 (
@@ -292,7 +295,8 @@ impl Loader {
                         "UPDATE SET {f} = TRUE, \"_OP\" = s.\"_OP\", \"_POSITION\" = s.\"_POSITION\", \"_COMMIT_TS\" = s.\"_COMMIT_TS\""
                     ),
                     format!(", {f} = FALSE"),
-                    (format!(", {f}"), ", FALSE".to_owned()),
+                    (format!(", {f}"), ", s.\"_OP\" = 'd'".to_owned()),
+                    "",
                 )
             }
         };
@@ -306,7 +310,7 @@ impl Loader {
              ON {on} \
              WHEN MATCHED AND s.\"_POSITION\" > t.\"_POSITION\" AND s.\"_OP\" = 'd' THEN {delete} \
              WHEN MATCHED AND s.\"_POSITION\" > t.\"_POSITION\" THEN UPDATE SET {set}{soft_set} \
-             WHEN NOT MATCHED AND s.\"_OP\" <> 'd' THEN INSERT ({all}{soft_cols}) VALUES ({values}{soft_vals})",
+             WHEN NOT MATCHED{insert_when} THEN INSERT ({all}{soft_cols}) VALUES ({values}{soft_vals})",
             select = select.join(", "),
             join = join.join(" AND "),
             pk = keys.iter().map(|k| format!("st.{k}")).collect::<Vec<_>>().join(", "),

@@ -129,12 +129,21 @@ fn cell(a: &ArrayRef, i: usize, meta: Option<&ColumnMeta>) -> Result<Option<Stri
             if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { v.to_string() }
         }
         DataType::Date32 => downcast::<Date32Array>(a)?.value(i).to_string(),
-        DataType::Timestamp(unit, _) => match unit {
-            TimeUnit::Second => epoch(downcast::<TimestampSecondArray>(a)?.value(i), 0),
-            TimeUnit::Millisecond => epoch(downcast::<TimestampMillisecondArray>(a)?.value(i), 3),
-            TimeUnit::Microsecond => epoch(downcast::<TimestampMicrosecondArray>(a)?.value(i), 6),
-            TimeUnit::Nanosecond => epoch(downcast::<TimestampNanosecondArray>(a)?.value(i), 9),
-        },
+        DataType::Timestamp(unit, _) => {
+            let (v, digits) = match unit {
+                TimeUnit::Second => (downcast::<TimestampSecondArray>(a)?.value(i), 0),
+                TimeUnit::Millisecond => (downcast::<TimestampMillisecondArray>(a)?.value(i), 3),
+                TimeUnit::Microsecond => (downcast::<TimestampMicrosecondArray>(a)?.value(i), 6),
+                TimeUnit::Nanosecond => (downcast::<TimestampNanosecondArray>(a)?.value(i), 9),
+            };
+            // As many fraction digits as the column's scale, like JSON rowsets.
+            let want = meta.and_then(|m| m.scale).map_or(digits, |s| s.clamp(0, 9) as u32);
+            match want.cmp(&digits) {
+                std::cmp::Ordering::Less => epoch(v.div_euclid(10i64.pow(digits - want)), want),
+                std::cmp::Ordering::Greater => epoch(v.saturating_mul(10i64.pow(want - digits)), want),
+                std::cmp::Ordering::Equal => epoch(v, digits),
+            }
+        }
         // Snowflake's TIMESTAMP_TZ/NTZ/LTZ with high precision: {epoch, fraction[, timezone]}.
         DataType::Struct(_) if is_time => {
             let s = downcast::<StructArray>(a)?;
@@ -222,6 +231,21 @@ mod tests {
             ]
         );
         assert_eq!(rows[1], vec![None, Some("-0.07".into()), Some("x".into()), None, Some("123.45".into())]);
+        // A nanosecond Arrow timestamp of a TIMESTAMP(6) column reads with six digits.
+        let ns = Arc::new(Schema::new(vec![Field::new("T", DataType::Timestamp(TimeUnit::Nanosecond, None), true)]));
+        let b = RecordBatch::try_new(
+            ns.clone(),
+            vec![Arc::new(TimestampNanosecondArray::from(vec![1_700_000_000_123_456_789]))],
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut buf, &ns).unwrap();
+            w.write(&b).unwrap();
+            w.finish().unwrap();
+        }
+        let rows = arrow_rows(&buf, &[meta("T", "timestamp_tz", 6)]).unwrap();
+        assert_eq!(rows[0][0].as_deref(), Some("1700000000.123456"));
         assert!(arrow_rows(b"garbage", &cols).is_err());
         assert!(arrow_rows(b"", &cols).unwrap().is_empty());
     }
