@@ -351,3 +351,80 @@ async fn postgres_tenants_land_in_snowflake_with_soft_deletes_and_toast() -> any
     let _ = w.stop();
     Ok(())
 }
+
+/// A fake Snowflake that refuses every login the way Snowflake does
+/// (`success: false`, code 390100); returns its base URL.
+async fn refusing_snowflake() -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let body = r#"{"data":null,"code":"390100","message":"Incorrect username or password was specified.","success":false}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// Wrong credentials: the client reports a refused login naming the
+/// endpoint (not retried at the HTTP level: the same credentials fail
+/// again), the sink names the tenant too and keeps retrying with backoff,
+/// and once the credentials are right everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_named_retried_and_nothing_is_lost() -> anyhow::Result<()> {
+    let refusing = refusing_snowflake().await?;
+    let mut cfg = SnowflakeConfig::new("lablaketest", "lablake");
+    cfg.base_url = Some(refusing.clone());
+    cfg.allow_http = true;
+    cfg.password = Some("wrong".to_owned().into());
+    match Client::new(cfg)?.login(None, None).await {
+        Err(lablake_snowflake::SnowflakeError::Auth { endpoint, reason }) => {
+            assert_eq!(endpoint, refusing);
+            assert!(reason.contains("Incorrect username or password"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    let mut w = World::new(1, &[DDL], &sink_config_at(&prefix, &refusing)).await?;
+    let t = w.tenants[0].clone();
+    w.start()?;
+    let mut conn = w.pool.get_conn().await?;
+    for i in 0..30 {
+        conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({i}, 'p{i}', 'new', 2.{i:02}, NOW(6), NULL)"))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        w.assert_running()?;
+        let log = std::fs::read_to_string(&w.log_path)?;
+        let refused: Vec<&str> = log.lines().filter(|l| l.contains("snowflake load failed; retrying")).collect();
+        if refused.len() >= 2 {
+            assert!(
+                refused.iter().all(
+                    |l| l.contains(&format!("tenant `{t}`")) && l.contains(&format!("login to {refusing} refused"))
+                ),
+                "{refused:?}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no refused login logged:\n{}", w.log_tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    w.stop()?;
+    w.start_with_env(&[("LABLAKE__SNOWFLAKE__CONNECTION__BASE_URL", &snowflake_url())])?;
+    let mut c = client().await?;
+    let db = format!("{prefix}{}", t.to_uppercase());
+    let cols = [("id", "id"), ("patient", "patient"), ("amount", "amount")];
+    await_equal(&mut w, &mut c, &db, &t, &cols, Duration::from_secs(60)).await?;
+    let _ = w.stop();
+    Ok(())
+}
