@@ -92,6 +92,22 @@ fn micros(v: &str) -> String {
     }
 }
 
+/// Waits until the sink logged two failed, retried load passes; returns their lines.
+async fn failed_passes(w: &mut World) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        w.assert_running()?;
+        let log = std::fs::read_to_string(&w.log_path)?;
+        let failed: Vec<String> =
+            log.lines().filter(|l| l.contains("snowflake load failed; retrying")).map(str::to_owned).collect();
+        if failed.len() >= 2 {
+            return Ok(failed);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no retried failure logged:\n{}", w.log_tail());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Where the source rows come from.
 enum Source<'a> {
     Mysql,
@@ -271,20 +287,8 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
         conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({i}, 'p{i}', 'new', 1.{i:02}, NOW(6), NULL)"))
             .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        w.assert_running()?;
-        let log = std::fs::read_to_string(&w.log_path)?;
-        let failures: Vec<&str> = log.lines().filter(|l| l.contains("snowflake load failed; retrying")).collect();
-        if failures.len() >= 2 {
-            assert!(
-                failures.iter().all(|l| l.contains(&format!("tenant `{t}`")) && l.contains("http://127.0.0.1:9")),
-                "{failures:?}"
-            );
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no retried failure logged:\n{}", w.log_tail());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for l in failed_passes(&mut w).await? {
+        assert!(l.contains(&format!("tenant `{t}`")) && l.contains("http://127.0.0.1:9"), "{l}");
     }
     // The endpoint fixed (an environment override): nothing was lost.
     w.stop()?;
@@ -402,22 +406,8 @@ async fn wrong_credentials_are_named_retried_and_nothing_is_lost() -> anyhow::Re
         conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({i}, 'p{i}', 'new', 2.{i:02}, NOW(6), NULL)"))
             .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        w.assert_running()?;
-        let log = std::fs::read_to_string(&w.log_path)?;
-        let refused: Vec<&str> = log.lines().filter(|l| l.contains("snowflake load failed; retrying")).collect();
-        if refused.len() >= 2 {
-            assert!(
-                refused.iter().all(
-                    |l| l.contains(&format!("tenant `{t}`")) && l.contains(&format!("login to {refusing} refused"))
-                ),
-                "{refused:?}"
-            );
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no refused login logged:\n{}", w.log_tail());
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    for l in failed_passes(&mut w).await? {
+        assert!(l.contains(&format!("tenant `{t}`")) && l.contains(&format!("login to {refusing} refused")), "{l}");
     }
     w.stop()?;
     w.start_with_env(&[("LABLAKE__SNOWFLAKE__CONNECTION__BASE_URL", &snowflake_url())])?;

@@ -219,8 +219,16 @@ impl MysqlSnapshotter {
         let raw: Vec<Row> = self.conn.exec(sql, params).await.map_err(query_err("reading a snapshot chunk"))?;
         let mut rows = Vec::with_capacity(raw.len());
         for r in raw {
-            let row = r
-                .unwrap()
+            let values = r.unwrap();
+            if values.len() != kinds.len() {
+                // Never index past a short row (a server answering oddly must not panic us).
+                return Err(MysqlError::decode(
+                    &t.info.qualified_name(),
+                    "*",
+                    format!("{} columns selected, {} returned", kinds.len(), values.len()),
+                ));
+            }
+            let row = values
                 .into_iter()
                 .zip(kinds)
                 .zip(&t.schema.columns)

@@ -231,7 +231,7 @@ impl Client {
             return Err(SnowflakeError::Query {
                 code: code(&answer),
                 sql_state: answer["data"]["sqlState"].as_str().map(str::to_owned),
-                message: message(&answer),
+                message: redact_literals(&message(&answer)),
             });
         }
         Err(self.protocol("session expired repeatedly"))
@@ -405,6 +405,26 @@ fn message(answer: &Json) -> String {
     answer["message"].as_str().unwrap_or("no message").to_owned()
 }
 
+/// Snowflake quotes the offending value in some messages (`Numeric value
+/// 'abc' is not recognized`); errors end up in logs, and values are health
+/// data: every single-quoted part is replaced by `'…'`.
+fn redact_literals(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut quoted = false;
+    for c in msg.chars() {
+        match (c, quoted) {
+            ('\'', false) => {
+                out.push_str("'…'");
+                quoted = true;
+            }
+            ('\'', true) => quoted = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 fn chunk_headers(data: &Json) -> Vec<(String, String)> {
     if let Some(h) = data["chunkHeaders"].as_object() {
         return h.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
@@ -460,6 +480,10 @@ mod tests {
         assert_eq!(code(&json!({"code": "390112"})), "390112");
         assert_eq!(code(&json!({"code": 390112})), "390112");
         assert_eq!(message(&json!({})), "no message");
+        assert_eq!(
+            redact_literals("Numeric value 'P-1234 Smith' is not recognized in 'x'"),
+            "Numeric value '…' is not recognized in '…'"
+        );
         let h = chunk_headers(&json!({"qrmk": "k"}));
         assert_eq!(h[1].1, "k");
         let id = request_id();

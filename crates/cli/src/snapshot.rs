@@ -257,91 +257,62 @@ pub trait Snapshotter: Send {
     ) -> impl Future<Output = anyhow::Result<Vec<Vec<String>>>> + Send;
 }
 
-impl Snapshotter for PgSnapshotter {
-    type Table = lablake_postgres::SnapshotTable;
-    async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
-        Ok(PgSnapshotter::tables(self).await?)
-    }
-    async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
-        Ok(PgSnapshotter::table(self, id).await?)
-    }
-    fn schema(t: &Self::Table) -> &Arc<TableSchema> {
-        &t.schema
-    }
-    fn keyed(t: &Self::Table) -> bool {
-        t.keyed
-    }
-    async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
-        Ok(PgSnapshotter::estimate(self, t).await?)
-    }
-    async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
-        Ok(PgSnapshotter::watermark(self, id).await?)
-    }
-    async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
-        Ok(PgSnapshotter::read_chunk(self, t, after, limit).await?)
-    }
-    async fn read_range(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        upto: Option<&[String]>,
-        limit: usize,
-    ) -> anyhow::Result<Chunk> {
-        Ok(PgSnapshotter::read_range(self, t, after, upto, limit).await?)
-    }
-    async fn boundaries(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        step: usize,
-        count: usize,
-    ) -> anyhow::Result<Vec<Vec<String>>> {
-        Ok(PgSnapshotter::boundaries(self, t, after, step, count).await?)
-    }
+/// The connectors' snapshot readers implement the trait by delegating to
+/// their own methods (same names, connector error types).
+macro_rules! delegate_snapshotter {
+    ($reader:ty, $table:ty) => {
+        impl Snapshotter for $reader {
+            type Table = $table;
+            async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
+                Ok(<$reader>::tables(self).await?)
+            }
+            async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
+                Ok(<$reader>::table(self, id).await?)
+            }
+            fn schema(t: &Self::Table) -> &Arc<TableSchema> {
+                &t.schema
+            }
+            fn keyed(t: &Self::Table) -> bool {
+                t.keyed
+            }
+            async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
+                Ok(<$reader>::estimate(self, t).await?)
+            }
+            async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
+                Ok(<$reader>::watermark(self, id).await?)
+            }
+            async fn read_chunk(
+                &mut self,
+                t: &Self::Table,
+                after: Option<&[String]>,
+                limit: usize,
+            ) -> anyhow::Result<Chunk> {
+                Ok(<$reader>::read_chunk(self, t, after, limit).await?)
+            }
+            async fn read_range(
+                &mut self,
+                t: &Self::Table,
+                after: Option<&[String]>,
+                upto: Option<&[String]>,
+                limit: usize,
+            ) -> anyhow::Result<Chunk> {
+                Ok(<$reader>::read_range(self, t, after, upto, limit).await?)
+            }
+            async fn boundaries(
+                &mut self,
+                t: &Self::Table,
+                after: Option<&[String]>,
+                step: usize,
+                count: usize,
+            ) -> anyhow::Result<Vec<Vec<String>>> {
+                Ok(<$reader>::boundaries(self, t, after, step, count).await?)
+            }
+        }
+    };
 }
 
-impl Snapshotter for MysqlSnapshotter {
-    type Table = lablake_mysql::MysqlSnapshotTable;
-    async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
-        Ok(MysqlSnapshotter::tables(self).await?)
-    }
-    async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
-        Ok(MysqlSnapshotter::table(self, id).await?)
-    }
-    fn schema(t: &Self::Table) -> &Arc<TableSchema> {
-        &t.schema
-    }
-    fn keyed(t: &Self::Table) -> bool {
-        t.keyed
-    }
-    async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
-        Ok(MysqlSnapshotter::estimate(self, t).await?)
-    }
-    async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
-        Ok(MysqlSnapshotter::watermark(self, id).await?)
-    }
-    async fn read_chunk(&mut self, t: &Self::Table, after: Option<&[String]>, limit: usize) -> anyhow::Result<Chunk> {
-        Ok(MysqlSnapshotter::read_chunk(self, t, after, limit).await?)
-    }
-    async fn read_range(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        upto: Option<&[String]>,
-        limit: usize,
-    ) -> anyhow::Result<Chunk> {
-        Ok(MysqlSnapshotter::read_range(self, t, after, upto, limit).await?)
-    }
-    async fn boundaries(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        step: usize,
-        count: usize,
-    ) -> anyhow::Result<Vec<Vec<String>>> {
-        Ok(MysqlSnapshotter::boundaries(self, t, after, step, count).await?)
-    }
-}
+delegate_snapshotter!(PgSnapshotter, lablake_postgres::SnapshotTable);
+delegate_snapshotter!(MysqlSnapshotter, lablake_mysql::MysqlSnapshotTable);
 
 /// The snapshot worker of a source: requests snapshots of new tables, then
 /// runs every open request chunk by chunk. Ends when `tx` closes (the
