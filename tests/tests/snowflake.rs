@@ -222,6 +222,113 @@ async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Snowflake column types of a tenant's `ORDERS` table: name → declared type.
+async fn snowflake_types(c: &mut Client, database: &str, tenant: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let r = c
+        .query(
+            &format!(
+                "SELECT COLUMN_NAME, DATA_TYPE, NUMERIC_PRECISION, NUMERIC_SCALE FROM \"{database}\".INFORMATION_SCHEMA.COLUMNS \
+                 WHERE TABLE_SCHEMA = 'LAB_{}' AND TABLE_NAME = 'ORDERS'",
+                tenant.to_uppercase()
+            ),
+            &[],
+        )
+        .await?;
+    Ok(r.rows
+        .into_iter()
+        .map(|row| {
+            let cell = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let ty = match cell(1).as_str() {
+                "NUMBER" => format!("NUMBER({},{})", cell(2), cell(3)),
+                other => other.to_owned(),
+            };
+            (cell(0), ty)
+        })
+        .collect())
+}
+
+/// Type changes and a rename at the source reach Snowflake: a key widened
+/// to BIGINT is widened in place, a decimal with a finer scale is rebuilt
+/// (existing values kept; the sink killed twice in the middle of it), a
+/// renamed column keeps its values under the new name (no second column),
+/// and rows that need the new shapes load exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_changes_and_renames_at_the_source_reach_snowflake() -> anyhow::Result<()> {
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    let mut w = World::new(1, &[DDL], &sink_config(&prefix)).await?;
+    // The first run dies in the middle of the column rebuild (new column
+    // added), the second after the old column is dropped: the third finishes it.
+    w.start_with_env(&[("LABLAKE_FAILPOINTS", "sink.rebuild_after_add")])?;
+    let t = w.tenants[0].clone();
+    let db = format!("{prefix}{}", t.to_uppercase());
+    let mut conn = w.pool.get_conn().await?;
+    conn.query_drop(format!("USE lab_{t}")).await?;
+    for i in 0..200 {
+        conn.query_drop(format!("INSERT INTO orders VALUES ({i}, 'p{i}', 'new', {i}.25, NOW(6), 'note {i}')")).await?;
+    }
+    let mut c = client().await?;
+    await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(90)).await?;
+    let before = snowflake_types(&mut c, &db, &t).await?;
+    assert_eq!(before.get("ID").map(String::as_str), Some("NUMBER(10,0)"), "{before:?}");
+    assert_eq!(before.get("AMOUNT").map(String::as_str), Some("NUMBER(12,2)"), "{before:?}");
+
+    conn.query_drop("ALTER TABLE orders MODIFY id BIGINT NOT NULL, MODIFY amount DECIMAL(18,4)").await?;
+    conn.query_drop("INSERT INTO orders VALUES (5000000000, 'big', 'new', 12345678901234.5678, NOW(6), 'wide')")
+        .await?;
+    conn.query_drop("UPDATE orders SET amount = amount + 0.0001 WHERE id % 10 = 3").await?;
+    for point in ["sink.rebuild_after_add", "sink.rebuild_after_drop"] {
+        if point != "sink.rebuild_after_add" {
+            w.start_with_env(&[("LABLAKE_FAILPOINTS", point)])?;
+        }
+        let status = w.wait_exit(Duration::from_secs(90)).await?;
+        assert!(!status.success(), "{point}: the failpoint aborts the process");
+    }
+    w.start()?;
+    conn.query_drop("ALTER TABLE orders RENAME COLUMN note TO remark").await?;
+    conn.query_drop("UPDATE orders SET remark = 'renamed' WHERE id % 10 = 5").await?;
+    conn.query_drop("INSERT INTO orders VALUES (5000000001, 'after', 'new', 0.0001, NOW(6), 'r')").await?;
+    conn.query_drop("DELETE FROM orders WHERE id % 10 = 9").await?;
+
+    let columns = [
+        ("id", "id"),
+        ("patient", "patient"),
+        ("amount", "amount"),
+        ("updated", "UNIX_TIMESTAMP(updated)"),
+        ("remark", "remark"),
+    ];
+    await_equal(&mut w, &mut c, &db, &t, &columns, Duration::from_secs(90)).await?;
+    let after = snowflake_types(&mut c, &db, &t).await?;
+    assert_eq!(after.get("ID").map(String::as_str), Some("NUMBER(19,0)"), "{after:?}");
+    assert_eq!(after.get("AMOUNT").map(String::as_str), Some("NUMBER(18,4)"), "{after:?}");
+    assert_eq!(after.get("REMARK").map(String::as_str), Some("TEXT"), "{after:?}");
+    assert!(!after.contains_key("NOTE"), "the renamed column is not kept twice: {after:?}");
+    assert!(!after.keys().any(|k| k.contains("__LABLAKE")), "no rebuild leftovers: {after:?}");
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert_eq!(log.lines().filter(|l| l.contains("failpoint reached")).count(), 2, "both failpoints fired");
+    for what in ["widening column", "rebuilding column", "renaming column"] {
+        assert!(log.contains(what), "no `{what}` logged:\n{}", w.log_tail());
+    }
+    // Each batch's staging table is dropped once the batch is in the ledger.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c
+            .query(
+                &format!(
+                    "SELECT TABLE_NAME FROM \"{db}\".INFORMATION_SCHEMA.TABLES WHERE CONTAINS(TABLE_NAME, '__STAGE_')"
+                ),
+                &[],
+            )
+            .await?;
+        if r.rows.is_empty() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "staging tables left behind: {:?}", r.rows);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = w.stop();
+    Ok(())
+}
+
 /// The sink is killed between COPY and MERGE, and after MERGE before its
 /// checkpoint, several times while three tenants change: every restart
 /// repeats the interrupted batch (COPY skipped by load history, MERGE

@@ -4,28 +4,31 @@
 //! Layout: database `<prefix><TENANT>` per tenant, schema = the source
 //! database (`LAB_ACME`), table = the source table, identifiers upper-cased
 //! (Snowflake's default); an external stage `LABLAKE_LAKE` per schema over
-//! the tenant's curated prefix; a staging table `<TABLE>__STAGE` per table;
-//! the ledger `_LABLAKE_LOADS` per database.
+//! the tenant's curated prefix; a transient staging table
+//! `<TABLE>__STAGE_<hash of the file>` per batch; the ledger
+//! `_LABLAKE_LOADS` per database.
 //!
 //! Per batch ([`Loader::load`]):
 //! 1. the ledger has the file → nothing to do (it was merged before);
-//! 2. target and staging tables exist with every column of the batch
-//!    (`CREATE TABLE IF NOT EXISTS`, then `ALTER TABLE … ADD COLUMN` for new
-//!    source columns — before the rows that need them);
+//! 2. the target table has every column of the batch under the column's
+//!    newest name and with a type that holds its newest type — created,
+//!    renamed, added (`ALTER TABLE … ADD COLUMN`), widened or rebuilt before
+//!    the rows that need it load; the batch's staging table is created with
+//!    the file's own columns;
 //! 3. `COPY INTO` the staging table from the stage, this one file (Snowflake's
 //!    load history makes a repeat a no-op);
 //! 4. a truncate in the batch deletes the target rows older than it;
-//! 5. `MERGE` the batch's rows (selected by Kafka partition and offset range,
-//!    newest change per key) into the target, applying a change only when its
-//!    source position is newer than the row's: inserts, updates (values the
-//!    source did not send — TOAST — are kept from the target), deletes (hard,
-//!    or a flag column);
-//! 6. the file goes into the ledger.
+//! 5. `MERGE` the batch's rows (newest change per key) into the target,
+//!    applying a change only when its source position is newer than the
+//!    row's: inserts, updates (values the source did not send — TOAST — are
+//!    kept from the target), deletes (hard, or a flag column);
+//! 6. the file goes into the ledger, then its staging table is dropped.
 //!
 //! No step needs a multi-statement transaction or key enforcement: a crash
 //! between any two steps is repaired by running the batch again (COPY skips,
-//! MERGE is guarded, the ledger insert comes last), and the caller advances
-//! its checkpoint only after `load` returned.
+//! MERGE is guarded, the ledger insert comes last, schema steps are decided
+//! from the table as it is), and the caller advances its checkpoint only
+//! after `load` returned.
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,11 +63,31 @@ pub struct LoaderConfig {
     pub soft_delete_column: Option<String>,
 }
 
-/// One column of a batch.
+/// One column of a batch, and where it goes in Snowflake.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchColumn {
+    /// Name and type in the curated file.
     pub name: String,
     pub ty: ColumnType,
+    /// Name of the Snowflake column: the column's newest name at the
+    /// source (a batch written before a rename loads into the renamed
+    /// column).
+    pub target: String,
+    /// Earlier names of the column, newest first: a Snowflake column still
+    /// called so is renamed to `target` before loading.
+    pub earlier: Vec<String>,
+    /// The type the Snowflake column should have (the newest at the
+    /// source): an existing column that cannot hold it is widened or
+    /// rebuilt. `None`: an existing column's type is left alone.
+    pub target_ty: Option<ColumnType>,
+}
+
+impl BatchColumn {
+    /// A column loaded under its own name with its own type.
+    pub fn new(name: impl Into<String>, ty: ColumnType) -> Self {
+        let name = name.into();
+        BatchColumn { target: name.clone(), earlier: Vec::new(), target_ty: Some(ty.clone()), name, ty }
+    }
 }
 
 /// One curated batch to load.
@@ -152,14 +175,118 @@ fn count(r: &crate::QueryResult, name: &str) -> u64 {
     r.get(0, name).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// A Snowflake column type as `INFORMATION_SCHEMA.COLUMNS` reports it:
+/// base type (`TEXT` for VARCHAR), and precision and scale of `NUMBER`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SfType {
+    base: String,
+    precision: u32,
+    scale: u32,
+}
+
+impl SfType {
+    /// From a declared type such as `NUMBER(12,2)`, `VARCHAR`, `TIMESTAMP_TZ(6)`.
+    fn parse(declared: &str) -> Self {
+        let (base, args) = match declared.split_once('(') {
+            Some((b, a)) => (b, a.trim_end_matches(')')),
+            None => (declared, ""),
+        };
+        SfType::of(
+            base,
+            args.split(',').next().and_then(|p| p.trim().parse().ok()),
+            args.split(',').nth(1).and_then(|s| s.trim().parse().ok()),
+        )
+    }
+
+    fn of(base: &str, precision: Option<u32>, scale: Option<u32>) -> Self {
+        let base = match base.trim().to_uppercase().as_str() {
+            "VARCHAR" | "STRING" | "CHAR" | "CHARACTER" => "TEXT".to_owned(),
+            "DECIMAL" | "NUMERIC" | "INT" | "INTEGER" | "BIGINT" => "NUMBER".to_owned(),
+            b => b.to_owned(),
+        };
+        let (precision, scale) = if base == "NUMBER" { (precision.unwrap_or(38), scale.unwrap_or(0)) } else { (0, 0) };
+        SfType { base, precision, scale }
+    }
+
+    /// The type as it is declared in DDL.
+    fn declared(&self) -> String {
+        match self.base.as_str() {
+            "NUMBER" => format!("NUMBER({},{})", self.precision, self.scale),
+            "TEXT" => "VARCHAR".to_owned(),
+            b => b.to_owned(),
+        }
+    }
+}
+
+/// What an existing column of type `current` needs to hold `wanted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retype {
+    /// It holds every value of `wanted` already (the same, or wider).
+    Keep,
+    /// `ALTER COLUMN … SET DATA TYPE` (Snowflake: more precision, same scale).
+    Widen,
+    /// A new column with the values converted (other type, other scale).
+    Rebuild,
+}
+
+fn retype(current: &SfType, wanted: &SfType) -> Retype {
+    if current.base != wanted.base {
+        return Retype::Rebuild;
+    }
+    if current.base != "NUMBER" {
+        // Timestamp precisions and VARCHAR lengths are not narrowed by us.
+        return Retype::Keep;
+    }
+    let integer_digits = |t: &SfType| t.precision.saturating_sub(t.scale);
+    if current.scale >= wanted.scale && integer_digits(current) >= integer_digits(wanted) {
+        Retype::Keep
+    } else if current.scale == wanted.scale {
+        Retype::Widen
+    } else {
+        Retype::Rebuild
+    }
+}
+
+/// The expression converting column `col` of type `from` to `to` when a
+/// column is rebuilt (values that do not convert become NULL where
+/// Snowflake has a TRY_ form).
+fn conversion(col: &str, from: &SfType, to: &SfType) -> String {
+    match (from.base.as_str(), to.base.as_str()) {
+        ("TEXT", "VARIANT") => format!("TRY_PARSE_JSON({col})"),
+        (_, "VARIANT") => format!("TO_VARIANT({col})"),
+        ("TEXT", _) => format!("TRY_CAST({col} AS {})", to.declared()),
+        _ => format!("CAST({col} AS {})", to.declared()),
+    }
+}
+
+/// A column the target table must have.
+struct Wanted {
+    name: String,
+    earlier: Vec<String>,
+    ty: SfType,
+    /// Whether an existing column is retyped to `ty`.
+    retype: bool,
+}
+
+/// Suffix of the column a rebuild fills before it replaces the old one.
+const REBUILD_SUFFIX: &str = "__LABLAKE_RETYPE";
+
+/// Staging table of one batch: deterministic, so a repeated COPY meets
+/// its load history.
+fn staging_table(table: &str, object_key: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, object_key.as_bytes());
+    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02X}")).collect();
+    format!("{}__STAGE_{hex}", table.to_uppercase())
+}
+
 /// Loads batches over one client session.
 pub struct Loader {
     client: Client,
     cfg: LoaderConfig,
     /// `(database, schema)` whose database, schema, stage and ledger exist.
     prepared: HashSet<(String, String)>,
-    /// Known columns per `(database, schema, table)` (upper case).
-    columns: HashMap<(String, String, String), HashSet<String>>,
+    /// Known columns and their types per `(database, schema, table)` (upper case).
+    columns: HashMap<(String, String, String), HashMap<String, SfType>>,
     /// The session's current `(database, schema)`.
     current: Option<(String, String)>,
 }
@@ -198,13 +325,22 @@ impl Loader {
                 &[Binding::Text(b.object_key.clone())],
             )
             .await?;
+        let stage = ident(&staging_table(&b.table, &b.object_key));
         if count(&done, "n") > 0 {
+            // A crash after the ledger insert may have left the staging table.
+            self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;
             return Ok(LoadOutcome { already_loaded: true, ..LoadOutcome::default() });
         }
         let target = ident(&b.table);
-        let stage = ident(&format!("{}__STAGE", b.table));
-        self.sync_columns(&db, &schema, &b.table, &b.columns, false).await?;
-        self.sync_columns(&db, &schema, &format!("{}__STAGE", b.table), &b.columns, true).await?;
+        self.sync_target(&db, &schema, &b.table, &b.columns).await?;
+        // 2b. The batch's own staging table, with the file's columns and types.
+        let defs: Vec<String> = b
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", ident(&c.name), staging_type(&c.ty)))
+            .chain(STAGE_META.iter().map(|(n, t)| format!("{} {t}", ident(n))))
+            .collect();
+        self.client.query(&format!("CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({})", defs.join(", ")), &[]).await?;
 
         // 3. COPY this one file; load history makes a repeat a no-op.
         let prefix = format!("{}/curated/", b.tenant);
@@ -227,15 +363,9 @@ impl Loader {
         let staged =
             copy.rows.iter().filter_map(|r| r.get(3).cloned().flatten()).filter_map(|v| v.parse::<u64>().ok()).sum();
 
-        let range = format!(
-            "\"_KAFKA_PARTITION\" = {} AND \"_KAFKA_OFFSET\" BETWEEN {} AND {}",
-            b.partition, b.first_offset, b.last_offset
-        );
         // 4. A truncate in the batch: everything older goes.
-        let t = self
-            .client
-            .query(&format!("SELECT MAX(\"_POSITION\") AS P FROM {stage} WHERE {range} AND \"_OP\" = 't'"), &[])
-            .await?;
+        let t =
+            self.client.query(&format!("SELECT MAX(\"_POSITION\") AS P FROM {stage} WHERE \"_OP\" = 't'"), &[]).await?;
         let truncated_at = t.get(0, "p").map(str::to_owned);
         let mut deleted = 0;
         if let Some(p) = &truncated_at {
@@ -247,17 +377,22 @@ impl Loader {
             deleted += count(&r, "number of rows deleted") + count(&r, "number of rows updated");
         }
 
-        // 5. MERGE the newest change per key, position-guarded.
-        let cols: Vec<String> = b.columns.iter().map(|c| ident(&c.name)).collect();
-        let keys: Vec<String> = b.primary_key.iter().map(|k| ident(k)).collect();
+        // 5. MERGE the newest change per key, position-guarded. Staging
+        // columns have the file's names, target columns the newest ones.
+        let cols: Vec<String> = b.columns.iter().map(|c| ident(&c.target)).collect();
+        let target_of =
+            |name: &str| b.columns.iter().find(|c| c.name == name).map_or_else(|| ident(name), |c| ident(&c.target));
+        let keys: Vec<String> = b.primary_key.iter().map(|k| target_of(k)).collect();
+        let staged_keys: Vec<String> = b.primary_key.iter().map(|k| ident(k)).collect();
         let mut select = Vec::new();
         for (c, col) in b.columns.iter().zip(&cols) {
+            let src = ident(&c.name);
             let value = match c.ty {
-                ColumnType::Json | ColumnType::Array => format!("PARSE_JSON(st.{col})"),
-                _ => format!("st.{col}"),
+                ColumnType::Json | ColumnType::Array => format!("PARSE_JSON(st.{src})"),
+                _ => format!("st.{src}"),
             };
-            if keys.contains(col) {
-                select.push(format!("st.{col}"));
+            if b.primary_key.contains(&c.name) {
+                select.push(format!("st.{src} AS {col}"));
             } else {
                 // A value the source did not send (unchanged TOAST) keeps the target's.
                 let name = c.name.to_uppercase().replace('\'', "''");
@@ -269,7 +404,7 @@ impl Loader {
         for meta in ["\"_OP\"", "\"_POSITION\"", "\"_COMMIT_TS\""] {
             select.push(format!("st.{meta}"));
         }
-        let join: Vec<String> = keys.iter().map(|k| format!("st.{k} = tg.{k}")).collect();
+        let join: Vec<String> = staged_keys.iter().zip(&keys).map(|(s, k)| format!("st.{s} = tg.{k}")).collect();
         let on: Vec<String> = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect();
         let after_truncate = match &truncated_at {
             Some(p) => format!(" AND st.\"_POSITION\" > {}", literal(p)),
@@ -300,10 +435,7 @@ impl Loader {
                 )
             }
         };
-        let staged_rows = format!(
-            "{range} AND st.\"_OP\" <> 't'{after_truncate}",
-            range = range.replace("\"_KAFKA_", "st.\"_KAFKA_")
-        );
+        let staged_rows = format!("st.\"_OP\" <> 't'{after_truncate}");
         let merge = format!(
             "MERGE INTO {target} t USING (SELECT {select} FROM {stage} st LEFT JOIN {target} tg ON {join} \
              WHERE {staged_rows} QUALIFY ROW_NUMBER() OVER (PARTITION BY {pk} ORDER BY st.\"_POSITION\" DESC) = 1) s \
@@ -313,7 +445,7 @@ impl Loader {
              WHEN NOT MATCHED{insert_when} THEN INSERT ({all}{soft_cols}) VALUES ({values}{soft_vals})",
             select = select.join(", "),
             join = join.join(" AND "),
-            pk = keys.iter().map(|k| format!("st.{k}")).collect::<Vec<_>>().join(", "),
+            pk = staged_keys.iter().map(|k| format!("st.{k}")).collect::<Vec<_>>().join(", "),
             on = on.join(" AND "),
             set = set.join(", "),
             all = all.join(", "),
@@ -324,10 +456,7 @@ impl Loader {
         let m = self.client.query(&merge, &[]).await?;
         let ts = self
             .client
-            .query(
-                &format!("SELECT DATE_PART(EPOCH_MILLISECOND, MAX(\"_COMMIT_TS\")) AS TS FROM {stage} WHERE {range}"),
-                &[],
-            )
+            .query(&format!("SELECT DATE_PART(EPOCH_MILLISECOND, MAX(\"_COMMIT_TS\")) AS TS FROM {stage}"), &[])
             .await
             .ok()
             .and_then(|r| r.get(0, "ts").and_then(|v| v.split('.').next()?.parse().ok()));
@@ -339,6 +468,7 @@ impl Loader {
                 &[Binding::Text(b.object_key.clone()), Binding::Text(format!("{schema}.{}", b.table.to_uppercase()))],
             )
             .await?;
+        self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;
         Ok(LoadOutcome {
             already_loaded: false,
             staged,
@@ -392,62 +522,151 @@ impl Loader {
         Ok(())
     }
 
-    /// Makes `table` have every column of the batch (and the metadata
-    /// columns), creating it or adding what is missing.
-    async fn sync_columns(
+    /// Makes the target table have every column of the batch under its
+    /// newest name and able to hold its newest type (and the metadata
+    /// columns): creates the table, renames columns still under an earlier
+    /// name, adds new ones, widens or rebuilds ones whose type changed.
+    /// Every step is decided from the table as it is, so running this again
+    /// after a crash anywhere in it finishes the job.
+    async fn sync_target(
         &mut self,
         db: &str,
         schema: &str,
         table: &str,
         columns: &[BatchColumn],
-        staging: bool,
     ) -> Result<(), SnowflakeError> {
         let key = (db.to_owned(), schema.to_owned(), table.to_uppercase());
-        let wanted: Vec<(String, String)> = columns
+        let wanted: Vec<Wanted> = columns
             .iter()
-            .map(|c| (c.name.to_uppercase(), if staging { staging_type(&c.ty) } else { snowflake_type(&c.ty) }))
-            .chain(
-                (if staging { STAGE_META } else { TARGET_META })
-                    .iter()
-                    .map(|(n, t)| ((*n).to_owned(), (*t).to_owned())),
-            )
-            .chain(
-                self.cfg
-                    .soft_delete_column
-                    .iter()
-                    .filter(|_| !staging)
-                    .map(|f| (f.to_uppercase(), "BOOLEAN".to_owned())),
-            )
+            .map(|c| Wanted {
+                name: c.target.to_uppercase(),
+                earlier: c.earlier.iter().map(|n| n.to_uppercase()).collect(),
+                ty: SfType::parse(&snowflake_type(c.target_ty.as_ref().unwrap_or(&c.ty))),
+                retype: c.target_ty.is_some(),
+            })
+            .chain(TARGET_META.iter().map(|(n, t)| Wanted {
+                name: (*n).to_owned(),
+                earlier: Vec::new(),
+                ty: SfType::parse(t),
+                retype: false,
+            }))
+            .chain(self.cfg.soft_delete_column.iter().map(|f| Wanted {
+                name: f.to_uppercase(),
+                earlier: Vec::new(),
+                ty: SfType::parse("BOOLEAN"),
+                retype: false,
+            }))
             .collect();
-        if let Some(known) = self.columns.get(&key)
-            && wanted.iter().all(|(n, _)| known.contains(n))
-        {
+        let settled = |known: &HashMap<String, SfType>| {
+            wanted.iter().all(|w| known.get(&w.name).is_some_and(|t| !w.retype || retype(t, &w.ty) == Retype::Keep))
+        };
+        if self.columns.get(&key).is_some_and(settled) {
             return Ok(());
         }
-        let defs: Vec<String> = wanted.iter().map(|(n, t)| format!("{} {t}", ident(n))).collect();
-        self.client.query(&format!("CREATE TABLE IF NOT EXISTS {} ({})", ident(table), defs.join(", ")), &[]).await?;
-        let existing = self
+        let t = ident(table);
+        let defs: Vec<String> = wanted.iter().map(|w| format!("{} {}", ident(&w.name), w.ty.declared())).collect();
+        self.client.query(&format!("CREATE TABLE IF NOT EXISTS {t} ({})", defs.join(", ")), &[]).await?;
+        let mut known = self.existing_columns(db, schema, table).await?;
+        let log = |what: &str, column: &str, detail: String| {
+            tracing::info!(database = db, schema, table, column, detail, "snowflake schema sync: {what}");
+        };
+        // An interrupted rebuild: the old column is intact until it is
+        // dropped, after which only the rename was left.
+        for w in &wanted {
+            let tmp = format!("{}{REBUILD_SUFFIX}", w.name);
+            if let Some(ty) = known.get(&tmp).cloned() {
+                if known.contains_key(&w.name) {
+                    self.client.query(&format!("ALTER TABLE {t} DROP COLUMN {}", ident(&tmp)), &[]).await?;
+                } else {
+                    self.client
+                        .query(&format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", ident(&tmp), ident(&w.name)), &[])
+                        .await?;
+                    known.insert(w.name.clone(), ty);
+                }
+                known.remove(&tmp);
+            }
+        }
+        // Renames first: a new column may reuse a renamed column's old name.
+        for w in &wanted {
+            if known.contains_key(&w.name) {
+                continue;
+            }
+            if let Some(old) = w.earlier.iter().find(|e| known.contains_key(*e)) {
+                log("renaming column", &w.name, format!("from {old}"));
+                self.client
+                    .query(&format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", ident(old), ident(&w.name)), &[])
+                    .await?;
+                if let Some(ty) = known.remove(old) {
+                    known.insert(w.name.clone(), ty);
+                }
+            }
+        }
+        for w in &wanted {
+            if !known.contains_key(&w.name) {
+                log("adding column", &w.name, w.ty.declared());
+                self.client
+                    .query(&format!("ALTER TABLE {t} ADD COLUMN {} {}", ident(&w.name), w.ty.declared()), &[])
+                    .await?;
+                known.insert(w.name.clone(), w.ty.clone());
+            }
+        }
+        for w in wanted.iter().filter(|w| w.retype) {
+            let Some(current) = known.get(&w.name).cloned() else { continue };
+            let col = ident(&w.name);
+            match retype(&current, &w.ty) {
+                Retype::Keep => continue,
+                Retype::Widen => {
+                    log("widening column", &w.name, format!("{} -> {}", current.declared(), w.ty.declared()));
+                    self.client
+                        .query(&format!("ALTER TABLE {t} ALTER COLUMN {col} SET DATA TYPE {}", w.ty.declared()), &[])
+                        .await?;
+                }
+                Retype::Rebuild => {
+                    log("rebuilding column", &w.name, format!("{} -> {}", current.declared(), w.ty.declared()));
+                    let tmp = ident(&format!("{}{REBUILD_SUFFIX}", w.name));
+                    self.client.query(&format!("ALTER TABLE {t} ADD COLUMN {tmp} {}", w.ty.declared()), &[]).await?;
+                    crate::failpoint("sink.rebuild_after_add");
+                    self.client
+                        .query(&format!("UPDATE {t} SET {tmp} = {}", conversion(&col, &current, &w.ty)), &[])
+                        .await?;
+                    self.client.query(&format!("ALTER TABLE {t} DROP COLUMN {col}"), &[]).await?;
+                    crate::failpoint("sink.rebuild_after_drop");
+                    self.client.query(&format!("ALTER TABLE {t} RENAME COLUMN {tmp} TO {col}"), &[]).await?;
+                }
+            }
+            known.insert(w.name.clone(), w.ty.clone());
+        }
+        self.columns.insert(key, known);
+        Ok(())
+    }
+
+    /// Columns of a table and their types.
+    async fn existing_columns(
+        &mut self,
+        db: &str,
+        schema: &str,
+        table: &str,
+    ) -> Result<HashMap<String, SfType>, SnowflakeError> {
+        let r = self
             .client
             .query(
                 &format!(
-                    "SELECT COLUMN_NAME AS C FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    "SELECT COLUMN_NAME AS C, DATA_TYPE AS T, NUMERIC_PRECISION AS P, NUMERIC_SCALE AS S \
+                     FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
                     ident(db)
                 ),
                 &[Binding::Text(schema.to_owned()), Binding::Text(table.to_uppercase())],
             )
             .await?;
-        let mut known: HashSet<String> = existing.rows.iter().filter_map(|r| r.first().cloned().flatten()).collect();
-        for (name, ty) in &wanted {
-            if !known.contains(name) {
-                tracing::info!(database = db, schema, table, column = %name, "new source column: adding it in Snowflake");
-                self.client
-                    .query(&format!("ALTER TABLE {} ADD COLUMN {} {ty}", ident(table), ident(name)), &[])
-                    .await?;
-                known.insert(name.clone());
-            }
-        }
-        self.columns.insert(key, known);
-        Ok(())
+        let cell = |row: &[Option<String>], i: usize| row.get(i).cloned().flatten();
+        Ok(r.rows
+            .iter()
+            .filter_map(|row| {
+                let name = cell(row, 0)?;
+                let num = |i| cell(row, i).and_then(|v| v.parse().ok());
+                Some((name, SfType::of(&cell(row, 1).unwrap_or_default(), num(2), num(3))))
+            })
+            .collect())
     }
 }
 
@@ -469,6 +688,36 @@ mod tests {
         assert_eq!(snowflake_type(&ColumnType::Bytes), "BINARY");
         assert_eq!(snowflake_type(&ColumnType::Enum), "VARCHAR");
         assert_eq!(ident("or\"ders"), "\"OR\"\"DERS\"");
+        assert_eq!(SfType::parse("VARCHAR"), SfType::of("TEXT", None, None));
+        assert_eq!(SfType::parse("NUMBER(12,2)").declared(), "NUMBER(12,2)");
+        assert_eq!(SfType::parse("TIMESTAMP_TZ(6)"), SfType::of("TIMESTAMP_TZ", None, None));
         assert_eq!(literal("a'b\\"), "'a''b\\\\'");
+    }
+
+    #[test]
+    fn retype_widens_in_place_only_where_snowflake_can() {
+        let t = SfType::parse;
+        assert_eq!(retype(&t("NUMBER(10,0)"), &t("NUMBER(19,0)")), Retype::Widen);
+        assert_eq!(retype(&t("NUMBER(19,0)"), &t("NUMBER(10,0)")), Retype::Keep);
+        assert_eq!(retype(&t("NUMBER(12,2)"), &t("NUMBER(14,2)")), Retype::Widen);
+        // A finer scale cannot be set in place.
+        assert_eq!(retype(&t("NUMBER(12,2)"), &t("NUMBER(14,4)")), Retype::Rebuild);
+        // A wider column holds a narrower type.
+        assert_eq!(retype(&t("NUMBER(20,4)"), &t("NUMBER(12,2)")), Retype::Keep);
+        assert_eq!(retype(&t("NUMBER(10,0)"), &t("VARCHAR")), Retype::Rebuild);
+        assert_eq!(retype(&t("TEXT"), &t("VARCHAR")), Retype::Keep);
+        assert_eq!(retype(&t("TIMESTAMP_NTZ(9)"), &t("TIMESTAMP_NTZ(6)")), Retype::Keep);
+        assert_eq!(retype(&t("TIMESTAMP_NTZ"), &t("TIMESTAMP_TZ(6)")), Retype::Rebuild);
+        assert_eq!(conversion("\"C\"", &t("VARCHAR"), &t("NUMBER(10,0)")), "TRY_CAST(\"C\" AS NUMBER(10,0))");
+        assert_eq!(conversion("\"C\"", &t("NUMBER(10,2)"), &t("NUMBER(10,4)")), "CAST(\"C\" AS NUMBER(10,4))");
+        assert_eq!(conversion("\"C\"", &t("VARCHAR"), &t("VARIANT")), "TRY_PARSE_JSON(\"C\")");
+    }
+
+    #[test]
+    fn staging_tables_are_per_batch_and_deterministic() {
+        let a = staging_table("orders", "acme/curated/lab/orders/v1/p0-000001.parquet");
+        assert_eq!(a, staging_table("orders", "acme/curated/lab/orders/v1/p0-000001.parquet"));
+        assert_ne!(a, staging_table("orders", "acme/curated/lab/orders/v1/p0-000002.parquet"));
+        assert!(a.starts_with("ORDERS__STAGE_") && a.len() == "ORDERS__STAGE_".len() + 16, "{a}");
     }
 }

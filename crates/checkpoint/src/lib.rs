@@ -36,7 +36,7 @@ mod table_id_serde;
 pub use dynamo::{DynamoConfig, DynamoStore};
 pub use error::CheckpointError;
 pub use memory::MemoryStore;
-pub use schema::{SchemaColumn, SchemaVersion};
+pub use schema::{ColumnLineage, SchemaColumn, SchemaVersion, column_lineage};
 
 use lablake_model::TableId;
 

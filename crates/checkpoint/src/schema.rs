@@ -82,15 +82,11 @@ impl SchemaVersion {
 
     /// The changes from `prev` to `self`, in column order.
     pub fn changes_from(&self, prev: &SchemaVersion) -> Vec<String> {
-        let old = |name: &str| prev.columns.iter().position(|c| c.name == name);
-        let new = |name: &str| self.columns.iter().position(|c| c.name == name);
-        let mut dropped: Vec<(usize, &SchemaColumn)> =
-            prev.columns.iter().enumerate().filter(|(_, c)| new(&c.name).is_none()).collect();
+        let diff = self.diff(prev);
         let mut out = Vec::new();
         for (i, c) in self.columns.iter().enumerate() {
-            match old(&c.name) {
-                Some(j) => {
-                    let p = &prev.columns[j];
+            match prev.columns.iter().find(|p| p.name == c.name) {
+                Some(p) => {
                     if p.ty != c.ty {
                         out.push(format!("column {}: {} -> {}", c.name, p.ty, c.ty));
                     }
@@ -99,23 +95,120 @@ impl SchemaVersion {
                         out.push(format!("column {}: {} -> {}", c.name, n(p.nullable), n(c.nullable)));
                     }
                 }
-                None => match dropped.iter().position(|(j, d)| *j == i && d.ty == c.ty) {
-                    Some(k) => {
-                        let (_, d) = dropped.remove(k);
-                        out.push(format!("renamed column {} to {}", d.name, c.name));
+                None => match diff.renamed.iter().find(|(_, to)| *to == i) {
+                    Some((from, _)) => {
+                        out.push(format!("renamed column {} to {}", prev.columns[*from].name, c.name));
                     }
                     None => out.push(format!("added column {}", c.name)),
                 },
             }
         }
-        for (_, d) in dropped {
-            out.push(format!("dropped column {}", d.name));
+        for j in &diff.dropped {
+            out.push(format!("dropped column {}", prev.columns[*j].name));
         }
         if prev.primary_key != self.primary_key {
             out.push(format!("primary key ({}) -> ({})", prev.primary_key.join(", "), self.primary_key.join(", ")));
         }
         out
     }
+
+    /// The columns renamed from `prev` to `self`, as `(old name, new name)`.
+    pub fn renames_from(&self, prev: &SchemaVersion) -> Vec<(String, String)> {
+        self.diff(prev)
+            .renamed
+            .into_iter()
+            .map(|(from, to)| (prev.columns[from].name.clone(), self.columns[to].name.clone()))
+            .collect()
+    }
+
+    fn column(&self, name: &str) -> Option<&SchemaColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Renames (a column of `prev` gone, one of `self` new, at the same
+    /// position with the same type) and drops, by column index.
+    fn diff(&self, prev: &SchemaVersion) -> Diff {
+        let mut dropped: Vec<usize> =
+            (0..prev.columns.len()).filter(|j| self.column(&prev.columns[*j].name).is_none()).collect();
+        let mut renamed = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            if prev.column(&c.name).is_none()
+                && let Some(k) = dropped.iter().position(|j| *j == i && prev.columns[*j].ty == c.ty)
+            {
+                renamed.push((dropped.remove(k), i));
+            }
+        }
+        Diff { renamed, dropped }
+    }
+}
+
+struct Diff {
+    /// `(index in prev, index in self)`.
+    renamed: Vec<(usize, usize)>,
+    dropped: Vec<usize>,
+}
+
+/// Where a column of one schema version lives in the newest version of its
+/// table's history: what a sink needs to keep a warehouse table in step
+/// with renames and type changes while it still loads older batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnLineage {
+    /// The column's name in the newest version (after later renames); its
+    /// name in the asked version when it was dropped later.
+    pub current: String,
+    /// Its earlier names, newest first (renames before and after the asked
+    /// version).
+    pub earlier: Vec<String>,
+    /// Its type in the newest version (the `ColumnType` text form); `None`
+    /// when the column is no longer in the table, or the version is unknown.
+    pub current_type: Option<String>,
+}
+
+/// The lineage of `column` of schema `version` in `history` (ordered by
+/// version). Versions are followed within one life of the table (between
+/// drops). An unknown version gives the column unchanged.
+pub fn column_lineage(history: &[SchemaVersion], version: u32, column: &str) -> ColumnLineage {
+    let unknown = ColumnLineage { current: column.to_owned(), earlier: Vec::new(), current_type: None };
+    let Some(at) = history.iter().position(|v| v.version == version && !v.is_drop()) else {
+        return unknown;
+    };
+    if history[at].column(column).is_none() {
+        return unknown;
+    }
+    let start = history[..at].iter().rposition(SchemaVersion::is_drop).map_or(0, |i| i + 1);
+    let end = history[at..].iter().position(SchemaVersion::is_drop).map_or(history.len(), |i| at + i);
+    let life = &history[start..end];
+    let at = at - start;
+    // Names from oldest to newest.
+    let mut chain = std::collections::VecDeque::from([column.to_owned()]);
+    for k in (1..=at).rev() {
+        let name = &chain[0];
+        if life[k - 1].column(name).is_some() {
+            continue;
+        }
+        match life[k].renames_from(&life[k - 1]).into_iter().find(|(_, to)| to == name) {
+            Some((from, _)) => chain.push_front(from),
+            // Added in version k: no earlier names.
+            None => break,
+        }
+    }
+    let mut alive = true;
+    for k in at + 1..life.len() {
+        let name = chain.back().map(String::as_str).unwrap_or(column);
+        if life[k].column(name).is_some() {
+            continue;
+        }
+        match life[k].renames_from(&life[k - 1]).into_iter().find(|(from, _)| from == name) {
+            Some((_, to)) => chain.push_back(to),
+            None => {
+                alive = false;
+                break;
+            }
+        }
+    }
+    let current = chain.pop_back().unwrap_or_else(|| column.to_owned());
+    let current_type = if alive { life.last().and_then(|v| v.column(&current)).map(|c| c.ty.clone()) } else { None };
+    ColumnLineage { current, earlier: chain.into_iter().rev().collect(), current_type }
 }
 
 const DROPPED: &str = "dropped:";
@@ -172,5 +265,68 @@ mod tests {
         );
         assert!(v1.changes_from(&v1).is_empty());
         assert_eq!(v1.primary_key, vec!["id"]);
+        assert_eq!(v2.renames_from(&v1), vec![("a".to_owned(), "b".to_owned())]);
+    }
+
+    fn history(versions: Vec<SchemaVersion>) -> Vec<SchemaVersion> {
+        let mut out: Vec<SchemaVersion> = Vec::new();
+        for v in versions {
+            match register(&out, &v) {
+                Registration::Append(e) => out.push(e),
+                Registration::Existing(_) => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lineage_follows_renames_both_ways_and_names_the_newest_type() {
+        let int = |b| ColumnType::Int { bytes: b, unsigned: false };
+        let s = ColumnType::String;
+        let h = history(vec![
+            schema(&[("id", int(4)), ("a", s.clone()), ("n", int(4))]),
+            // a -> b, n widened
+            schema(&[("id", int(4)), ("b", s.clone()), ("n", int(8))]),
+            // b -> c, a new column `a` reuses the old name
+            schema(&[("id", int(4)), ("c", s.clone()), ("n", int(8)), ("a", int(2))]),
+            // n dropped
+            schema(&[("id", int(4)), ("c", s.clone()), ("a", int(2))]),
+        ]);
+        let l = |v, c| column_lineage(&h, v, c);
+        let text = |t: &ColumnType| Some(t.to_string());
+        assert_eq!(
+            l(1, "a"),
+            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
+        );
+        assert_eq!(
+            l(2, "b"),
+            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
+        );
+        assert_eq!(
+            l(4, "c"),
+            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
+        );
+        // The new `a` has no earlier names.
+        assert_eq!(l(3, "a"), ColumnLineage { current: "a".into(), earlier: vec![], current_type: text(&int(2)) });
+        // Dropped later: no type to follow.
+        assert_eq!(l(2, "n"), ColumnLineage { current: "n".into(), earlier: vec![], current_type: None });
+        assert_eq!(l(1, "id").current_type, text(&int(4)));
+        // Unknown version or column: unchanged.
+        assert_eq!(l(9, "a"), ColumnLineage { current: "a".into(), earlier: vec![], current_type: None });
+        assert_eq!(l(1, "zz").current, "zz");
+    }
+
+    #[test]
+    fn lineage_stays_within_one_life_of_the_table() {
+        let int = |b| ColumnType::Int { bytes: b, unsigned: false };
+        let mut h = history(vec![schema(&[("id", int(4)), ("a", int(4))])]);
+        let mut drop = SchemaVersion::dropped(5);
+        drop.version = 2;
+        h.push(drop);
+        let mut again = schema(&[("id", int(8)), ("b", int(4))]);
+        again.version = 3;
+        h.push(again);
+        assert_eq!(column_lineage(&h, 1, "id").current_type, Some(int(4).to_string()));
+        assert_eq!(column_lineage(&h, 3, "b").earlier, Vec::<String>::new());
     }
 }

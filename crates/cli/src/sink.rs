@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lablake_checkpoint::{CheckpointStore, SinkCheckpoint};
+use lablake_checkpoint::{CheckpointStore, SchemaVersion, SinkCheckpoint, column_lineage};
 use lablake_lake::Lake;
 use lablake_model::{ColumnType, TableId};
 use lablake_snowflake::{Batch, BatchColumn, Client, Loader, LoaderConfig, SnowflakeConfig};
@@ -55,8 +55,9 @@ fn default_interval() -> Duration {
     Duration::from_secs(2)
 }
 
-/// Columns and key of a curated file, from its Parquet schema.
-fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<String>)> {
+/// Columns and key of a curated file, from its Parquet schema, and the
+/// schema version it was written with.
+fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<String>, Option<u32>)> {
     let batches = lablake_lake::decode_parquet(bytes)?;
     let schema = batches.first().map(|b| b.schema()).context("curated file without rows")?;
     let mut columns = Vec::new();
@@ -69,14 +70,37 @@ fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<St
             .get("lablake.type")
             .with_context(|| format!("column `{}` has no lablake.type", f.name()))?
             .parse()?;
-        columns.push(BatchColumn { name: f.name().clone(), ty });
+        columns.push(BatchColumn::new(f.name().clone(), ty));
     }
     let pk = schema
         .metadata()
         .get("lablake.primary_key")
         .map(|k| k.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    Ok((columns, pk))
+    let version = schema.metadata().get("lablake.schema_version").and_then(|v| v.parse().ok());
+    Ok((columns, pk, version))
+}
+
+/// Points the batch's columns at their newest names and types in the
+/// table's schema history, so Snowflake follows renames and type changes
+/// at the source (and a batch written before a rename loads into the
+/// renamed column). Without a known version the columns load as they are,
+/// and existing column types are left alone.
+fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], version: Option<u32>) -> anyhow::Result<()> {
+    for c in columns {
+        let Some(v) = version.filter(|v| history.iter().any(|h| h.version == *v)) else {
+            c.target_ty = None;
+            continue;
+        };
+        let lineage = column_lineage(history, v, &c.name);
+        c.target = lineage.current;
+        c.earlier = lineage.earlier;
+        c.target_ty = match lineage.current_type {
+            Some(t) => Some(t.parse().with_context(|| format!("schema history type of `{}`", c.target))?),
+            None => None,
+        };
+    }
+    Ok(())
 }
 
 /// Runs the sink until `shutdown` turns true.
@@ -149,12 +173,18 @@ async fn load_new_batches<S: CheckpointStore>(
             table: row.table.as_str().into(),
         };
         let mut cp = store.load_sink(SINK, &table).await?.unwrap_or_else(|| SinkCheckpoint::new(&table));
+        // Read once per pass and table (and again when a batch names a newer version).
+        let mut history: Vec<SchemaVersion> = Vec::new();
         for entry in store.manifest(&table).await? {
             if cp.has_loaded(&entry.topic, entry.partition, entry.first_offset) {
                 continue;
             }
-            let (columns, primary_key) = batch_layout(lake.get(&row.tenant, &entry.object_key).await?)
+            let (mut columns, primary_key, version) = batch_layout(lake.get(&row.tenant, &entry.object_key).await?)
                 .with_context(|| format!("reading curated file {}", entry.object_key))?;
+            if version.is_some_and(|v| !history.iter().any(|h| h.version == v)) {
+                history = store.schema_history(&table).await?;
+            }
+            follow_history(&mut columns, &history, version)?;
             let batch = Batch {
                 tenant: row.tenant.clone(),
                 database: row.database.clone(),
