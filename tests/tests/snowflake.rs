@@ -181,8 +181,9 @@ const MY_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// A mixed workload on three tenants lands in each tenant's Snowflake
-/// database exactly (inserts, updates, deletes), and a column added at the
-/// source appears in Snowflake with its values.
+/// database exactly (inserts, updates, deletes), a column added at the
+/// source appears in Snowflake with its values, and a truncate empties the
+/// table of everything before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
@@ -218,6 +219,15 @@ async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
     let db = format!("{prefix}{}", t.to_uppercase());
     let with_lab = [("id", "id"), ("patient", "patient"), ("note", "note"), ("lab", "lab")];
     await_equal(&mut w, &mut c, &db, &t, &with_lab, Duration::from_secs(60)).await?;
+    // A truncate: every older row goes, rows written after it stay.
+    let t = w.tenants[1].clone();
+    conn.query_drop(format!("USE lab_{t}")).await?;
+    conn.query_drop("INSERT INTO orders VALUES (2000, 'before', 'new', 1.00, NOW(6), NULL)").await?;
+    conn.query_drop("TRUNCATE TABLE orders").await?;
+    conn.query_drop("INSERT INTO orders VALUES (7, 'after', 'new', 2.00, NOW(6), 'again')").await?;
+    conn.query_drop("INSERT INTO orders VALUES (3000, 'after', 'resulted', 3.00, NOW(6), NULL)").await?;
+    let db = format!("{prefix}{}", t.to_uppercase());
+    await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(60)).await?;
     let _ = w.stop();
     Ok(())
 }

@@ -180,13 +180,20 @@ impl Client {
 
     /// Runs one statement with `?` bindings and returns its whole result.
     pub async fn query(&mut self, sql: &str, bindings: &[Binding]) -> Result<QueryResult, SnowflakeError> {
-        let sql = sql.to_owned();
+        let started = std::time::Instant::now();
+        let owned = sql.to_owned();
         let bindings = bindings.to_vec();
-        self.retrying(move |c| {
-            let (sql, bindings) = (sql.clone(), bindings.clone());
-            Box::pin(async move { c.query_once(&sql, &bindings).await })
-        })
-        .await
+        let r = self
+            .retrying(move |c| {
+                let (sql, bindings) = (owned.clone(), bindings.clone());
+                Box::pin(async move { c.query_once(&sql, &bindings).await })
+            })
+            .await;
+        // The statement's verb only: SQL text can hold literals.
+        let verb = sql.split_whitespace().next().unwrap_or_default();
+        tracing::debug!(endpoint = %self.endpoint(), statement = verb, elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = r.is_ok(), "snowflake statement");
+        r
     }
 
     async fn query_once(&mut self, sql: &str, bindings: &[Binding]) -> Result<QueryResult, SnowflakeError> {

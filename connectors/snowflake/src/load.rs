@@ -363,9 +363,19 @@ impl Loader {
         let staged =
             copy.rows.iter().filter_map(|r| r.get(3).cloned().flatten()).filter_map(|v| v.parse::<u64>().ok()).sum();
 
-        // 4. A truncate in the batch: everything older goes.
-        let t =
-            self.client.query(&format!("SELECT MAX(\"_POSITION\") AS P FROM {stage} WHERE \"_OP\" = 't'"), &[]).await?;
+        // 4. A truncate in the batch: everything older goes. (The newest
+        // commit time, for freshness, comes with it.)
+        let t = self
+            .client
+            .query(
+                &format!(
+                    "SELECT MAX(IFF(\"_OP\" = 't', \"_POSITION\", NULL)) AS P, \
+                     DATE_PART(EPOCH_MILLISECOND, MAX(\"_COMMIT_TS\")) AS TS FROM {stage}"
+                ),
+                &[],
+            )
+            .await?;
+        let ts = t.get(0, "ts").and_then(|v| v.split('.').next()?.parse().ok());
         let truncated_at = t.get(0, "p").map(str::to_owned);
         let mut deleted = 0;
         if let Some(p) = &truncated_at {
@@ -454,13 +464,6 @@ impl Loader {
             soft_vals = soft_insert.1,
         );
         let m = self.client.query(&merge, &[]).await?;
-        let ts = self
-            .client
-            .query(&format!("SELECT DATE_PART(EPOCH_MILLISECOND, MAX(\"_COMMIT_TS\")) AS TS FROM {stage}"), &[])
-            .await
-            .ok()
-            .and_then(|r| r.get(0, "ts").and_then(|v| v.split('.').next()?.parse().ok()));
-
         // 6. Only now is the batch done.
         self.client
             .query(
