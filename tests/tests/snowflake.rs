@@ -339,6 +339,46 @@ async fn type_changes_and_renames_at_the_source_reach_snowflake() -> anyhow::Res
     Ok(())
 }
 
+/// A table the sink cannot load (a PostgreSQL table with columns `msg` and
+/// `MSG`: one column in Snowflake) is retried on its own backoff and named
+/// in the log, while
+/// the tenant's other tables keep arriving: one stuck table does not hold
+/// back the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_cannot_load_does_not_hold_back_the_others() -> anyhow::Result<()> {
+    const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT NULL, status text, \
+                          amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    let mut w = World::new_postgres(
+        1,
+        &[PG_DDL, "CREATE TABLE audit_log (id int PRIMARY KEY, msg text, \"MSG\" text)"],
+        &sink_config(&prefix),
+    )
+    .await?;
+    w.start()?;
+    let t = w.tenants[0].clone();
+    let db = format!("{prefix}{}", t.to_uppercase());
+    let pg = lablake_tests::pg_client().await?;
+    pg.batch_execute(&format!("INSERT INTO lab_{t}.audit_log VALUES (1, 'first', 'FIRST')")).await?;
+    let mut c = client().await?;
+    let cols = [("id", "id"), ("patient", "patient"), ("amount", "amount")];
+    // The audit table fails on every pass; orders keep coming.
+    for round in 0..3 {
+        pg.batch_execute(&format!(
+            "INSERT INTO lab_{t}.orders (id, patient, amount) SELECT g, 'p' || g, g + 0.5 FROM generate_series({}, {}) g",
+            round * 100,
+            round * 100 + 19
+        ))
+        .await?;
+        await_equal_from(&mut w, Source::Postgres(&pg), &mut c, &db, &t, &cols, "TRUE", Duration::from_secs(60))
+            .await?;
+    }
+    let failed = failed_passes(&mut w).await?;
+    assert!(failed.iter().all(|l| l.contains("audit_log") && l.contains("the same column in Snowflake")), "{failed:?}");
+    let _ = w.stop();
+    Ok(())
+}
+
 /// The sink is killed between COPY and MERGE, and after MERGE before its
 /// checkpoint, several times while three tenants change: every restart
 /// repeats the interrupted batch (COPY skipped by load history, MERGE

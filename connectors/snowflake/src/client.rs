@@ -238,7 +238,7 @@ impl Client {
             return Err(SnowflakeError::Query {
                 code: code(&answer),
                 sql_state: answer["data"]["sqlState"].as_str().map(str::to_owned),
-                message: redact_literals(&message(&answer)),
+                message: redact_message(&code(&answer), &message(&answer)),
             });
         }
         Err(self.protocol("session expired repeatedly"))
@@ -412,6 +412,18 @@ fn message(answer: &Json) -> String {
     answer["message"].as_str().unwrap_or("no message").to_owned()
 }
 
+/// A Snowflake error message fit for logs: quoted parts redacted, and for
+/// data errors (codes 100xxx, e.g. 100046 `Number out of representable
+/// range: type FIXED…, value 12345…`, which quotes nothing) only the part
+/// before the first colon.
+fn redact_message(code: &str, msg: &str) -> String {
+    let msg = redact_literals(msg);
+    match msg.split_once(':') {
+        Some((head, _)) if code.starts_with("100") => format!("{head}: …"),
+        _ => msg,
+    }
+}
+
 /// Snowflake quotes the offending value in some messages (`Numeric value
 /// 'abc' is not recognized`); errors end up in logs, and values are health
 /// data: every single-quoted part is replaced by `'…'`.
@@ -490,6 +502,17 @@ mod tests {
         assert_eq!(
             redact_literals("Numeric value 'P-1234 Smith' is not recognized in 'x'"),
             "Numeric value '…' is not recognized in '…'"
+        );
+        assert_eq!(
+            redact_message(
+                "100046",
+                "Number out of representable range: type FIXED[SB16](12,2){nullable=true}, value 98765"
+            ),
+            "Number out of representable range: …"
+        );
+        assert_eq!(
+            redact_message("002003", "SQL compilation error: Object 'X' does not exist"),
+            "SQL compilation error: Object '…' does not exist"
         );
         let h = chunk_headers(&json!({"qrmk": "k"}));
         assert_eq!(h[1].1, "k");

@@ -218,6 +218,23 @@ impl SfType {
     }
 }
 
+impl SfType {
+    /// A type holding the values of both (`NUMBER`s: the larger scale and
+    /// the more integer digits, `VARCHAR` past 38 digits); of different base
+    /// types, `newer`.
+    fn union(&self, newer: &SfType) -> SfType {
+        if self.base != newer.base || self.base != "NUMBER" {
+            return newer.clone();
+        }
+        let scale = self.scale.max(newer.scale);
+        let integer = self.precision.saturating_sub(self.scale).max(newer.precision.saturating_sub(newer.scale));
+        if integer + scale > 38 {
+            return SfType::of("TEXT", None, None);
+        }
+        SfType { base: "NUMBER".into(), precision: integer + scale, scale }
+    }
+}
+
 /// What an existing column of type `current` needs to hold `wanted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retype {
@@ -247,15 +264,19 @@ fn retype(current: &SfType, wanted: &SfType) -> Retype {
     }
 }
 
-/// The expression converting column `col` of type `from` to `to` when a
-/// column is rebuilt (values that do not convert become NULL where
-/// Snowflake has a TRY_ form).
+/// The expression converting `col` of type `from` to `to` (a rebuilt
+/// column, or an older batch's value into a retyped column). It never
+/// fails: a value that does not convert becomes NULL.
 fn conversion(col: &str, from: &SfType, to: &SfType) -> String {
     match (from.base.as_str(), to.base.as_str()) {
+        // Same base: `to` is a union of both (see `SfType::union`), so the cast fits.
+        (f, t) if f == t => format!("CAST({col} AS {})", to.declared()),
         ("TEXT", "VARIANT") => format!("TRY_PARSE_JSON({col})"),
         (_, "VARIANT") => format!("TO_VARIANT({col})"),
+        (_, "TEXT") => format!("TO_VARCHAR({col})"),
         ("TEXT", _) => format!("TRY_CAST({col} AS {})", to.declared()),
-        _ => format!("CAST({col} AS {})", to.declared()),
+        // No direct cast between most other pairs (timestamp → number, binary → number…).
+        _ => format!("TRY_CAST(TO_VARCHAR({col}) AS {})", to.declared()),
     }
 }
 
@@ -309,11 +330,35 @@ impl Loader {
     /// Loads one batch (see the module documentation). Safe to call again
     /// for the same batch after any failure or crash.
     pub async fn load(&mut self, b: &Batch) -> Result<LoadOutcome, SnowflakeError> {
+        let r = self.load_once(b).await;
+        if r.is_err() {
+            // What is known of the table may be stale now (a partial schema
+            // step, a change made by hand): look again next time.
+            let key = (self.database_of(&b.tenant), b.database.to_uppercase(), b.table.to_uppercase());
+            self.columns.remove(&key);
+        }
+        r
+    }
+
+    async fn load_once(&mut self, b: &Batch) -> Result<LoadOutcome, SnowflakeError> {
         if b.primary_key.is_empty() {
             return Err(SnowflakeError::config(
                 "primary_key",
                 format!("{}.{} has no key to merge by", b.database, b.table),
             ));
+        }
+        // Snowflake identifiers are upper-cased here: `msg` and `MSG` would be one column.
+        let mut seen = HashMap::new();
+        for c in &b.columns {
+            if let Some(other) = seen.insert(c.target.to_uppercase(), &c.target) {
+                return Err(SnowflakeError::config(
+                    "columns",
+                    format!(
+                        "{}.{}: columns `{other}` and `{}` are the same column in Snowflake (identifiers are upper-cased)",
+                        b.database, b.table, c.target
+                    ),
+                ));
+            }
         }
         let db = self.database_of(&b.tenant);
         let schema = b.database.to_uppercase();
@@ -394,18 +439,27 @@ impl Loader {
             |name: &str| b.columns.iter().find(|c| c.name == name).map_or_else(|| ident(name), |c| ident(&c.target));
         let keys: Vec<String> = b.primary_key.iter().map(|k| target_of(k)).collect();
         let staged_keys: Vec<String> = b.primary_key.iter().map(|k| ident(k)).collect();
+        let types =
+            self.columns.get(&(db.clone(), schema.clone(), b.table.to_uppercase())).cloned().unwrap_or_default();
         let mut select = Vec::new();
         for (c, col) in b.columns.iter().zip(&cols) {
             let src = ident(&c.name);
-            let value = match c.ty {
-                ColumnType::Json | ColumnType::Array => format!("PARSE_JSON(st.{src})"),
-                _ => format!("st.{src}"),
+            let file_type = SfType::parse(&snowflake_type(&c.ty));
+            let value = match types.get(&c.target.to_uppercase()) {
+                // An older batch's value into a column since retyped.
+                Some(to) if retype(to, &file_type) != Retype::Keep => {
+                    conversion(&format!("st.{src}"), &SfType::parse(&staging_type(&c.ty)), to)
+                }
+                _ => match c.ty {
+                    ColumnType::Json | ColumnType::Array => format!("PARSE_JSON(st.{src})"),
+                    _ => format!("st.{src}"),
+                },
             };
             if b.primary_key.contains(&c.name) {
                 select.push(format!("st.{src} AS {col}"));
             } else {
                 // A value the source did not send (unchanged TOAST) keeps the target's.
-                let name = c.name.to_uppercase().replace('\'', "''");
+                let name = c.name.to_uppercase().replace('\\', "\\\\").replace('\'', "''");
                 select.push(format!(
                     "IFF(CONTAINS(',' || UPPER(COALESCE(st.\"_UNCHANGED\", '')) || ',', ',{name},'), tg.{col}, {value}) AS {col}"
                 ));
@@ -544,7 +598,13 @@ impl Loader {
             .map(|c| Wanted {
                 name: c.target.to_uppercase(),
                 earlier: c.earlier.iter().map(|n| n.to_uppercase()).collect(),
-                ty: SfType::parse(&snowflake_type(c.target_ty.as_ref().unwrap_or(&c.ty))),
+                // The newest type, widened to hold this file's values too.
+                ty: match &c.target_ty {
+                    Some(newest) => {
+                        SfType::parse(&snowflake_type(&c.ty)).union(&SfType::parse(&snowflake_type(newest)))
+                    }
+                    None => SfType::parse(&snowflake_type(&c.ty)),
+                },
                 retype: c.target_ty.is_some(),
             })
             .chain(TARGET_META.iter().map(|(n, t)| Wanted {
@@ -573,20 +633,24 @@ impl Loader {
         let log = |what: &str, column: &str, detail: String| {
             tracing::info!(database = db, schema, table, column, detail, "snowflake schema sync: {what}");
         };
-        // An interrupted rebuild: the old column is intact until it is
-        // dropped, after which only the rename was left.
-        for w in &wanted {
-            let tmp = format!("{}{REBUILD_SUFFIX}", w.name);
-            if let Some(ty) = known.get(&tmp).cloned() {
-                if known.contains_key(&w.name) {
+        // An interrupted rebuild (whatever the column is called now): the
+        // old column is intact until it is dropped, after which only the
+        // rename was left.
+        let leftovers: Vec<String> = known.keys().filter(|k| k.ends_with(REBUILD_SUFFIX)).cloned().collect();
+        for tmp in leftovers {
+            let base = tmp.trim_end_matches(REBUILD_SUFFIX).to_owned();
+            let Some(ty) = known.remove(&tmp) else { continue };
+            match known.entry(base) {
+                std::collections::hash_map::Entry::Occupied(_) => {
                     self.client.query(&format!("ALTER TABLE {t} DROP COLUMN {}", ident(&tmp)), &[]).await?;
-                } else {
-                    self.client
-                        .query(&format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", ident(&tmp), ident(&w.name)), &[])
-                        .await?;
-                    known.insert(w.name.clone(), ty);
                 }
-                known.remove(&tmp);
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    log("finishing an interrupted rebuild", v.key(), ty.declared());
+                    self.client
+                        .query(&format!("ALTER TABLE {t} RENAME COLUMN {} TO {}", ident(&tmp), ident(v.key())), &[])
+                        .await?;
+                    v.insert(ty);
+                }
             }
         }
         // Renames first: a new column may reuse a renamed column's old name.
@@ -616,28 +680,30 @@ impl Loader {
         for w in wanted.iter().filter(|w| w.retype) {
             let Some(current) = known.get(&w.name).cloned() else { continue };
             let col = ident(&w.name);
-            match retype(&current, &w.ty) {
+            // Never narrower than what the column holds now.
+            let to = current.union(&w.ty);
+            match retype(&current, &to) {
                 Retype::Keep => continue,
                 Retype::Widen => {
-                    log("widening column", &w.name, format!("{} -> {}", current.declared(), w.ty.declared()));
+                    log("widening column", &w.name, format!("{} -> {}", current.declared(), to.declared()));
                     self.client
-                        .query(&format!("ALTER TABLE {t} ALTER COLUMN {col} SET DATA TYPE {}", w.ty.declared()), &[])
+                        .query(&format!("ALTER TABLE {t} ALTER COLUMN {col} SET DATA TYPE {}", to.declared()), &[])
                         .await?;
                 }
                 Retype::Rebuild => {
-                    log("rebuilding column", &w.name, format!("{} -> {}", current.declared(), w.ty.declared()));
+                    log("rebuilding column", &w.name, format!("{} -> {}", current.declared(), to.declared()));
                     let tmp = ident(&format!("{}{REBUILD_SUFFIX}", w.name));
-                    self.client.query(&format!("ALTER TABLE {t} ADD COLUMN {tmp} {}", w.ty.declared()), &[]).await?;
+                    self.client.query(&format!("ALTER TABLE {t} ADD COLUMN {tmp} {}", to.declared()), &[]).await?;
                     crate::failpoint("sink.rebuild_after_add");
                     self.client
-                        .query(&format!("UPDATE {t} SET {tmp} = {}", conversion(&col, &current, &w.ty)), &[])
+                        .query(&format!("UPDATE {t} SET {tmp} = {}", conversion(&col, &current, &to)), &[])
                         .await?;
                     self.client.query(&format!("ALTER TABLE {t} DROP COLUMN {col}"), &[]).await?;
                     crate::failpoint("sink.rebuild_after_drop");
                     self.client.query(&format!("ALTER TABLE {t} RENAME COLUMN {tmp} TO {col}"), &[]).await?;
                 }
             }
-            known.insert(w.name.clone(), w.ty.clone());
+            known.insert(w.name.clone(), to);
         }
         self.columns.insert(key, known);
         Ok(())
@@ -714,6 +780,18 @@ mod tests {
         assert_eq!(conversion("\"C\"", &t("VARCHAR"), &t("NUMBER(10,0)")), "TRY_CAST(\"C\" AS NUMBER(10,0))");
         assert_eq!(conversion("\"C\"", &t("NUMBER(10,2)"), &t("NUMBER(10,4)")), "CAST(\"C\" AS NUMBER(10,4))");
         assert_eq!(conversion("\"C\"", &t("VARCHAR"), &t("VARIANT")), "TRY_PARSE_JSON(\"C\")");
+        assert_eq!(conversion("\"C\"", &t("NUMBER(10,0)"), &t("VARCHAR")), "TO_VARCHAR(\"C\")");
+        assert_eq!(
+            conversion("\"C\"", &t("TIMESTAMP_NTZ(6)"), &t("NUMBER(19,0)")),
+            "TRY_CAST(TO_VARCHAR(\"C\") AS NUMBER(19,0))"
+        );
+        // Unions hold both sides; narrowing never happens.
+        assert_eq!(t("NUMBER(12,4)").union(&t("NUMBER(12,2)")).declared(), "NUMBER(14,4)");
+        assert_eq!(t("NUMBER(19,0)").union(&t("NUMBER(12,4)")).declared(), "NUMBER(23,4)");
+        assert_eq!(t("NUMBER(10,0)").union(&t("NUMBER(19,0)")).declared(), "NUMBER(19,0)");
+        assert_eq!(t("NUMBER(38,0)").union(&t("NUMBER(10,6)")).declared(), "VARCHAR");
+        assert_eq!(t("NUMBER(10,0)").union(&t("VARCHAR")).declared(), "VARCHAR");
+        assert_eq!(t("VARCHAR").union(&t("NUMBER(10,0)")).declared(), "NUMBER(10,0)");
     }
 
     #[test]

@@ -157,18 +157,26 @@ pub struct ColumnLineage {
     /// name in the asked version when it was dropped later.
     pub current: String,
     /// Its earlier names, newest first (renames before and after the asked
-    /// version).
+    /// version), except names other columns of the newest version have now.
     pub earlier: Vec<String>,
     /// Its type in the newest version (the `ColumnType` text form); `None`
-    /// when the column is no longer in the table, or the version is unknown.
+    /// when the column is no longer in the table, or the version is unknown
+    /// or from an earlier life of the table.
     pub current_type: Option<String>,
+    /// The column was dropped in a later version of the same life.
+    pub dropped_later: bool,
 }
 
 /// The lineage of `column` of schema `version` in `history` (ordered by
-/// version). Versions are followed within one life of the table (between
-/// drops). An unknown version gives the column unchanged.
+/// version). Versions are followed within the table's newest life (since
+/// its last drop); a version from an earlier life, or an unknown one, gives
+/// the column unchanged and no type.
+///
+/// "Newest" is the last registered version: a table that went back to an
+/// earlier shape is still described by the last new shape it took.
 pub fn column_lineage(history: &[SchemaVersion], version: u32, column: &str) -> ColumnLineage {
-    let unknown = ColumnLineage { current: column.to_owned(), earlier: Vec::new(), current_type: None };
+    let unknown =
+        ColumnLineage { current: column.to_owned(), earlier: Vec::new(), current_type: None, dropped_later: false };
     let Some(at) = history.iter().position(|v| v.version == version && !v.is_drop()) else {
         return unknown;
     };
@@ -176,8 +184,11 @@ pub fn column_lineage(history: &[SchemaVersion], version: u32, column: &str) -> 
         return unknown;
     }
     let start = history[..at].iter().rposition(SchemaVersion::is_drop).map_or(0, |i| i + 1);
-    let end = history[at..].iter().position(SchemaVersion::is_drop).map_or(history.len(), |i| at + i);
-    let life = &history[start..end];
+    if history[at..].iter().any(SchemaVersion::is_drop) {
+        // An earlier life: its renames and types say nothing about the table now.
+        return unknown;
+    }
+    let life = &history[start..];
     let at = at - start;
     // Names from oldest to newest.
     let mut chain = std::collections::VecDeque::from([column.to_owned()]);
@@ -207,8 +218,11 @@ pub fn column_lineage(history: &[SchemaVersion], version: u32, column: &str) -> 
         }
     }
     let current = chain.pop_back().unwrap_or_else(|| column.to_owned());
-    let current_type = if alive { life.last().and_then(|v| v.column(&current)).map(|c| c.ty.clone()) } else { None };
-    ColumnLineage { current, earlier: chain.into_iter().rev().collect(), current_type }
+    let newest = life.last();
+    let current_type = if alive { newest.and_then(|v| v.column(&current)).map(|c| c.ty.clone()) } else { None };
+    // A name another column has now is not this column's to take back.
+    let earlier = chain.into_iter().rev().filter(|n| newest.is_none_or(|v| v.column(n).is_none())).collect();
+    ColumnLineage { current, earlier, current_type, dropped_later: !alive }
 }
 
 const DROPPED: &str = "dropped:";
@@ -294,25 +308,23 @@ mod tests {
         ]);
         let l = |v, c| column_lineage(&h, v, c);
         let text = |t: &ColumnType| Some(t.to_string());
-        assert_eq!(
-            l(1, "a"),
-            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
-        );
-        assert_eq!(
-            l(2, "b"),
-            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
-        );
-        assert_eq!(
-            l(4, "c"),
-            ColumnLineage { current: "c".into(), earlier: vec!["b".into(), "a".into()], current_type: text(&s) }
-        );
+        let lineage = |current: &str, earlier: &[&str], ty: Option<String>, dropped_later| ColumnLineage {
+            current: current.into(),
+            earlier: earlier.iter().map(|e| (*e).to_owned()).collect(),
+            current_type: ty,
+            dropped_later,
+        };
+        // `a` is a different column's name now: not an earlier name to rename from.
+        assert_eq!(l(1, "a"), lineage("c", &["b"], text(&s), false));
+        assert_eq!(l(2, "b"), lineage("c", &["b"], text(&s), false));
+        assert_eq!(l(4, "c"), lineage("c", &["b"], text(&s), false));
         // The new `a` has no earlier names.
-        assert_eq!(l(3, "a"), ColumnLineage { current: "a".into(), earlier: vec![], current_type: text(&int(2)) });
+        assert_eq!(l(3, "a"), lineage("a", &[], text(&int(2)), false));
         // Dropped later: no type to follow.
-        assert_eq!(l(2, "n"), ColumnLineage { current: "n".into(), earlier: vec![], current_type: None });
+        assert_eq!(l(2, "n"), lineage("n", &[], None, true));
         assert_eq!(l(1, "id").current_type, text(&int(4)));
         // Unknown version or column: unchanged.
-        assert_eq!(l(9, "a"), ColumnLineage { current: "a".into(), earlier: vec![], current_type: None });
+        assert_eq!(l(9, "a"), lineage("a", &[], None, false));
         assert_eq!(l(1, "zz").current, "zz");
     }
 
@@ -326,7 +338,10 @@ mod tests {
         let mut again = schema(&[("id", int(8)), ("b", int(4))]);
         again.version = 3;
         h.push(again);
-        assert_eq!(column_lineage(&h, 1, "id").current_type, Some(int(4).to_string()));
+        // A batch of the first life leaves today's table alone.
+        assert_eq!(column_lineage(&h, 1, "id").current_type, None);
+        assert_eq!(column_lineage(&h, 1, "a").earlier, Vec::<String>::new());
+        assert_eq!(column_lineage(&h, 3, "id").current_type, Some(int(8).to_string()));
         assert_eq!(column_lineage(&h, 3, "b").earlier, Vec::<String>::new());
     }
 }

@@ -9,8 +9,9 @@
 //! endpoint) are logged with the tenant and the endpoint and retried with
 //! backoff; nothing is skipped.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lablake_checkpoint::{CheckpointStore, SchemaVersion, SinkCheckpoint, column_lineage};
@@ -85,13 +86,18 @@ fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<St
 /// table's schema history, so Snowflake follows renames and type changes
 /// at the source (and a batch written before a rename loads into the
 /// renamed column). Without a known version the columns load as they are,
-/// and existing column types are left alone.
+/// and existing column types are left alone. A column dropped since whose
+/// name another column has now (a reused name) loads into `<name>__DROPPED`
+/// instead of mixing with it.
 fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], version: Option<u32>) -> anyhow::Result<()> {
-    for c in columns {
-        let Some(v) = version.filter(|v| history.iter().any(|h| h.version == *v)) else {
+    let Some(v) = version.filter(|v| history.iter().any(|h| h.version == *v)) else {
+        for c in columns.iter_mut() {
             c.target_ty = None;
-            continue;
-        };
+        }
+        return Ok(());
+    };
+    let mut dropped = Vec::new();
+    for (i, c) in columns.iter_mut().enumerate() {
         let lineage = column_lineage(history, v, &c.name);
         c.target = lineage.current;
         c.earlier = lineage.earlier;
@@ -99,6 +105,24 @@ fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], versio
             Some(t) => Some(t.parse().with_context(|| format!("schema history type of `{}`", c.target))?),
             None => None,
         };
+        if lineage.dropped_later {
+            dropped.push(i);
+        }
+    }
+    let upper = |n: &str| n.to_uppercase();
+    let mut taken: std::collections::HashSet<String> = history
+        .last()
+        .filter(|h| !h.is_drop())
+        .map(|h| h.columns.iter().map(|c| upper(&c.name)).collect())
+        .unwrap_or_default();
+    taken.extend(columns.iter().enumerate().filter(|(i, _)| !dropped.contains(i)).map(|(_, c)| upper(&c.target)));
+    for i in dropped {
+        let c = &mut columns[i];
+        if taken.contains(&upper(&c.target)) {
+            c.target = format!("{}__DROPPED", c.target);
+            c.earlier.clear();
+            c.target_ty = None;
+        }
     }
     Ok(())
 }
@@ -125,8 +149,9 @@ pub async fn run_sink<S: CheckpointStore + 'static>(
         },
     );
     let mut failures = 0u32;
+    let mut held = HashMap::new();
     loop {
-        let pass = load_new_batches(&cfg, &lake, store.as_ref(), generation, &mut loader, &endpoint);
+        let pass = load_new_batches(&cfg, &lake, store.as_ref(), generation, &mut loader, &endpoint, &mut held);
         let wait = tokio::select! {
             _ = shutdown.changed() => break,
             r = pass => match r {
@@ -134,7 +159,7 @@ pub async fn run_sink<S: CheckpointStore + 'static>(
                     failures = 0;
                     cfg.interval
                 }
-                Err(e) if matches!(e.downcast_ref::<lablake_checkpoint::CheckpointError>(), Some(lablake_checkpoint::CheckpointError::Fenced { .. })) => {
+                Err(e) if is_fenced(&e) => {
                     return Err(e.context("another sink took over"));
                 }
                 Err(e) => {
@@ -155,6 +180,8 @@ pub async fn run_sink<S: CheckpointStore + 'static>(
     Ok(())
 }
 
+/// One pass over every table; tables whose last load failed wait out their
+/// backoff in `held` (table → failures, retry time).
 async fn load_new_batches<S: CheckpointStore>(
     cfg: &SinkConfig,
     lake: &Lake,
@@ -162,16 +189,58 @@ async fn load_new_batches<S: CheckpointStore>(
     generation: u64,
     loader: &mut Loader,
     endpoint: &str,
+    held: &mut HashMap<String, (u32, Instant)>,
 ) -> anyhow::Result<()> {
     for row in store.status(None).await? {
         if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
             continue;
         }
-        let table = TableId {
-            tenant: row.tenant.as_str().into(),
-            database: row.database.as_str().into(),
-            table: row.table.as_str().into(),
-        };
+        let key = format!("{}/{}.{}", row.tenant, row.database, row.table);
+        if held.get(&key).is_some_and(|(_, until)| Instant::now() < *until) {
+            continue;
+        }
+        match load_table(store, lake, generation, loader, endpoint, &row.tenant, &row.database, &row.table).await {
+            Ok(()) => {
+                held.remove(&key);
+            }
+            Err(e) if is_fenced(&e) => return Err(e),
+            // One table's trouble (a value Snowflake refuses, a schema step
+            // that fails) holds back only that table, with its own backoff.
+            Err(e) => {
+                let failures = held.get(&key).map_or(0, |(n, _)| *n) + 1;
+                let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
+                tracing::warn!(tenant = %row.tenant, table = %format!("{}.{}", row.database, row.table),
+                    error = format!("{e:#}"), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
+                metrics::SINK_FAILURES.inc();
+                held.insert(key, (failures, Instant::now() + wait));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_fenced(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<lablake_checkpoint::CheckpointError>(),
+        Some(lablake_checkpoint::CheckpointError::Fenced { .. })
+    )
+}
+
+/// Loads every batch of one table the sink checkpoint does not cover, in
+/// manifest order, advancing the checkpoint after each.
+#[allow(clippy::too_many_arguments)]
+async fn load_table<S: CheckpointStore>(
+    store: &S,
+    lake: &Lake,
+    generation: u64,
+    loader: &mut Loader,
+    endpoint: &str,
+    tenant: &str,
+    database: &str,
+    table_name: &str,
+) -> anyhow::Result<()> {
+    let table = TableId { tenant: tenant.into(), database: database.into(), table: table_name.into() };
+    {
         let mut cp = store.load_sink(SINK, &table).await?.unwrap_or_else(|| SinkCheckpoint::new(&table));
         // Read once per pass and table (and again when a batch names a newer version).
         let mut history: Vec<SchemaVersion> = Vec::new();
@@ -179,16 +248,16 @@ async fn load_new_batches<S: CheckpointStore>(
             if cp.has_loaded(&entry.topic, entry.partition, entry.first_offset) {
                 continue;
             }
-            let (mut columns, primary_key, version) = batch_layout(lake.get(&row.tenant, &entry.object_key).await?)
+            let (mut columns, primary_key, version) = batch_layout(lake.get(tenant, &entry.object_key).await?)
                 .with_context(|| format!("reading curated file {}", entry.object_key))?;
             if version.is_some_and(|v| !history.iter().any(|h| h.version == v)) {
                 history = store.schema_history(&table).await?;
             }
             follow_history(&mut columns, &history, version)?;
             let batch = Batch {
-                tenant: row.tenant.clone(),
-                database: row.database.clone(),
-                table: row.table.clone(),
+                tenant: tenant.to_owned(),
+                database: database.to_owned(),
+                table: table_name.to_owned(),
                 columns,
                 primary_key,
                 object_key: entry.object_key.clone(),
@@ -197,7 +266,7 @@ async fn load_new_batches<S: CheckpointStore>(
                 last_offset: entry.last_offset,
             };
             let out = loader.load(&batch).await.with_context(|| {
-                format!("loading {}.{} of tenant `{}` into {endpoint}", row.database, row.table, row.tenant)
+                format!("loading {}.{} of tenant `{}` into {endpoint}", database, table_name, tenant)
             })?;
             cp.next.insert(format!("{}#{}", entry.topic, entry.partition), entry.last_offset + 1);
             cp.files += 1;
@@ -209,7 +278,7 @@ async fn load_new_batches<S: CheckpointStore>(
             lablake_snowflake::failpoint("sink.after_merge");
             // Only after the MERGE: a crash before this repeats the batch harmlessly.
             store.save_sink(SINK, generation, &cp).await?;
-            let labels = [row.tenant.as_str(), &row.table];
+            let labels = [tenant, table_name];
             metrics::SINK_BATCHES.with_label_values(&labels).inc();
             metrics::SINK_ROWS.with_label_values(&labels).inc_by(out.inserted + out.updated + out.deleted);
             if cp.max_commit_ts_ms > 0 {
@@ -217,10 +286,51 @@ async fn load_new_batches<S: CheckpointStore>(
                     .with_label_values(&labels)
                     .set(metrics::now_secs() - cp.max_commit_ts_ms as f64 / 1000.0);
             }
-            tracing::debug!(tenant = %row.tenant, table = %row.table, file = %entry.object_key,
+            tracing::debug!(tenant = %tenant, table = %table_name, file = %entry.object_key,
                 already = out.already_loaded, staged = out.staged, inserted = out.inserted, updated = out.updated,
                 deleted = out.deleted, "batch loaded into snowflake");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use lablake_model::{Column, TableSchema};
+
+    fn version(n: u32, cols: &[&str], prev: Option<&SchemaVersion>) -> SchemaVersion {
+        let columns = cols
+            .iter()
+            .map(|c| Column { name: (*c).into(), ty: ColumnType::Int { bytes: 4, unsigned: false }, nullable: true })
+            .collect();
+        let mut v = SchemaVersion::of(&TableSchema::new(columns, vec![0]), "p", 0);
+        v.version = n;
+        if let Some(p) = prev {
+            v.changes = v.changes_from(p);
+        }
+        v
+    }
+
+    #[test]
+    fn a_dropped_column_whose_name_was_reused_loads_beside_it() {
+        // v1 {id, a, b}; v2 drops b; v3 renames a to b.
+        let v1 = version(1, &["id", "a", "b"], None);
+        let v2 = version(2, &["id", "a"], Some(&v1));
+        let v3 = version(3, &["id", "b"], Some(&v2));
+        let history = vec![v1, v2, v3];
+        let int = ColumnType::Int { bytes: 4, unsigned: false };
+        let mut cols: Vec<BatchColumn> = ["id", "a", "b"].iter().map(|n| BatchColumn::new(*n, int.clone())).collect();
+        follow_history(&mut cols, &history, Some(1)).unwrap();
+        let targets: Vec<&str> = cols.iter().map(|c| c.target.as_str()).collect();
+        assert_eq!(targets, ["id", "b", "b__DROPPED"]);
+        assert_eq!(cols[1].earlier, ["a"]);
+        assert!(cols[2].target_ty.is_none());
+        // Unknown version: as they are, types left alone.
+        let mut cols: Vec<BatchColumn> = ["id", "a"].iter().map(|n| BatchColumn::new(*n, int.clone())).collect();
+        follow_history(&mut cols, &history, Some(9)).unwrap();
+        assert_eq!(cols[1].target, "a");
+        assert!(cols.iter().all(|c| c.target_ty.is_none()));
+    }
 }
