@@ -18,6 +18,32 @@ use mysql_async::prelude::Queryable;
 use rand::Rng;
 
 /// A service address from the environment, or its local default.
+/// The MariaDB `orders` table several end-to-end tests share.
+pub const ORDERS_DDL: &str = "CREATE TABLE orders (
+    id INT NOT NULL PRIMARY KEY,
+    patient VARCHAR(40) NOT NULL,
+    status ENUM('new','collected','resulted','cancelled') NOT NULL,
+    amount DECIMAL(12,2),
+    updated DATETIME(6) NOT NULL,
+    note VARCHAR(200)
+) ENGINE=InnoDB";
+
+/// The first differing keys of two table states (key → columns), for a
+/// failure message: `source` is `expected`, `label` names `got`.
+pub fn state_diff(
+    expected: &BTreeMap<String, BTreeMap<String, String>>,
+    got: &BTreeMap<String, BTreeMap<String, String>>,
+    label: &str,
+) -> String {
+    expected
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .take(5)
+        .map(|(k, v)| format!("{k}: source {v:?}\n   {label} {:?}", got.get(k)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
@@ -384,19 +410,14 @@ heartbeat_interval = "1s"
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let diff: Vec<String> = expected
-                    .iter()
-                    .filter(|(k, v)| got.get(*k) != Some(*v))
-                    .take(5)
-                    .map(|(k, v)| format!("{k}: source {v:?}\n   lake {:?}", got.get(k)))
-                    .collect();
+                let diff = state_diff(expected, &got, "lake");
                 let extra = got.keys().filter(|k| !expected.contains_key(*k)).take(5).collect::<Vec<_>>();
                 bail!(
                     "curated {table} of {tenant} differs from the source after {timeout:?}: source {} rows, lake {} \
                      rows\n{}\nonly in the lake: {extra:?}\nlog:\n{}",
                     expected.len(),
                     got.len(),
-                    diff.join("\n"),
+                    diff,
                     self.log_tail()
                 );
             }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use lablake_tests::{World, kafka_brokers, source_rows};
+use lablake_tests::{ORDERS_DDL, World, kafka_brokers, source_rows};
 use mysql_async::prelude::Queryable;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -169,15 +169,6 @@ fn consume_all(prefix: &str, quiet: Duration) -> anyhow::Result<Consumed> {
     }
     Ok(out)
 }
-
-const ORDERS_DDL: &str = "CREATE TABLE orders (
-    id INT NOT NULL PRIMARY KEY,
-    patient VARCHAR(40) NOT NULL,
-    status ENUM('new','collected','resulted','cancelled') NOT NULL,
-    amount DECIMAL(12,2),
-    updated DATETIME(6) NOT NULL,
-    note VARCHAR(200)
-) ENGINE=InnoDB";
 
 const ORDERS_COLUMNS: &[(&str, &str)] = &[
     ("id", "id"),

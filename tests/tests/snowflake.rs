@@ -6,17 +6,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lablake_snowflake::{Client, SnowflakeConfig};
-use lablake_tests::{World, env_or, source_rows};
+use lablake_tests::{ORDERS_DDL, World, env_or, source_rows};
 use mysql_async::prelude::Queryable;
 
-const DDL: &str = "CREATE TABLE orders (
-    id INT NOT NULL PRIMARY KEY,
-    patient VARCHAR(40) NOT NULL,
-    status ENUM('new','collected','resulted','cancelled') NOT NULL,
-    amount DECIMAL(12,2),
-    updated DATETIME(6) NOT NULL,
-    note VARCHAR(200)
-) ENGINE=InnoDB";
+/// PostgreSQL `orders`, like the MariaDB one.
+const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT NULL, status text, \
+                      amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
 
 fn snowflake_url() -> String {
     env_or("LABLAKE_SNOWFLAKE_URL", "http://127.0.0.1:28080")
@@ -151,17 +146,12 @@ async fn await_equal_from(
             return Ok(());
         }
         if Instant::now() > deadline {
-            let diff: Vec<String> = expected
-                .iter()
-                .filter(|(k, v)| got.get(*k) != Some(*v))
-                .take(5)
-                .map(|(k, v)| format!("{k}: source {v:?} snowflake {:?}", got.get(k)))
-                .collect();
+            let diff = lablake_tests::state_diff(&expected, &got, "snowflake");
             anyhow::bail!(
                 "Snowflake {database} for {tenant}: {} rows, source {}:\n{}\n{}",
                 got.len(),
                 expected.len(),
-                diff.join("\n"),
+                diff,
                 w.log_tail()
             );
         }
@@ -187,7 +177,7 @@ const MY_COLUMNS: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_tenants_land_in_snowflake_exactly() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(3, &[DDL], &sink_config(&prefix)).await?;
+    let mut w = World::new(3, &[ORDERS_DDL], &sink_config(&prefix)).await?;
     w.start()?;
     let mut conn = w.pool.get_conn().await?;
     for (n, t) in w.tenants.clone().iter().enumerate() {
@@ -265,7 +255,7 @@ async fn snowflake_types(c: &mut Client, database: &str, tenant: &str) -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_changes_and_renames_at_the_source_reach_snowflake() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(1, &[DDL], &sink_config(&prefix)).await?;
+    let mut w = World::new(1, &[ORDERS_DDL], &sink_config(&prefix)).await?;
     // The first run dies in the middle of the column rebuild (new column
     // added), the second after the old column is dropped: the third finishes it.
     w.start_with_env(&[("LABLAKE_FAILPOINTS", "sink.rebuild_after_add")])?;
@@ -346,8 +336,6 @@ async fn type_changes_and_renames_at_the_source_reach_snowflake() -> anyhow::Res
 /// back the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_that_cannot_load_does_not_hold_back_the_others() -> anyhow::Result<()> {
-    const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT NULL, status text, \
-                          amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
     let mut w = World::new_postgres(
         1,
@@ -386,7 +374,7 @@ async fn a_table_that_cannot_load_does_not_hold_back_the_others() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exact() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(3, &[DDL], &sink_config(&prefix)).await?;
+    let mut w = World::new(3, &[ORDERS_DDL], &sink_config(&prefix)).await?;
     let tenants = w.tenants.clone();
     let pool = w.pool.clone();
     // Changes keep arriving across the kills, so there are always new batches.
@@ -436,7 +424,7 @@ async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(1, &[DDL], &sink_config_at(&prefix, "http://127.0.0.1:9")).await?;
+    let mut w = World::new(1, &[ORDERS_DDL], &sink_config_at(&prefix, "http://127.0.0.1:9")).await?;
     let t = w.tenants[0].clone();
     w.start()?;
     let mut conn = w.pool.get_conn().await?;
@@ -463,8 +451,6 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
 /// text not sent with updates of other columns) kept in Snowflake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_tenants_land_in_snowflake_with_soft_deletes_and_toast() -> anyhow::Result<()> {
-    const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT NULL, status text, \
-                          amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
     // Soft deletes (a `[snowflake]` key, so before `[snowflake.connection]`).
     let extra = sink_config(&prefix).replacen(
@@ -555,7 +541,7 @@ async fn wrong_credentials_are_named_retried_and_nothing_is_lost() -> anyhow::Re
         other => panic!("{other:?}"),
     }
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(1, &[DDL], &sink_config_at(&prefix, &refusing)).await?;
+    let mut w = World::new(1, &[ORDERS_DDL], &sink_config_at(&prefix, &refusing)).await?;
     let t = w.tenants[0].clone();
     w.start()?;
     let mut conn = w.pool.get_conn().await?;

@@ -615,15 +615,7 @@ impl CheckpointStore for DynamoStore {
 
     async fn snapshots(&self, source: &str) -> Result<Vec<SnapshotProgress>, CheckpointError> {
         let what = format!("snapshots of `{source}`");
-        let mut out = self
-            .query_pk(snapshot_pk(source), &what)
-            .await?
-            .iter()
-            .map(|item| {
-                let json = get_s(item, "progress", &what)?;
-                serde_json::from_str::<SnapshotProgress>(&json).map_err(|_| corrupt(&what, "progress"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<SnapshotProgress> = self.query_json(snapshot_pk(source), "progress", &what).await?;
         out.sort_by(|a, b| a.table.cmp(&b.table));
         Ok(out)
     }
@@ -700,15 +692,7 @@ impl CheckpointStore for DynamoStore {
 
     async fn sinks(&self, sink: &str) -> Result<Vec<SinkCheckpoint>, CheckpointError> {
         let what = format!("sink checkpoints of `{sink}`");
-        let mut out = self
-            .query_pk(sink_pk(sink), &what)
-            .await?
-            .iter()
-            .map(|item| {
-                let json = get_s(item, "checkpoint", &what)?;
-                serde_json::from_str::<SinkCheckpoint>(&json).map_err(|_| corrupt(&what, "checkpoint"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<SinkCheckpoint> = self.query_json(sink_pk(sink), "checkpoint", &what).await?;
         out.sort_by(|a, b| a.table.cmp(&b.table));
         Ok(out)
     }
@@ -735,15 +719,7 @@ impl CheckpointStore for DynamoStore {
 
     async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
         let what = format!("schema history of {}.{}.{}", table.tenant, table.database, table.table);
-        let mut out = self
-            .query_pk(schema_pk(table), &what)
-            .await?
-            .iter()
-            .map(|item| {
-                let json = get_s(item, "entry", &what)?;
-                serde_json::from_str::<SchemaVersion>(&json).map_err(|_| corrupt(&what, "entry"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<SchemaVersion> = self.query_json(schema_pk(table), "entry", &what).await?;
         out.sort_by_key(|v| v.version);
         Ok(out)
     }
@@ -824,6 +800,23 @@ impl DynamoStore {
             Ok(current) => explain(current.as_ref()).unwrap_or(fallback),
             Err(_) => fallback,
         }
+    }
+
+    /// Every item of `pk`, each decoded from the JSON in attribute `attr`.
+    async fn query_json<T: serde::de::DeserializeOwned>(
+        &self,
+        pk: String,
+        attr: &str,
+        what: &str,
+    ) -> Result<Vec<T>, CheckpointError> {
+        self.query_pk(pk, what)
+            .await?
+            .iter()
+            .map(|item| {
+                let json = get_s(item, attr, what)?;
+                serde_json::from_str(&json).map_err(|_| corrupt(what, attr))
+            })
+            .collect()
     }
 
     async fn query_pk(&self, pk: String, what: &str) -> Result<Vec<Item>, CheckpointError> {
