@@ -47,6 +47,16 @@ const POSTGRES: Dialect = Dialect {
     ],
 };
 
+/// The key and operation a step's DML writes: `INSERT … VALUES (id, …` is
+/// `(id, "c")`, `UPDATE … WHERE id = n` is `(n, "u")`; DDL writes none.
+fn written(sql: &str) -> Option<(String, &'static str)> {
+    if let Some((_, rest)) = sql.split_once("VALUES (") {
+        return Some((rest.split(',').next()?.trim().to_owned(), "c"));
+    }
+    let (_, id) = sql.strip_prefix("UPDATE ")?.split_once("WHERE id = ")?;
+    Some((id.trim().to_owned(), "u"))
+}
+
 /// Column names of a curated row without the metadata columns.
 fn columns(row: &BTreeMap<String, String>) -> Vec<&str> {
     row.keys().filter(|k| !k.starts_with('_')).map(String::as_str).collect()
@@ -62,11 +72,19 @@ async fn scenario(mut w: World, d: &Dialect, postgres: bool) -> anyhow::Result<(
         let sql = step.replace("{}", &table);
         match &pg {
             Some(c) => c.batch_execute(&sql).await?,
-            None => my.query_drop(sql).await?,
+            None => my.query_drop(sql.as_str()).await?,
         }
-        // Let each change reach the stream before the next DDL (the test is
-        // about rows and schemas interleaving, not about timing).
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Each row reaches the lake before the next DDL: the test is about
+        // rows and schemas interleaving, not about a reader that lags behind
+        // an ALTER (MariaDB without binlog_row_metadata=FULL names columns
+        // from information_schema as it is when the reader gets there).
+        if let Some((id, op)) = written(&sql) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !w.curated_rows(&t, "orders").await?.iter().any(|r| r["id"] == id && r["_op"] == op) {
+                assert!(Instant::now() < deadline, "row {id} ({op}) not curated:\n{}", w.log_tail());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let rows = loop {

@@ -568,11 +568,17 @@ fn catalog_type_matches(ty: MyType, c: &CatalogColumn) -> bool {
     let dt = c.data_type.to_ascii_lowercase();
     let dt = dt.as_str();
     match ty {
-        MyType::MYSQL_TYPE_TINY => matches!(dt, "tinyint" | "bool" | "boolean"),
-        MyType::MYSQL_TYPE_SHORT => dt == "smallint",
-        MyType::MYSQL_TYPE_INT24 => dt == "mediumint",
-        MyType::MYSQL_TYPE_LONG => matches!(dt, "int" | "integer"),
-        MyType::MYSQL_TYPE_LONGLONG => dt == "bigint",
+        // One family, like decimals and strings of any width: the table map
+        // decides the width, information_schema may already show a later
+        // one (`MODIFY m INT` executed before the reader reached the rows
+        // written under `SMALLINT`).
+        MyType::MYSQL_TYPE_TINY
+        | MyType::MYSQL_TYPE_SHORT
+        | MyType::MYSQL_TYPE_INT24
+        | MyType::MYSQL_TYPE_LONG
+        | MyType::MYSQL_TYPE_LONGLONG => {
+            matches!(dt, "tinyint" | "bool" | "boolean" | "smallint" | "mediumint" | "int" | "integer" | "bigint")
+        }
         MyType::MYSQL_TYPE_FLOAT => dt == "float",
         MyType::MYSQL_TYPE_DOUBLE => matches!(dt, "double" | "real" | "double precision"),
         MyType::MYSQL_TYPE_NEWDECIMAL | MyType::MYSQL_TYPE_DECIMAL => matches!(dt, "decimal" | "numeric"),
@@ -916,6 +922,25 @@ mod tests {
         assert_eq!(parse_labels("enum('')", "enum").unwrap(), vec![""]);
         assert!(parse_labels("enum('a'", "enum").is_none());
         assert!(parse_labels("int(11)", "enum").is_none());
+    }
+
+    #[test]
+    fn integer_widths_are_one_family_other_types_are_not() {
+        let col = |dt: &str| CatalogColumn {
+            name: "m".into(),
+            data_type: dt.into(),
+            column_type: dt.into(),
+            charset: None,
+            is_json: false,
+            nullable: true,
+        };
+        // Widened since the event: decoded by the table map's width.
+        assert!(catalog_type_matches(MyType::MYSQL_TYPE_SHORT, &col("int")));
+        assert!(catalog_type_matches(MyType::MYSQL_TYPE_LONG, &col("bigint")));
+        assert!(catalog_type_matches(MyType::MYSQL_TYPE_TINY, &col("tinyint")));
+        // A different family is a table altered beyond what the map can decode.
+        assert!(!catalog_type_matches(MyType::MYSQL_TYPE_SHORT, &col("varchar")));
+        assert!(!catalog_type_matches(MyType::MYSQL_TYPE_VARCHAR, &col("int")));
     }
 
     #[test]
