@@ -7,8 +7,9 @@ use lablake_benches::results_events;
 use lablake_curate::BatchBuilder;
 use lablake_model::envelope::{Decoder, encode, encode_key};
 use lablake_model::tenant::{TableFilter, TenantRule};
-use lablake_mysql::{BinlogDecoder, BinlogFileReader, DecoderConfig, SourceItem};
-use lablake_postgres::{PgDecoder, PgItem};
+use lablake_mysql::{BinlogDecoder, BinlogFileReader, DecoderConfig};
+use lablake_postgres::PgDecoder;
+use lablake_source::SourceItem;
 
 /// A MariaDB 10.11 binlog (ROW, FULL image, FULL metadata) of the results
 /// table: 2,000 inserts in 4 transactions, 1,000 updates, 200 deletes.
@@ -63,12 +64,12 @@ fn pg_decode_and_encode(relation: &[u8], msgs: &[(Vec<u8>, u64)], key: &mut Vec<
         lablake_postgres::pgoutput::Message::Relation { relation, .. } => relation,
         _ => unreachable!("a Relation message"),
     };
-    dec.put_relation(rel, &["id".to_owned()]);
+    dec.put_relation(rel, &["id".to_owned()]).expect("relation");
     let mut rows = 0;
     for (m, end) in msgs {
         dec.push(m, *end).expect("decode");
         while let Some(item) = dec.pop().expect("pop") {
-            if let PgItem::Change(e) = item {
+            if let SourceItem::Change(e) = item {
                 encode_record(&e, key, value);
                 rows += 1;
             }

@@ -116,8 +116,17 @@ pub fn lablake_bin() -> PathBuf {
     dir.join("lablake")
 }
 
+/// The kind of a test's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Mysql,
+    Postgres,
+}
+
 /// One test's isolated world: names, config file, running pipeline.
 pub struct World {
+    /// The source kind the world captures.
+    pub kind: Kind,
     pub id: String,
     pub tenants: Vec<String>,
     pub prefix: String,
@@ -181,6 +190,7 @@ max_age = "30s"
 idle_flush = "500ms"
 
 [[sources]]
+kind = "mysql"
 name = "main"
 url = "{mysql}"
 server_id = {server_id}
@@ -200,7 +210,159 @@ start = {{ file = "{file}", pos = {pos} }}
         std::fs::write(&config_path, config)?;
         // Outside the temporary folder, so a failed run leaves its log behind.
         let log_path = std::env::temp_dir().join(format!("lablake-test-{id}.log"));
-        Ok(World { id, tenants, prefix, dir, config_path, pool, child: None, log_path, pg_slot: None })
+        Ok(World {
+            kind: Kind::Mysql,
+            id,
+            tenants,
+            prefix,
+            dir,
+            config_path,
+            pool,
+            child: None,
+            log_path,
+            pg_slot: None,
+        })
+    }
+
+    /// [`World::new`] or [`World::new_postgres`], by `kind`: `n` tenants, each
+    /// with its own database (`lab_<tenant>`) where `ddl` ran.
+    pub async fn with_source(kind: Kind, n: usize, ddl: &[&str], extra_config: &str) -> anyhow::Result<World> {
+        match kind {
+            Kind::Mysql => World::new(n, ddl, extra_config).await,
+            Kind::Postgres => World::new_postgres(n, ddl, extra_config).await,
+        }
+    }
+
+    /// A world of `n` tenants sharing one database `shared_<id>` (tables
+    /// created by `ddl` there), captured with the tenant-column rule on
+    /// `tenant_column`. PostgreSQL gets its slot and publication as in
+    /// [`World::new_postgres`].
+    pub async fn with_shared_database(
+        kind: Kind,
+        n: usize,
+        ddl: &[&str],
+        tenant_column: &str,
+    ) -> anyhow::Result<World> {
+        let mut w = World::with_source(kind, 0, &[], "").await?;
+        let tenants: Vec<String> = (0..n).map(|i| format!("t{}{i}", w.id)).collect();
+        let db = w.shared_database();
+        let config = std::fs::read_to_string(&w.config_path)?;
+        let (base, source) = config.split_once("[[sources]]").context("world config without a source")?;
+        let mut source = String::new() + source;
+        match kind {
+            Kind::Mysql => {
+                let mut c = w.pool.get_conn().await?;
+                c.query_drop(format!("CREATE DATABASE {db}")).await?;
+                for stmt in ddl {
+                    c.query_drop(format!("USE {db}")).await?;
+                    c.query_drop(*stmt).await?;
+                }
+                // Start after the DDL, at the current position.
+                let row: mysql_async::Row =
+                    c.query_first("SHOW MASTER STATUS").await?.context("binary logging is off")?;
+                let (file, pos): (String, u64) =
+                    (row.get(0).context("no binlog file")?, row.get(1).context("no binlog position")?);
+                let start = source.lines().find(|l| l.starts_with("start =")).unwrap_or_default().to_owned();
+                source = source.replace(&start, &format!("start = {{ file = \"{file}\", pos = {pos} }}"));
+            }
+            Kind::Postgres => {
+                let c = pg_client().await?;
+                c.batch_execute(&format!("CREATE SCHEMA {db}")).await?;
+                for stmt in ddl {
+                    c.batch_execute(&format!("SET search_path = {db}; {stmt}; RESET search_path")).await?;
+                }
+            }
+        }
+        let include = source.lines().find(|l| l.starts_with("include =")).unwrap_or_default().to_owned();
+        let rule = source.lines().find(|l| l.starts_with("tenant =")).unwrap_or_default().to_owned();
+        let source = source
+            .replace(&include, &format!("include = [\"{db}.*\"]"))
+            .replace(&rule, &format!("tenant = {{ kind = \"column\", column = \"{tenant_column}\" }}"));
+        std::fs::write(&w.config_path, format!("{base}[[sources]]{source}"))?;
+        w.tenants = tenants;
+        Ok(w)
+    }
+
+    /// The database of [`World::with_shared_database`].
+    pub fn shared_database(&self) -> String {
+        format!("shared_{}", self.id)
+    }
+
+    /// Runs `statements` in one transaction in `database` of the world's source.
+    pub async fn exec_in(&self, database: &str, statements: &[&str]) -> anyhow::Result<()> {
+        match self.kind {
+            Kind::Mysql => {
+                let mut c = self.pool.get_conn().await?;
+                c.query_drop(format!("USE {database}")).await?;
+                c.query_drop("START TRANSACTION").await?;
+                for s in statements {
+                    c.query_drop(*s).await.with_context(|| s.to_string())?;
+                }
+                c.query_drop("COMMIT").await?;
+            }
+            Kind::Postgres => {
+                let sql = format!("BEGIN; SET LOCAL search_path = {database}; {}; COMMIT", statements.join("; "));
+                pg_client().await?.batch_execute(&sql).await.with_context(|| sql.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `statements` in one transaction in `tenant`'s database (`lab_<tenant>`).
+    pub async fn exec(&self, tenant: &str, statements: &[&str]) -> anyhow::Result<()> {
+        self.exec_in(&format!("lab_{tenant}"), statements).await
+    }
+
+    /// The source's rows of `database.table` as text, keyed by the first
+    /// column: `columns` are plain column names, cast to text the source's way.
+    pub async fn source_state_in(
+        &self,
+        database: &str,
+        table: &str,
+        columns: &[&str],
+    ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| match self.kind {
+                Kind::Mysql => format!("CAST({c} AS CHAR)"),
+                Kind::Postgres => format!("({c})::text"),
+            })
+            .collect();
+        let q = format!("SELECT {} FROM {database}.{table}", select.join(", "));
+        let rows: Vec<Vec<Option<String>>> = match self.kind {
+            Kind::Mysql => {
+                let mut c = self.pool.get_conn().await?;
+                c.query_drop("SET time_zone = '+00:00'").await?;
+                let rows: Vec<mysql_async::Row> = c.query(q).await?;
+                rows.into_iter()
+                    .map(|r| (0..columns.len()).map(|i| r.get_opt(i).and_then(|x| x.ok()).unwrap_or(None)).collect())
+                    .collect()
+            }
+            Kind::Postgres => pg_client()
+                .await?
+                .query(&q, &[])
+                .await?
+                .iter()
+                .map(|r| (0..columns.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+                .collect(),
+        };
+        let mut out = BTreeMap::new();
+        for r in rows {
+            let m: BTreeMap<String, String> =
+                columns.iter().zip(r).map(|(c, v)| ((*c).to_owned(), v.unwrap_or_else(|| "NULL".into()))).collect();
+            out.insert(m[columns[0]].clone(), m);
+        }
+        Ok(out)
+    }
+
+    /// [`World::source_state_in`] of `tenant`'s database.
+    pub async fn source_state(
+        &self,
+        tenant: &str,
+        table: &str,
+        columns: &[&str],
+    ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
+        self.source_state_in(&format!("lab_{tenant}"), table, columns).await
     }
 
     /// Like [`World::new`] with a PostgreSQL source: `n` tenants (schemas
@@ -223,7 +385,8 @@ start = {{ file = "{file}", pos = {pos} }}
         let include: Vec<String> = tenants.iter().map(|t| format!("\"lab_{t}.*\"")).collect();
         let config = format!(
             r#"{base}
-[[postgres_sources]]
+[[sources]]
+kind = "postgres"
 name = "pg"
 url = "{url}"
 slot = "{slot}"
@@ -244,6 +407,7 @@ heartbeat_interval = "1s"
         client.query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot]).await?;
         w.tenants = tenants;
         w.pg_slot = Some(slot);
+        w.kind = Kind::Postgres;
         Ok(w)
     }
 
@@ -391,6 +555,16 @@ heartbeat_interval = "1s"
         curated_rows(&self.lake()?, tenant, table).await
     }
 
+    /// Every curated row of `tenant`'s `database.table` (e.g. a shared database).
+    pub async fn curated_rows_in(
+        &self,
+        tenant: &str,
+        database: &str,
+        table: &str,
+    ) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+        curated_rows_at(&self.lake()?, tenant, database, table).await
+    }
+
     /// Waits until the curated state of a tenant's table (see [`curated_state`])
     /// equals `expected`, checking that the pipeline keeps running. After
     /// `timeout` the error lists the differing keys and the log tail.
@@ -445,7 +619,17 @@ heartbeat_interval = "1s"
 /// Every curated row of a tenant's table (database `lab_<tenant>`), each as
 /// column → display string, in file order.
 pub async fn curated_rows(lake: &Lake, tenant: &str, table: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-    let prefix = format!("{tenant}/curated/lab_{tenant}/{table}/");
+    curated_rows_at(lake, tenant, &format!("lab_{tenant}"), table).await
+}
+
+/// Every curated row of a tenant's `database.table`, in file order.
+pub async fn curated_rows_at(
+    lake: &Lake,
+    tenant: &str,
+    database: &str,
+    table: &str,
+) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let prefix = format!("{tenant}/curated/{database}/{table}/");
     let mut rows = Vec::new();
     for key in lake.list(tenant, &prefix).await? {
         let bytes = lake.get(tenant, &key).await?;

@@ -17,6 +17,7 @@ allow_http = true
 endpoint = "http://127.0.0.1:25000"
 
 [[sources]]
+kind = "mysql"
 name = "main"
 url = "mysql://lablake:lablake@127.0.0.1:23306"
 server_id = 4242
@@ -92,7 +93,8 @@ fn missing_section_is_named() {
 }
 
 const PG: &str = r#"
-[[postgres_sources]]
+[[sources]]
+kind = "postgres"
 name = "audit"
 url = "postgres://lablake@127.0.0.1:25432/lims"
 slot = "lablake_audit"
@@ -105,7 +107,7 @@ fn postgres_sources_are_validated_with_named_keys() {
     assert_eq!(code, 0, "{err}");
     let (code, err) = check(&format!("{GOOD}{}", PG.replace("postgres://", "mysql://")), &[]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("postgres_sources[0] (name `audit`).url"), "{err}");
+    assert!(err.contains("sources[1] (name `audit`).url"), "{err}");
     let (code, err) = check(&format!("{GOOD}{}", PG.replace("lablake_audit", "Bad-Slot")), &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("slot"), "{err}");

@@ -89,7 +89,8 @@ async fn postgres_sigkill_during_100k_changes_loses_and_duplicates_nothing() -> 
 async fn a_million_row_transaction_lands_in_bounded_memory() -> anyhow::Result<()> {
     use arrow::array::AsArray;
     use arrow::datatypes::Int64Type;
-    use lablake_checkpoint::{CheckpointStore, DynamoConfig, DynamoStore};
+    use lablake_checkpoint::prelude::*;
+    use lablake_checkpoint::{DynamoConfig, DynamoStore};
 
     const ROWS: i64 = 1_000_000;
     let mut w =

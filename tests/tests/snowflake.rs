@@ -433,7 +433,7 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
             .await?;
     }
     for l in failed_passes(&mut w).await? {
-        assert!(l.contains(&format!("tenant `{t}`")) && l.contains("http://127.0.0.1:9"), "{l}");
+        assert!(l.contains(&format!("{t}/lab_{t}.orders")) && l.contains("http://127.0.0.1:9"), "{l}");
     }
     // The endpoint fixed (an environment override): nothing was lost.
     w.stop()?;
@@ -550,7 +550,10 @@ async fn wrong_credentials_are_named_retried_and_nothing_is_lost() -> anyhow::Re
             .await?;
     }
     for l in failed_passes(&mut w).await? {
-        assert!(l.contains(&format!("tenant `{t}`")) && l.contains(&format!("login to {refusing} refused")), "{l}");
+        assert!(
+            l.contains(&format!("{t}/lab_{t}.orders")) && l.contains(&format!("login to {refusing} refused")),
+            "{l}"
+        );
     }
     w.stop()?;
     w.start_with_env(&[("LABLAKE__SNOWFLAKE__CONNECTION__BASE_URL", &snowflake_url())])?;

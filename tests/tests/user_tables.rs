@@ -72,7 +72,7 @@ async fn a_user_table_created_while_running_is_loaded_streamed_and_retired() -> 
     );
     assert!(assigned(".orders").iter().all(|l| !l.contains("-udt\"")), "core tables stay in the core group");
     assert!(
-        log.lines().any(|l| l.contains("snapshot started") && l.contains("table=udt_visits")),
+        log.lines().any(|l| l.contains("snapshot started") && l.contains(".udt_visits")),
         "the new user-defined table was snapshotted"
     );
     c.query_drop("DROP TABLE udt_visits").await?;
@@ -116,7 +116,7 @@ async fn core_tables_are_not_delayed_by_a_large_user_table_snapshot() -> anyhow:
     wait_for_log(
         &mut w,
         "the big snapshot",
-        |l| l.contains("snapshot started") && l.contains("table=udt_big"),
+        |l| l.contains("snapshot started") && l.contains(".udt_big"),
         Duration::from_secs(30),
     )
     .await?;

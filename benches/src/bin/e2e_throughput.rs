@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use lablake_checkpoint::{CheckpointStore, DynamoConfig, DynamoStore};
+use lablake_checkpoint::prelude::*;
+use lablake_checkpoint::{DynamoConfig, DynamoStore};
 use lablake_tests::{World, dynamodb_endpoint};
 use mysql_async::prelude::Queryable;
 

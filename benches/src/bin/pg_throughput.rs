@@ -20,7 +20,9 @@ use std::time::Instant;
 use anyhow::Context;
 use lablake_benches::pg;
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
-use lablake_postgres::{PgItem, PgSource, PgSourceConfig};
+use lablake_model::Resume;
+use lablake_postgres::{PgSource, PgSourceConfig};
+use lablake_source::SourceItem;
 use lablake_tests::{kafka_brokers, pg_client, pg_url, rand_id};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -83,12 +85,13 @@ async fn main() -> anyhow::Result<()> {
     let mut changes = 0i64;
     loop {
         match src.next().await? {
-            PgItem::Change(e) => {
+            SourceItem::Change(e) => {
                 let (topic, fut) = producer.send(&e).await?;
                 acks.delivery(topic, fut).await?;
                 changes += 1;
             }
-            PgItem::Commit { lsn, .. } | PgItem::Heartbeat { lsn } => {
+            SourceItem::Commit { resume: Resume::Lsn(lsn), .. }
+            | SourceItem::Heartbeat { resume: Resume::Lsn(lsn) } => {
                 acks.marker(lsn).await?;
                 if lsn >= end_lsn {
                     break;

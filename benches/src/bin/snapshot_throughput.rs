@@ -23,12 +23,13 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use lablake::snapshot::{Snapshotter, read_chunks};
 use lablake_benches::{mysql, pg};
 use lablake_bus::{BusConfig, ChangeProducer, ack_queue};
 use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId};
 use lablake_mysql::{MysqlSnapshotter, MysqlSourceConfig};
+use lablake_pipeline::snapshot::read_chunks;
 use lablake_postgres::{PgSnapshotter, PgSourceConfig};
+use lablake_source::{SnapshotTable, Snapshotter};
 use lablake_tests::{kafka_brokers, mysql_url, pg_client, pg_url, rand_id};
 use mysql_async::prelude::Queryable;
 
@@ -50,7 +51,7 @@ where
     R::Table: 'static,
 {
     let table = readers[0].table(id).await?.context("benchmark table layout")?;
-    let schema = R::schema(&table).clone();
+    let schema = table.schema().clone();
     let mut producer = ChangeProducer::new(&run.bus)?;
     let (acks, mut acked) = ack_queue::<()>(run.bus.max_in_flight);
     let waiter = tokio::spawn(async move {

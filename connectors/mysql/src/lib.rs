@@ -4,14 +4,17 @@
 //! `docs/adr/0001-mysql-binlog-client.md`) and turns row-based binlog events
 //! into [`lablake_model::ChangeEvent`]s:
 //!
-//! * [`MysqlSource`] — the live reader: `start(config, resume)`, then `next()`
-//!   until an error; each [`SourceItem::Commit`] carries the [`ResumePoint`]
-//!   to restart from.
+//! * [`MysqlSource`] — the live reader, a [`lablake_source::ChangeSource`]:
+//!   `start(config, resume)`, then `next()` until an error; each
+//!   [`lablake_source::SourceItem::Commit`] carries the
+//!   [`lablake_model::Resume`] to restart from. [`MysqlSourceConfig`] is its
+//!   [`lablake_source::Connector`].
 //! * [`BinlogDecoder`] — the pure event-stream state machine both the live
 //!   reader and offline tools use (positions, GTIDs, transactions, tenants).
 //! * [`decode`] — the pure value decoding layer; [`decode::decode_rows`] is
 //!   the benchmark hook.
-//! * [`MysqlSnapshotter`] — snapshot (full load) chunk reads and watermarks.
+//! * [`MysqlSnapshotter`] — snapshot (full load) chunk reads and watermarks,
+//!   a [`lablake_source::Snapshotter`].
 //! * [`BinlogFileReader`] — reads binlog files with the same event framing.
 //!
 //! Guarantees, type mapping and limitations are in the crate README.
@@ -32,7 +35,7 @@ pub use error::MysqlError;
 pub use file::BinlogFileReader;
 pub use snapshot::{MysqlSnapshotTable, MysqlSnapshotter};
 pub use source::MysqlSource;
-pub use stream::{BinlogDecoder, CatalogRequest, DecoderConfig, ResumePoint, SourceItem};
+pub use stream::{BinlogDecoder, CatalogRequest, DecoderConfig};
 
 /// Re-export of the `mysql_common` binlog types used in this crate's API
 /// (`Event`, `TableMapEvent`, `RowsEventData`), so callers and benchmarks

@@ -1,20 +1,22 @@
 //! Snapshot (full load) reads of MySQL/MariaDB tables for the watermark
 //! method (see `docs/adr/0006-snapshots-with-watermarks.md`).
 //!
-//! Delivery contract: [`MysqlSnapshotter::read_chunk`] returns at most
-//! `limit` rows with chunk keys greater than `after`, in key order, plus the
+//! [`MysqlSnapshotter`] implements [`Snapshotter`] and its delivery contract:
+//! `read_range` returns at most `limit` rows with chunk keys greater than
+//! `after`, in key order, plus the
 //! last row's key as text (what `after` takes to continue); one chunk is in
 //! memory at a time. Values are converted to exactly what the binlog decoder
 //! produces for the same column (`decode::select`), and the schema is built
 //! from information_schema the way the binlog decoder builds it, so snapshot
-//! rows and streamed rows share a schema. [`MysqlSnapshotter::watermark`]
+//! rows and streamed rows share a schema. `watermark`
 //! inserts (and at once deletes) a row of the signalling table, which the
-//! binlog stream returns as [`crate::SourceItem::Watermark`] in commit order.
+//! binlog stream returns as [`lablake_source::SourceItem::Watermark`] in commit order.
 
 use std::sync::Arc;
 
 use lablake_model::tenant::TenantRule;
 use lablake_model::{Chunk, TableId, TableSchema};
+use lablake_source::{SnapshotTable, Snapshotter};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Row};
 
@@ -38,6 +40,15 @@ pub struct MysqlSnapshotTable {
     chunk_key: Vec<usize>,
     /// Whether the table can be read in chunks.
     pub keyed: bool,
+}
+
+impl SnapshotTable for MysqlSnapshotTable {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.schema
+    }
+    fn keyed(&self) -> bool {
+        self.keyed
+    }
 }
 
 /// Reads snapshot chunks and writes watermarks on its own connection.
@@ -70,10 +81,15 @@ impl MysqlSnapshotter {
         let signal = config.signal()?;
         Ok(MysqlSnapshotter { conn, cfg, flavor, signal, signal_ready: false })
     }
+}
+
+impl Snapshotter for MysqlSnapshotter {
+    type Table = MysqlSnapshotTable;
+    type Error = MysqlError;
 
     /// Every selected table of a tenant (schema-per-tenant rule only: with a
     /// tenant column a table holds many tenants and is listed for none).
-    pub async fn tables(&mut self) -> Result<Vec<TableId>, MysqlError> {
+    async fn tables(&mut self) -> Result<Vec<TableId>, MysqlError> {
         if !matches!(self.cfg.tenant, TenantRule::SchemaPattern { .. }) {
             return Ok(Vec::new());
         }
@@ -101,7 +117,7 @@ impl MysqlSnapshotter {
     }
 
     /// The table's layout from information_schema; `None` when it does not exist.
-    pub async fn table(&mut self, id: &TableId) -> Result<Option<MysqlSnapshotTable>, MysqlError> {
+    async fn table(&mut self, id: &TableId) -> Result<Option<MysqlSnapshotTable>, MysqlError> {
         let cat = catalog::fetch(&mut self.conn, &id.database, &id.table, self.flavor).await?;
         if cat.columns.is_empty() {
             return Ok(None);
@@ -149,7 +165,7 @@ impl MysqlSnapshotter {
     }
 
     /// information_schema's row estimate (InnoDB: from index statistics), 0 when unknown.
-    pub async fn estimate(&mut self, t: &MysqlSnapshotTable) -> Result<u64, MysqlError> {
+    async fn estimate(&mut self, t: &MysqlSnapshotTable) -> Result<u64, MysqlError> {
         let rows: Option<Option<u64>> = self
             .conn
             .exec_first(
@@ -163,7 +179,7 @@ impl MysqlSnapshotter {
 
     /// Writes a watermark: inserts a row with `id` into the signalling table
     /// (committed, so the binlog has it) and deletes it again.
-    pub async fn watermark(&mut self, id: &str) -> Result<(), MysqlError> {
+    async fn watermark(&mut self, id: &str) -> Result<(), MysqlError> {
         let table = format!("{}.{}", quote(&self.signal.0), quote(&self.signal.1));
         if !self.signal_ready {
             self.conn
@@ -190,19 +206,9 @@ impl MysqlSnapshotter {
         Ok(())
     }
 
-    /// Up to `limit` rows after `after` in chunk-key order.
-    pub async fn read_chunk(
-        &mut self,
-        t: &MysqlSnapshotTable,
-        after: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Chunk, MysqlError> {
-        self.read_range(t, after, None, limit).await
-    }
-
-    /// Like [`MysqlSnapshotter::read_chunk`], only keys up to and including
+    /// Like [`Snapshotter::read_chunk`], only keys up to and including
     /// `upto` (a boundary from [`MysqlSnapshotter::boundaries`]).
-    pub async fn read_range(
+    async fn read_range(
         &mut self,
         t: &MysqlSnapshotTable,
         after: Option<&[String]>,
@@ -245,7 +251,7 @@ impl MysqlSnapshotter {
     /// Up to `count` chunk keys (as text) that split the rows after `after`
     /// into ranges of `step` rows (fewer when the table ends first): an
     /// index walk over the keys, for reading several chunks in parallel.
-    pub async fn boundaries(
+    async fn boundaries(
         &mut self,
         t: &MysqlSnapshotTable,
         after: Option<&[String]>,

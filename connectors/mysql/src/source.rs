@@ -11,20 +11,27 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 use mysql_common::packets::Sid;
 use tracing::{info, warn};
 
+use lablake_model::Resume;
+use lablake_source::{ChangeSource, Connector, SourceItem};
+
 use crate::config::{MysqlSourceConfig, StartPosition};
 use crate::decode::Flavor;
-use crate::stream::{BinlogDecoder, CatalogRequest, ResumePoint, SourceItem, parse_mariadb_gtid_list};
+use crate::snapshot::MysqlSnapshotter;
+use crate::stream::{BinlogDecoder, CatalogRequest, parse_mariadb_gtid_list};
 use crate::{MysqlError, catalog};
 
 /// A MySQL/MariaDB binlog source (incremental load).
 ///
-/// Delivery is at-least-once: after a restart from a [`ResumePoint`] taken
-/// from a [`SourceItem::Commit`], the following transactions are delivered
-/// again exactly as before (same positions), nothing earlier is.
+/// Implements [`ChangeSource`] with its delivery contract: after a restart
+/// from a [`Resume::Binlog`] taken from a [`SourceItem::Commit`] or
+/// [`SourceItem::Heartbeat`], the following transactions are delivered again
+/// exactly as before (same positions), nothing earlier is. The server keeps
+/// its binlogs by its own retention, so [`ChangeSource::saved_hook`] is the
+/// default no-op.
 ///
 /// After [`MysqlSource::next`] returns an error the source is finished: drop
-/// it and [`MysqlSource::start`] again from the last acknowledged resume
-/// point (after a backoff when [`MysqlError::is_retryable`]).
+/// it and [`MysqlSource::start`] again from the last saved resume point
+/// (after a backoff when [`MysqlError::is_retryable`]).
 pub struct MysqlSource {
     config: MysqlSourceConfig,
     opts: Opts,
@@ -51,7 +58,7 @@ impl MysqlSource {
     /// Connects and starts streaming from `resume` (or from `config.start`
     /// when `None`). Checks the server settings (binary log on, `ROW`
     /// format, `FULL` row image, a distinct server id) first.
-    pub async fn start(config: MysqlSourceConfig, resume: Option<ResumePoint>) -> Result<Self, MysqlError> {
+    pub async fn start(config: MysqlSourceConfig, resume: Option<Resume>) -> Result<Self, MysqlError> {
         let dcfg = config.decoder_config()?;
         ensure_crypto_provider();
         let opts = config.driver_opts()?;
@@ -179,6 +186,39 @@ impl MysqlSource {
     }
 }
 
+impl ChangeSource for MysqlSource {
+    type Error = MysqlError;
+
+    fn next(&mut self) -> impl std::future::Future<Output = Result<SourceItem, MysqlError>> + Send {
+        MysqlSource::next(self)
+    }
+}
+
+impl lablake_source::SourceError for MysqlError {
+    fn is_retryable(&self) -> bool {
+        MysqlError::is_retryable(self)
+    }
+}
+
+/// A MySQL/MariaDB source kind: its configuration starts the binlog reader
+/// and opens snapshot readers.
+impl Connector for MysqlSourceConfig {
+    type Source = MysqlSource;
+    type Snapshotter = MysqlSnapshotter;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn start(&self, resume: Option<Resume>) -> Result<MysqlSource, MysqlError> {
+        MysqlSource::start(self.clone(), resume).await
+    }
+
+    async fn snapshotter(&self) -> Result<MysqlSnapshotter, MysqlError> {
+        MysqlSnapshotter::connect(self).await
+    }
+}
+
 pub(crate) async fn connect(opts: &Opts, timeout: Duration) -> Result<Conn, MysqlError> {
     match tokio::time::timeout(timeout, Conn::new(opts.clone())).await {
         Err(_) => Err(MysqlError::Connect { reason: format!("timed out after {timeout:?}"), source: None }),
@@ -245,18 +285,24 @@ async fn check_server(conn: &mut Conn, config: &MysqlSourceConfig) -> Result<Ser
 async fn resolve_start(
     conn: &mut Conn,
     config: &MysqlSourceConfig,
-    resume: Option<ResumePoint>,
+    resume: Option<Resume>,
     flavor: Flavor,
 ) -> Result<Start, MysqlError> {
     let start = match resume {
-        Some(r) if !r.file.is_empty() => {
-            if lablake_model::position::binlog_file_seq(&r.file).is_none() {
+        Some(Resume::Binlog { file, pos, gtid }) if !file.is_empty() => {
+            if lablake_model::position::binlog_file_seq(&file).is_none() {
                 return Err(MysqlError::config("resume.file", "must be a binlog file name such as binlog.000042"));
             }
-            Start::File { file: r.file, pos: r.pos, gtid: r.gtid }
+            Start::File { file, pos, gtid }
         }
-        Some(ResumePoint { gtid: Some(g), .. }) if !g.trim().is_empty() => Start::Gtid { gtid: g },
-        Some(_) => return Err(MysqlError::config("resume", "needs a file or a GTID")),
+        Some(Resume::Binlog { gtid: Some(g), .. }) if !g.trim().is_empty() => Start::Gtid { gtid: g },
+        Some(Resume::Binlog { .. }) => return Err(MysqlError::config("resume", "needs a file or a GTID")),
+        Some(Resume::Lsn(_)) => {
+            return Err(MysqlError::config(
+                "resume",
+                "is a PostgreSQL LSN; a MySQL source resumes from a binlog position",
+            ));
+        }
         None => match &config.start {
             StartPosition::Earliest => {
                 let first: Option<String> = conn

@@ -2,16 +2,18 @@
 //!
 //! Pure (no I/O): the live reader ([`crate::MysqlSource`]) and the fixture
 //! tests feed it the same `mysql_common` events. It tracks the binlog file,
-//! transaction boundaries, GTIDs and table maps, resolves tenants, applies
-//! the table filter and decodes one rows event at a time.
+//! transaction boundaries, GTIDs and table maps, applies the table filter,
+//! decodes one rows event at a time and routes each row to its tenant with
+//! the shared [`lablake_model::tenant::route`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lablake_model::position::binlog_file_seq;
-use lablake_model::tenant::{TableFilter, TenantRule};
-use lablake_model::{ChangeEvent, Op, SourceInfo, SourcePosition, TableId, Value};
+use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
+use lablake_model::{Op, Resume, SourceInfo, SourcePosition, Value};
+use lablake_source::{SourceItem, Unresolved, Watermark};
 use mysql_common::binlog::consts::{BinlogChecksumAlg, EventType};
 use mysql_common::binlog::events::{
     Event, EventData, FormatDescriptionEvent, GtidEvent, QueryEvent, RotateEvent, TableMapEvent,
@@ -22,57 +24,6 @@ use crate::MysqlError;
 
 use crate::ddl::{QueryKind, classify};
 use crate::decode::{CatalogNeed, CatalogTable, Flavor, RowChange, TableInfo, decode_rows};
-
-/// Where to resume reading: the binlog coordinates just after a committed
-/// transaction, plus its GTID position.
-///
-/// `gtid` is, for MariaDB, the GTID position (`domain-server-seq` per
-/// domain, comma-separated) after that transaction, usable as
-/// `@slave_connect_state`. For MySQL it is the GTID (`uuid:n`) of that last
-/// transaction only, kept for audit; MySQL resumes by file and position.
-/// A `ResumePoint` with an empty `file` resumes from `gtid` alone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ResumePoint {
-    pub file: String,
-    pub pos: u64,
-    pub gtid: Option<String>,
-}
-
-/// One item of the source stream.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum SourceItem {
-    /// A row change (tenant resolved, table selected by the filter).
-    Change(ChangeEvent),
-    /// End of a transaction (XID, COMMIT, or a DDL outside a transaction):
-    /// every change before it belongs to committed transactions; resuming
-    /// from `resume` replays nothing before this point.
-    Commit { resume: ResumePoint, position: SourcePosition, commit_ts_ms: i64 },
-    /// A rotate or heartbeat with no changes (lets the checkpoint advance on
-    /// idle sources). Only emitted between transactions.
-    Heartbeat { resume: ResumePoint },
-    /// A row of a selected table whose tenant cannot be resolved (tenant
-    /// column NULL, invalid or missing). Carries no row values; the pipeline
-    /// dead-letters it and the stream goes on.
-    Unresolved { table: String, reason: String, position: SourcePosition },
-    /// A row written to the signalling table (a snapshot watermark), in
-    /// binlog order among the changes. `source` is the written row's
-    /// position; snapshot rows placed at this watermark take
-    /// [`SourceItem::snapshot_source`] positions right after it.
-    Watermark { id: String, source: SourceInfo },
-}
-
-impl SourceItem {
-    /// The source block of the `i`-th snapshot row emitted at a watermark
-    /// whose row is at `watermark`: the same event, row index after the
-    /// watermark's own row, so it sorts after the watermark and before the
-    /// next event.
-    pub fn snapshot_source(watermark: &SourceInfo, i: u32) -> SourceInfo {
-        let row = watermark.row.saturating_add(1).saturating_add(i);
-        let seq = binlog_file_seq(&watermark.file).unwrap_or(0);
-        SourceInfo { row, position: SourcePosition::mysql(seq, watermark.pos, row), ..watermark.clone() }
-    }
-}
 
 /// What the decoder needs to know about the source.
 #[derive(Debug, Clone)]
@@ -130,39 +81,8 @@ struct Names {
     connector: Arc<str>,
     source: Arc<str>,
     file: Arc<str>,
-    /// Resolved tenants by database name (schema rule) or column value
-    /// (column rule); cleared when it grows past [`MAX_TENANT_NAMES`].
-    tenants: HashMap<String, Arc<str>>,
-    /// Tenant (or none) of each database name under the schema rule.
-    by_database: HashMap<String, Option<Arc<str>>>,
-}
-
-const MAX_TENANT_NAMES: usize = 10_000;
-
-impl Names {
-    fn tenant_of_database(&mut self, rule: &TenantRule, database: &str) -> Option<Arc<str>> {
-        if let Some(t) = self.by_database.get(database) {
-            return t.clone();
-        }
-        if self.by_database.len() >= MAX_TENANT_NAMES {
-            self.by_database.clear();
-        }
-        let t = rule.tenant_of_database(database).map(|t| self.tenant(t));
-        self.by_database.insert(database.to_owned(), t.clone());
-        t
-    }
-
-    fn tenant(&mut self, tenant: String) -> Arc<str> {
-        if let Some(t) = self.tenants.get(&tenant) {
-            return t.clone();
-        }
-        if self.tenants.len() >= MAX_TENANT_NAMES {
-            self.tenants.clear();
-        }
-        let t: Arc<str> = tenant.as_str().into();
-        self.tenants.insert(tenant, t.clone());
-        t
-    }
+    /// Resolved tenants (by database name or tenant-column value).
+    tenants: TenantNames,
 }
 
 /// The binlog event state machine. See the module documentation.
@@ -193,8 +113,7 @@ impl BinlogDecoder {
             connector: "mysql".into(),
             source: cfg.source_name.as_str().into(),
             file: "".into(),
-            tenants: HashMap::new(),
-            by_database: HashMap::new(),
+            tenants: TenantNames::new(),
         };
         let mut d = BinlogDecoder {
             cfg,
@@ -250,7 +169,7 @@ impl BinlogDecoder {
         &self.file
     }
 
-    /// The current GTID position as a [`ResumePoint::gtid`] string.
+    /// The current GTID position, as the `gtid` of a [`Resume::Binlog`].
     pub fn gtid_position(&self) -> Option<String> {
         match self.flavor {
             Flavor::MariaDb if !self.mariadb_state.is_empty() => Some(render_mariadb_state(&self.mariadb_state)),
@@ -454,19 +373,6 @@ impl BinlogDecoder {
     /// A TRUNCATE of a selected table → one `Op::Truncate` event (schema
     /// per tenant), or an unresolved item for tables shared by tenants.
     fn truncate(&mut self, db: &str, table: &str, log_pos: u64, row: u32, event: &Event) {
-        let position = SourcePosition::mysql(self.file_seq, log_pos, row);
-        let tenant = match &self.cfg.tenant {
-            TenantRule::SchemaPattern { .. } => self.names.tenant_of_database(&self.cfg.tenant, db),
-            TenantRule::Column { .. } => {
-                self.pending.push_back(SourceItem::Unresolved {
-                    table: format!("{db}.{table}"),
-                    reason: "TRUNCATE of a table shared by tenants (tenant column) is not propagated".into(),
-                    position,
-                });
-                return;
-            }
-        };
-        let Some(tenant) = tenant else { return };
         // The table's last known schema (the event carries no rows; the
         // curated file keeps the schema of the rows around it).
         let info = self
@@ -489,17 +395,21 @@ impl BinlogDecoder {
             row,
             gtid: self.trx.gtid.clone(),
             ts_ms: i64::from(h.timestamp()) * 1000,
-            position,
+            position: SourcePosition::mysql(self.file_seq, log_pos, row),
         };
-        self.pending.push_back(SourceItem::Change(ChangeEvent {
-            table: TableId { tenant, database, table: name },
-            op: Op::Truncate,
-            schema,
-            before: None,
-            after: None,
-            source,
-            ts_ms: now_ms(),
-        }));
+        let routed = tenant::route(&mut self.names.tenants, &self.cfg.tenant, db, &schema, Op::Truncate, None, None);
+        let now = now_ms();
+        let pending = &mut self.pending;
+        routed.each_with(source, |route, source| {
+            pending.push_back(match route {
+                Route::Change(c) => SourceItem::Change(c.into_event(&database, &name, &schema, source, now)),
+                Route::Unresolved(reason) => SourceItem::Unresolved(Unresolved {
+                    table: format!("{db}.{table}"),
+                    reason,
+                    position: source.position,
+                }),
+            })
+        });
     }
 
     fn is_signal(&self, database: &str, table: &str) -> bool {
@@ -590,7 +500,7 @@ impl BinlogDecoder {
             return;
         }
         self.last_resume = Some(at);
-        let resume = ResumePoint { file: self.file.clone(), pos, gtid: self.gtid_position() };
+        let resume = Resume::Binlog { file: self.file.clone(), pos, gtid: self.gtid_position() };
         self.pending.push_back(SourceItem::Heartbeat { resume });
     }
 
@@ -679,7 +589,7 @@ impl BinlogDecoder {
             return Err(self.protocol(end, "commit before the binlog file is known".into()));
         }
         self.last_resume = Some((self.file_seq, end));
-        let resume = ResumePoint { file: self.file.clone(), pos: end, gtid: self.gtid_position() };
+        let resume = Resume::Binlog { file: self.file.clone(), pos: end, gtid: self.gtid_position() };
         self.pending.push_back(SourceItem::Commit {
             resume,
             position: SourcePosition::mysql(self.file_seq, end, row),
@@ -781,7 +691,7 @@ impl BinlogDecoder {
                 ts_ms: self.trx.commit_ts_ms.unwrap_or(i64::from(header_ts) * 1000),
                 position: SourcePosition::mysql(self.file_seq, end, row),
             };
-            self.pending.push_back(SourceItem::Watermark { id, source });
+            self.pending.push_back(SourceItem::Watermark(Watermark::binlog(id, source)));
         }
         Ok(())
     }
@@ -812,86 +722,26 @@ impl BinlogDecoder {
         Ok(info)
     }
 
+    /// One decoded row → its change(s) or an unresolved item, routed by
+    /// [`tenant::route`]. The images and (for the last output) `source` are
+    /// moved, not cloned: the schema-rule hot path copies nothing per row.
     fn emit(&mut self, info: &TableInfo, change: RowChange, source: SourceInfo, now: i64) {
-        let unresolved = |reason: String, position: &SourcePosition| SourceItem::Unresolved {
-            table: info.qualified_name(),
-            reason,
-            position: position.clone(),
-        };
-        let table_id =
-            |tenant: Arc<str>| TableId { tenant, database: info.database.clone(), table: info.table.clone() };
-        let event = |tenant: Arc<str>, op: Op, before: Option<Vec<Value>>, after: Option<Vec<Value>>| {
-            SourceItem::Change(ChangeEvent {
-                table: table_id(tenant),
-                op,
-                schema: info.schema.clone(),
-                before,
-                after,
-                source: source.clone(),
-                ts_ms: now,
-            })
-        };
-        match &self.cfg.tenant {
-            TenantRule::SchemaPattern { .. } => {
-                let Some(tenant) = self.names.tenant_of_database(&self.cfg.tenant, &info.database) else { return };
-                // The hot path: one event per row, `source` moved, not cloned.
-                self.pending.push_back(SourceItem::Change(ChangeEvent {
-                    table: table_id(tenant),
-                    op: change.op,
-                    schema: info.schema.clone(),
-                    before: change.before,
-                    after: change.after,
-                    source,
-                    ts_ms: now,
-                }));
-            }
-            TenantRule::Column { column } => {
-                let position = source.position.clone();
-                let Some(idx) = info.schema.column_index(column) else {
-                    self.pending.push_back(unresolved(format!("table has no tenant column `{column}`"), &position));
-                    return;
-                };
-                let tenant_of = |image: &Option<Vec<Value>>| {
-                    image.as_ref().map(|row| match row.get(idx) {
-                        Some(v) => TenantRule::tenant_of_value(v),
-                        None => Err("tenant column missing from the row".to_owned()),
-                    })
-                };
-                let (tb, ta) = (tenant_of(&change.before), tenant_of(&change.after));
-                match (change.op, tb, ta) {
-                    (Op::Update, Some(Ok(b)), Some(Ok(a))) if a == b => {
-                        self.pending.push_back(event(self.names.tenant(a), Op::Update, change.before, change.after));
-                    }
-                    (Op::Update, Some(Ok(b)), Some(Ok(a))) => {
-                        // The row moved between tenants: the old tenant sees a
-                        // delete, the new one a create; neither sees the
-                        // other's image.
-                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, None));
-                        self.pending.push_back(event(self.names.tenant(a), Op::Create, None, change.after));
-                    }
-                    (Op::Update, Some(Ok(b)), Some(Err(reason))) => {
-                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, None));
-                        self.pending.push_back(unresolved(reason, &position));
-                    }
-                    (Op::Update, Some(Err(_)), Some(Ok(a))) => {
-                        self.pending.push_back(event(self.names.tenant(a), Op::Create, None, change.after));
-                    }
-                    (op, _, Some(Ok(a))) if op != Op::Update && op != Op::Delete => {
-                        self.pending.push_back(event(self.names.tenant(a), op, change.before, change.after));
-                    }
-                    (Op::Delete, Some(Ok(b)), _) => {
-                        self.pending.push_back(event(self.names.tenant(b), Op::Delete, change.before, change.after));
-                    }
-                    (_, tb, ta) => {
-                        let reason = ta
-                            .and_then(Result::err)
-                            .or_else(|| tb.and_then(Result::err))
-                            .unwrap_or_else(|| "tenant cannot be resolved".to_owned());
-                        self.pending.push_back(unresolved(reason, &position));
-                    }
+        let RowChange { op, before, after } = change;
+        let routed =
+            tenant::route(&mut self.names.tenants, &self.cfg.tenant, &info.database, &info.schema, op, before, after);
+        let pending = &mut self.pending;
+        routed.each_with(source, |route, source| {
+            pending.push_back(match route {
+                Route::Change(c) => {
+                    SourceItem::Change(c.into_event(&info.database, &info.table, &info.schema, source, now))
                 }
-            }
-        }
+                Route::Unresolved(reason) => SourceItem::Unresolved(Unresolved {
+                    table: info.qualified_name(),
+                    reason,
+                    position: source.position,
+                }),
+            })
+        });
     }
 }
 

@@ -11,13 +11,13 @@
 use std::path::PathBuf;
 
 use lablake_model::tenant::{TableFilter, TenantRule};
-use lablake_model::{ColumnType, Op, SourcePosition, Value};
+use lablake_model::{ColumnType, Op, Resume, SourcePosition, Value};
 use lablake_mysql::decode::{Cell, decode_row_images};
 use lablake_mysql::mysql_binlog::events::EventData;
 use lablake_mysql::{
-    BinlogDecoder, BinlogFileReader, CatalogColumn, CatalogTable, DecoderConfig, Flavor, MysqlError, ResumePoint,
-    SourceItem, TableInfo,
+    BinlogDecoder, BinlogFileReader, CatalogColumn, CatalogTable, DecoderConfig, Flavor, MysqlError, TableInfo,
 };
+use lablake_source::SourceItem;
 
 fn fixtures_dir() -> PathBuf {
     let dir = std::env::var_os("LABLAKE_FIXTURES")
@@ -53,7 +53,7 @@ impl Run {
             .collect()
     }
 
-    fn commits(&self) -> Vec<(&ResumePoint, &SourcePosition)> {
+    fn commits(&self) -> Vec<(&Resume, &SourcePosition)> {
         self.items
             .iter()
             .filter_map(|i| match i {
@@ -77,6 +77,14 @@ impl Run {
             }
             last = Some(p);
         }
+    }
+}
+
+/// `(file, pos, gtid)` of a binlog resume point.
+fn binlog(r: &Resume) -> (&str, u64, Option<&str>) {
+    match r {
+        Resume::Binlog { file, pos, gtid } => (file, *pos, gtid.as_deref()),
+        Resume::Lsn(_) => panic!("a MySQL source resumes from binlog coordinates: {r:?}"),
     }
 }
 
@@ -305,12 +313,12 @@ fn transaction_payload_is_decompressed_and_decoded() {
     assert_eq!(ch[0].source.position, SourcePosition::mysql(1, 431, 0));
     let commits = r.commits();
     assert_eq!(commits.len(), 1);
-    assert_eq!(commits[0].0, &ResumePoint { file: "transaction_compression.000001".into(), pos: 431, gtid: None });
+    assert_eq!(commits[0].0, &Resume::Binlog { file: "transaction_compression.000001".into(), pos: 431, gtid: None });
     assert_eq!(commits[0].1, &SourcePosition::mysql(1, 431, 1));
     // The rotate at the end lets the checkpoint move to the next file.
     assert!(matches!(
         r.items.last(),
-        Some(SourceItem::Heartbeat { resume }) if resume.file == "binlog.000043" && resume.pos == 4
+        Some(SourceItem::Heartbeat { resume: Resume::Binlog { file, pos: 4, .. } }) if file == "binlog.000043"
     ));
 }
 
@@ -319,7 +327,7 @@ fn gtid_is_attached_to_commits_and_changes() {
     let r = run("binlog_transaction_with_GTID.000001");
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     let uuid = "006c2cf2-b1ea-11e4-9057-8c705a3d3e78";
-    let commits: Vec<_> = r.commits().into_iter().map(|(r, _)| (r.pos, r.gtid.clone())).collect();
+    let commits: Vec<_> = r.commits().into_iter().map(|(r, _)| (binlog(r).1, binlog(r).2.map(str::to_owned))).collect();
     // CREATE TABLE (standalone DDL), BEGIN/INSERT/COMMIT (statement based), DROP TABLE.
     assert_eq!(
         commits,
@@ -372,7 +380,7 @@ fn partial_row_images_are_clear_errors() {
     let upd = r.changes()[4];
     assert_eq!(upd.before.as_deref().unwrap(), &[Value::Int(4), Value::Int(4), Value::Int(4)]);
     assert_eq!(upd.after.as_deref().unwrap(), &[Value::Int(4), Value::Int(4), Value::Int(40)]);
-    assert_eq!(r.commits()[0].0.file, "fixture.000001");
+    assert_eq!(binlog(r.commits()[0].0).0, "fixture.000001");
 }
 
 #[test]
@@ -594,8 +602,14 @@ fn mariadb_full_metadata_and_gtids() {
     assert_eq!(ch[1].after.as_deref().unwrap()[0], Value::Int(63));
     assert_eq!(ch[1].source.gtid.as_deref(), Some("0-1-2"));
     let commits = r.commits();
-    assert_eq!(commits[0].0, &ResumePoint { file: "mariadb-bin.000001".into(), pos: 702, gtid: Some("0-1-1".into()) });
-    assert_eq!(commits[1].0, &ResumePoint { file: "mariadb-bin.000001".into(), pos: 1074, gtid: Some("0-1-2".into()) });
+    assert_eq!(
+        commits[0].0,
+        &Resume::Binlog { file: "mariadb-bin.000001".into(), pos: 702, gtid: Some("0-1-1".into()) }
+    );
+    assert_eq!(
+        commits[1].0,
+        &Resume::Binlog { file: "mariadb-bin.000001".into(), pos: 1074, gtid: Some("0-1-2".into()) }
+    );
     r.assert_ordered();
 }
 
@@ -641,7 +655,7 @@ fn vector_text_and_statement_files() {
     assert_eq!(r.commits().len(), 9);
     let r = run("binlog_savepoint.000001");
     assert_eq!(r.commits().len(), 1);
-    assert_eq!(r.commits()[0].0, &ResumePoint { file: "master-bin.000003".into(), pos: 868, gtid: None });
+    assert_eq!(r.commits()[0].0, &Resume::Binlog { file: "master-bin.000003".into(), pos: 868, gtid: None });
     let r = run("rpl_cross_version_default_utf8mb4_collation.000001");
     assert!(r.errors.is_empty());
     assert_eq!(r.commits().len(), 5);

@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-use lablake_model::{ColumnType, Date, DateTime, Op, SourcePosition, Value};
-use lablake_mysql::{MysqlError, MysqlSource, MysqlSourceConfig, ResumePoint, SourceItem};
+use lablake_model::{ColumnType, Date, DateTime, Op, Resume, SourcePosition, Value};
+use lablake_mysql::{MysqlError, MysqlSource, MysqlSourceConfig};
+use lablake_source::{SourceItem, Unresolved};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
@@ -85,7 +86,7 @@ async fn collect(src: &mut MysqlSource, changes: usize, commits_after: usize) ->
     while seen_changes < changes || seen_commits < commits_after {
         let item = next(src).await;
         match &item {
-            SourceItem::Change(_) | SourceItem::Unresolved { .. } => {
+            SourceItem::Change(_) | SourceItem::Unresolved(_) => {
                 seen_changes += 1;
                 since_commit += 1;
             }
@@ -132,7 +133,7 @@ fn replay_key(i: &SourceItem) -> String {
             format!("{:?}|{}|{:?}|{:?}|{:?}", c.op, c.source.position, c.before, c.after, c.source.gtid)
         }
         SourceItem::Commit { resume, position, .. } => format!("commit|{position}|{resume:?}"),
-        SourceItem::Unresolved { position, reason, .. } => format!("unresolved|{position}|{reason}"),
+        SourceItem::Unresolved(Unresolved { position, reason, .. }) => format!("unresolved|{position}|{reason}"),
         other => format!("{other:?}"),
     }
 }
@@ -319,14 +320,15 @@ async fn every_type_insert_update_delete_and_resume() {
             _ => None,
         })
         .unwrap();
-    assert!(first_commit.gtid.is_some());
+    let Resume::Binlog { gtid: first_gtid, .. } = &first_commit else { panic!("{first_commit:?}") };
+    assert!(first_gtid.is_some());
     let expected: Vec<String> = items.iter().skip(2).map(replay_key).collect();
     let mut again = MysqlSource::start(config(&db.name, ""), Some(first_commit.clone())).await.expect("restart");
     let replay = collect(&mut again, 5, 4).await;
     assert_eq!(replay.iter().map(replay_key).collect::<Vec<_>>(), expected);
 
     // The same by MariaDB GTID alone.
-    let by_gtid = ResumePoint { file: String::new(), pos: 0, gtid: first_commit.gtid.clone() };
+    let by_gtid = Resume::Binlog { file: String::new(), pos: 0, gtid: first_gtid.clone() };
     let mut again = MysqlSource::start(config(&db.name, ""), Some(by_gtid)).await.expect("restart by gtid");
     let replay = collect(&mut again, 5, 4).await;
     assert_eq!(replay.iter().map(replay_key).collect::<Vec<_>>(), expected);
@@ -356,7 +358,7 @@ async fn gtid_start_from_config() {
     let gtids: Vec<String> = items
         .iter()
         .filter_map(|i| match i {
-            SourceItem::Commit { resume, .. } => resume.gtid.clone(),
+            SourceItem::Commit { resume: Resume::Binlog { gtid, .. }, .. } => gtid.clone(),
             _ => None,
         })
         .collect();
@@ -381,7 +383,8 @@ async fn idle_source_heartbeats_and_earliest_start() {
         }
     }
     let hb = heartbeat.unwrap();
-    assert!(!hb.file.is_empty() && hb.pos >= 4);
+    let Resume::Binlog { file, pos, .. } = &hb else { panic!("{hb:?}") };
+    assert!(!file.is_empty() && *pos >= 4);
     // A heartbeat's resume point is a valid restart position.
     let mut again = MysqlSource::start(config(&db.name, ""), Some(hb)).await.expect("restart from heartbeat");
     let _ = next(&mut again).await;
@@ -414,7 +417,7 @@ async fn tenant_column_rule_and_unresolved_rows() {
         .iter()
         .filter_map(|i| match i {
             SourceItem::Change(c) => Some(format!("{}:{}", c.op.code(), c.table.tenant)),
-            SourceItem::Unresolved { table, .. } => Some(format!("unresolved:{table}")),
+            SourceItem::Unresolved(Unresolved { table, .. }) => Some(format!("unresolved:{table}")),
             _ => None,
         })
         .collect();
@@ -434,7 +437,7 @@ async fn tenant_column_rule_and_unresolved_rows() {
     assert!(ch[1].after.is_none() && ch[1].before.as_deref().unwrap()[1] == Value::String("acme".into()));
     assert!(ch[2].before.is_none() && ch[2].after.as_deref().unwrap()[1] == Value::String("globex".into()));
     for i in &items {
-        if let SourceItem::Unresolved { reason, .. } = i {
+        if let SourceItem::Unresolved(Unresolved { reason, .. }) = i {
             assert!(!reason.contains("Bad Name"), "reasons never carry values: {reason}");
         }
     }
@@ -456,7 +459,7 @@ async fn startup_errors_are_classified() {
         Ok(_) => panic!("started with the server's own server_id"),
     }
     // A purged / unknown binlog file is PositionLost, not retryable.
-    let gone = ResumePoint { file: "binlog.999999".into(), pos: 4, gtid: None };
+    let gone = Resume::Binlog { file: "binlog.999999".into(), pos: 4, gtid: None };
     match MysqlSource::start(config(&db.name, ""), Some(gone)).await {
         Ok(mut src) => match tokio::time::timeout(Duration::from_secs(10), src.next()).await {
             Ok(Err(e)) => {
@@ -520,7 +523,7 @@ async fn events_over_16_mib_and_binlog_rotation() {
     let mut heartbeat_files = Vec::new();
     while changes(&items).len() < 3 {
         match next(&mut src).await {
-            SourceItem::Heartbeat { resume } => heartbeat_files.push(resume.file),
+            SourceItem::Heartbeat { resume: Resume::Binlog { file, .. } } => heartbeat_files.push(file),
             item @ SourceItem::Change(_) => items.push(item),
             _ => {}
         }

@@ -1,6 +1,7 @@
 //! The pgoutput state machine: transactions, streamed (in-progress)
-//! transactions, relations and tenant resolution, turning messages into
-//! [`PgItem`]s. No network I/O: the caller resolves catalog data (type
+//! transactions, relations and tenant routing (the shared
+//! [`lablake_model::tenant::route`]), turning messages into
+//! [`SourceItem`]s. No network I/O: the caller resolves catalog data (type
 //! kinds, primary keys) and hands in each XLogData payload.
 //!
 //! Streamed transactions (protocol 2, `streaming 'on'`) arrive in blocks
@@ -16,11 +17,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lablake_model::tenant::{TableFilter, TenantRule};
-use lablake_model::{ChangeEvent, Column, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value};
+use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
+use lablake_model::{Column, Op, Resume, SourceInfo, SourcePosition, TableSchema, Value};
+use lablake_source::{SourceItem, Unresolved, Watermark};
 use tracing::warn;
 
 use crate::error::{PgError, lsn_text};
+use crate::identity;
 use crate::pgoutput::{self, Message, OldKind, Relation, TupleValue};
 use crate::values::{self, PgKind};
 
@@ -42,30 +45,6 @@ pub struct DecoderConfig {
     pub spill_dir: PathBuf,
     /// Bytes of streamed-transaction messages kept in memory, in total.
     pub spill_memory_bytes: usize,
-}
-
-/// One item of the source stream.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum PgItem {
-    /// A row change of a selected table.
-    Change(ChangeEvent),
-    /// End of a transaction: every change before it is committed; once
-    /// everything up to here is durable downstream, `lsn` may be reported to
-    /// the server as flushed. `position` sorts after every change of the
-    /// transaction (sequence `u32::MAX`).
-    Commit { lsn: u64, position: SourcePosition, commit_ts_ms: i64 },
-    /// A heartbeat message outside any transaction: `lsn` may be reported as
-    /// flushed once everything before it is durable.
-    Heartbeat { lsn: u64 },
-    /// A snapshot watermark ([`WATERMARK_PREFIX`] logical message written
-    /// transactionally), in commit order with the changes around it.
-    /// `commit_lsn` is its transaction's commit LSN: rows emitted at the
-    /// watermark take positions `(commit_lsn, 0..)` and its commit time.
-    Watermark { id: String, commit_lsn: u64, commit_ts_ms: i64 },
-    /// A row that cannot be turned into a change (tenant unresolved, value
-    /// undecodable). Carries no row values.
-    Unresolved { table: String, reason: String, position: SourcePosition },
 }
 
 /// The names every change of one PostgreSQL source carries, shared: building
@@ -152,8 +131,8 @@ pub struct PgDecoder {
     buffers: HashMap<u32, StreamBuffer>,
     buffered_bytes: usize,
     replay: Option<Replay>,
-    pending: VecDeque<PgItem>,
-    tenants: HashMap<String, Option<Arc<str>>>,
+    pending: VecDeque<SourceItem>,
+    tenants: TenantNames,
     warned: HashSet<String>,
 }
 
@@ -170,7 +149,7 @@ impl PgDecoder {
             buffered_bytes: 0,
             replay: None,
             pending: VecDeque::new(),
-            tenants: HashMap::new(),
+            tenants: TenantNames::new(),
             warned: HashSet::new(),
         }
     }
@@ -237,10 +216,19 @@ impl PgDecoder {
 
     /// Applies a Relation message. `primary_key` lists the table's primary
     /// key columns from the catalog (empty: use the replica identity).
-    pub fn put_relation(&mut self, rel: Relation, primary_key: &[String]) {
+    ///
+    /// Under the tenant-column rule a selected table whose replica identity
+    /// does not cover the tenant column is refused
+    /// ([`PgError::ServerConfig`], see [`identity::check_relation`]): its
+    /// updates would not say which tenant a row left. The source must stop
+    /// there rather than leave moved rows behind.
+    pub fn put_relation(&mut self, rel: Relation, primary_key: &[String]) -> Result<(), PgError> {
+        let selected = self.cfg.filter.matches(&rel.namespace, &rel.name);
+        if let (true, TenantRule::Column { column }) = (selected, &self.cfg.tenant) {
+            identity::check_relation(&rel, column)?;
+        }
         let (kinds, columns, mut pk) = self.relation_layout(&rel, primary_key);
         let qualified = format!("{}.{}", rel.namespace, rel.name);
-        let selected = self.cfg.filter.matches(&rel.namespace, &rel.name);
         if selected && rel.replica_identity == b'n' && self.warned.insert(format!("ri:{qualified}")) {
             warn!(table = %qualified, "table has REPLICA IDENTITY NOTHING: updates and deletes cannot be captured");
         }
@@ -260,6 +248,7 @@ impl PgDecoder {
             selected,
         };
         self.relations.insert(rel.oid, Arc::new(info));
+        Ok(())
     }
 
     /// Feeds one XLogData payload (`wal_end`: the frame's end LSN). Relation
@@ -272,8 +261,8 @@ impl PgDecoder {
             }
             Message::Commit { commit_lsn, end_lsn, commit_ts, .. } => {
                 self.tx = None;
-                self.pending.push_back(PgItem::Commit {
-                    lsn: end_lsn,
+                self.pending.push_back(SourceItem::Commit {
+                    resume: Resume::Lsn(end_lsn),
                     position: SourcePosition::postgres(commit_lsn, u32::MAX),
                     commit_ts_ms: pg_ts_ms(commit_ts),
                 });
@@ -309,14 +298,15 @@ impl PgDecoder {
             }
             Message::Message { transactional: false, prefix, .. } if prefix == self.cfg.heartbeat_prefix => {
                 if self.tx.is_none() && self.stream.is_none() {
-                    self.pending.push_back(PgItem::Heartbeat { lsn: wal_end });
+                    self.pending.push_back(SourceItem::Heartbeat { resume: Resume::Lsn(wal_end) });
                 }
             }
             Message::Message { transactional: true, prefix: WATERMARK_PREFIX, content, xid: None, .. } => {
                 if let (Some(tx), None) = (&self.tx, self.stream) {
                     let id = String::from_utf8_lossy(content).into_owned();
                     let (commit_lsn, commit_ts_ms) = (tx.commit_lsn, tx.commit_ts_ms);
-                    self.pending.push_back(PgItem::Watermark { id, commit_lsn, commit_ts_ms });
+                    let at = self.origin.source(commit_lsn, commit_ts_ms, SourcePosition::postgres(commit_lsn, 0));
+                    self.pending.push_back(SourceItem::Watermark(Watermark::lsn(id, at)));
                 }
             }
             Message::Relation { .. } => return Err(protocol(wal_end, "Relation message passed to push".into())),
@@ -335,7 +325,7 @@ impl PgDecoder {
 
     /// The next item, if any. Replays committed streamed transactions one
     /// message at a time.
-    pub fn pop(&mut self) -> Result<Option<PgItem>, PgError> {
+    pub fn pop(&mut self) -> Result<Option<SourceItem>, PgError> {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Ok(Some(item));
@@ -358,8 +348,8 @@ impl PgDecoder {
                         let _ = std::fs::remove_file(path);
                     }
                     let tx = self.tx.take();
-                    self.pending.push_back(PgItem::Commit {
-                        lsn: r.end_lsn,
+                    self.pending.push_back(SourceItem::Commit {
+                        resume: Resume::Lsn(r.end_lsn),
                         position: SourcePosition::postgres(tx.as_ref().map_or(0, |t| t.commit_lsn), u32::MAX),
                         commit_ts_ms: tx.map_or(0, |t| t.commit_ts_ms),
                     });
@@ -401,14 +391,22 @@ impl PgDecoder {
         Ok(())
     }
 
-    /// A change message of a committed transaction → items.
+    /// A change message of a committed transaction → items, routed to
+    /// tenants by [`tenant::route`].
+    ///
+    /// The before image is the old tuple when one was sent: the whole row
+    /// (`O`, REPLICA IDENTITY FULL) or the identity key (`K`, other columns
+    /// null) when the key changed. Under the tenant-column rule the identity
+    /// covers the tenant column ([`identity`]), so an update without an old
+    /// tuple did not change tenant, and a move is a delete in the old tenant
+    /// and a create in the new one.
     fn change(&mut self, msg: Message<'_>, lsn: u64) {
         let Some(tx) = &mut self.tx else {
-            self.pending.push_back(PgItem::Unresolved {
+            self.pending.push_back(SourceItem::Unresolved(Unresolved {
                 table: "?".into(),
                 reason: format!("change outside a transaction at {}", lsn_text(lsn)),
                 position: SourcePosition::postgres(lsn, 0),
-            });
+            }));
             return;
         };
         let position = SourcePosition::postgres(tx.commit_lsn, tx.seq);
@@ -425,33 +423,23 @@ impl PgDecoder {
                     .filter(|r| r.selected)
                     .collect();
                 let (commit_lsn, mut seq) = (tx.commit_lsn, tx.seq);
+                let now = now_ms();
                 for r in rels {
                     let position = SourcePosition::postgres(commit_lsn, seq);
                     seq = seq.saturating_add(1);
-                    let tenant = match &self.cfg.tenant {
-                        TenantRule::SchemaPattern { .. } => self.tenant_of_schema(&r.namespace),
-                        TenantRule::Column { .. } => {
-                            // Rows of every tenant went; which tenants had rows is unknown here.
-                            self.pending.push_back(PgItem::Unresolved {
-                                table: r.qualified(),
-                                reason: "TRUNCATE of a table shared by tenants (tenant column) is not propagated"
-                                    .into(),
-                                position,
-                            });
-                            continue;
-                        }
-                    };
-                    let Some(tenant) = tenant else { continue };
+                    // Under the column rule: rows of every tenant went, which
+                    // tenants had rows is unknown here (unresolved).
+                    let routed = tenant::route(
+                        &mut self.tenants,
+                        &self.cfg.tenant,
+                        &r.namespace,
+                        &r.schema,
+                        Op::Truncate,
+                        None,
+                        None,
+                    );
                     let source = self.origin.source(lsn, ts_ms, position);
-                    self.pending.push_back(PgItem::Change(ChangeEvent {
-                        table: TableId { tenant, database: r.namespace.clone(), table: r.table.clone() },
-                        op: Op::Truncate,
-                        schema: r.schema.clone(),
-                        before: None,
-                        after: None,
-                        source,
-                        ts_ms: now_ms(),
-                    }));
+                    self.emit(&r, routed, source, now);
                 }
                 if let Some(tx) = &mut self.tx {
                     tx.seq = seq;
@@ -461,18 +449,19 @@ impl PgDecoder {
             _ => return,
         };
         let Some(rel) = self.relations.get(&rel_oid).cloned() else {
-            self.pending.push_back(PgItem::Unresolved {
+            self.pending.push_back(SourceItem::Unresolved(Unresolved {
                 table: format!("oid {rel_oid}"),
                 reason: "change of a relation without a Relation message".into(),
                 position,
-            });
+            }));
             return;
         };
         if !rel.selected {
             return;
         }
-        let unresolved =
-            |reason: String| PgItem::Unresolved { table: rel.qualified(), reason, position: position.clone() };
+        let unresolved = |reason: String| {
+            SourceItem::Unresolved(Unresolved { table: rel.qualified(), reason, position: position.clone() })
+        };
         let old_row = match old.as_ref().map(|(k, t)| (k, decode_row(&rel, t, None))) {
             Some((_, Err(e))) => return self.pending.push_back(unresolved(e)),
             Some((kind, Ok(row))) => Some((*kind, row)),
@@ -485,51 +474,26 @@ impl PgDecoder {
             None => None,
         };
         let before = old_row.map(|(_, r)| r);
-        let key_row = new_row.as_ref().or(before.as_ref());
-        let tenant = match &self.cfg.tenant {
-            TenantRule::SchemaPattern { .. } => self.tenant_of_schema(&rel.namespace),
-            TenantRule::Column { column } => {
-                let v = rel.schema.column_index(column).and_then(|i| key_row.and_then(|r| r.get(i)));
-                match v.map(TenantRule::tenant_of_value) {
-                    Some(Ok(t)) => Some(self.intern_tenant(t)),
-                    Some(Err(reason)) => return self.pending.push_back(unresolved(reason)),
-                    None => return self.pending.push_back(unresolved(format!("no tenant column `{column}`"))),
-                }
-            }
-        };
-        let Some(tenant) = tenant else { return };
+        let routed =
+            tenant::route(&mut self.tenants, &self.cfg.tenant, &rel.namespace, &rel.schema, op, before, new_row);
         let source = self.origin.source(lsn, ts_ms, position);
-        self.pending.push_back(PgItem::Change(ChangeEvent {
-            table: TableId { tenant, database: rel.namespace.clone(), table: rel.table.clone() },
-            op,
-            schema: rel.schema.clone(),
-            before,
-            after: new_row,
-            source,
-            ts_ms: now_ms(),
-        }));
+        self.emit(&rel, routed, source, now_ms());
     }
 
-    fn tenant_of_schema(&mut self, namespace: &str) -> Option<Arc<str>> {
-        if let Some(t) = self.tenants.get(namespace) {
-            return t.clone();
-        }
-        let t = self.cfg.tenant.tenant_of_database(namespace).map(|t| Arc::<str>::from(t.as_str()));
-        if self.tenants.len() > 10_000 {
-            self.tenants.clear();
-        }
-        self.tenants.insert(namespace.to_owned(), t.clone());
-        t
-    }
-
-    fn intern_tenant(&mut self, t: String) -> Arc<str> {
-        let key = format!("\u{0}{t}");
-        if let Some(Some(a)) = self.tenants.get(&key) {
-            return a.clone();
-        }
-        let a: Arc<str> = t.as_str().into();
-        self.tenants.insert(key, Some(a.clone()));
-        a
+    /// Buffers the routed outputs of one change of `rel`; the last takes
+    /// `source` itself (no copy on the common one-change path).
+    fn emit(&mut self, rel: &RelInfo, routed: tenant::Routed, source: SourceInfo, now: i64) {
+        let pending = &mut self.pending;
+        routed.each_with(source, |route, source| {
+            pending.push_back(match route {
+                Route::Change(c) => {
+                    SourceItem::Change(c.into_event(&rel.namespace, &rel.table, &rel.schema, source, now))
+                }
+                Route::Unresolved(reason) => {
+                    SourceItem::Unresolved(Unresolved { table: rel.qualified(), reason, position: source.position })
+                }
+            })
+        });
     }
 }
 
@@ -604,6 +568,7 @@ mod tests {
     use super::*;
     use crate::pgoutput::RelationColumn;
     use crate::pgoutput::tests::Msg;
+    use lablake_model::ChangeEvent;
 
     fn decoder(spill_memory_bytes: usize) -> PgDecoder {
         let dir = std::env::temp_dir().join(format!("lablake-pg-decoder-test-{}", std::process::id()));
@@ -631,7 +596,7 @@ mod tests {
             replica_identity: b'd',
             columns: vec![col("id", 20, true), col("v", 25, false)],
         };
-        d.put_relation(rel, &["id".to_owned()]);
+        d.put_relation(rel, &["id".to_owned()]).unwrap();
     }
 
     fn insert(rel: u32, id: i64, xid: Option<u32>) -> Vec<u8> {
@@ -643,7 +608,7 @@ mod tests {
         m.u32(rel).u8(b'N').i16(2).bin(&id.to_be_bytes()).bin(b"text").0
     }
 
-    fn drain(d: &mut PgDecoder) -> Vec<PgItem> {
+    fn drain(d: &mut PgDecoder) -> Vec<SourceItem> {
         let mut out = Vec::new();
         while let Some(i) = d.pop().unwrap() {
             out.push(i);
@@ -662,11 +627,11 @@ mod tests {
         d.push(&Msg::new(b'C').u8(0).u64(0x100).u64(0x108).u64(0).0, 0x108).unwrap();
         let items = drain(&mut d);
         assert_eq!(items.len(), 2);
-        let PgItem::Change(e) = &items[0] else { panic!("{items:?}") };
+        let SourceItem::Change(e) = &items[0] else { panic!("{items:?}") };
         assert_eq!((&*e.table.tenant, &*e.table.database, e.op), ("acme", "lab_acme", Op::Create));
         assert_eq!(e.after.as_deref(), Some(&[Value::Int(7), Value::String("text".into())][..]));
         assert_eq!(e.source.position, SourcePosition::postgres(0x100, 0));
-        assert!(matches!(items[1], PgItem::Commit { lsn: 0x108, .. }));
+        assert!(matches!(items[1], SourceItem::Commit { resume: Resume::Lsn(0x108), .. }));
     }
 
     #[test]
@@ -693,7 +658,7 @@ mod tests {
         let ids: Vec<i64> = items
             .iter()
             .filter_map(|i| match i {
-                PgItem::Change(e) => match e.after.as_ref().unwrap()[0] {
+                SourceItem::Change(e) => match e.after.as_ref().unwrap()[0] {
                     Value::Int(v) => Some(v),
                     _ => None,
                 },
@@ -702,7 +667,7 @@ mod tests {
             .collect();
         let expected: Vec<i64> = (0..50).filter(|i| *i != 20).collect();
         assert_eq!(ids, expected);
-        assert!(matches!(items.last(), Some(PgItem::Commit { lsn: 0x208, .. })));
+        assert!(matches!(items.last(), Some(SourceItem::Commit { resume: Resume::Lsn(0x208), .. })));
         assert_eq!(d.buffered_bytes, 0);
         let left: Vec<_> = std::fs::read_dir(&d.cfg.spill_dir).unwrap().collect();
         assert!(left.is_empty(), "spill files are removed");
@@ -721,7 +686,7 @@ mod tests {
         d.push(&Msg::new(b'C').u8(0).u64(0x200).u64(0x208).u64(0).0, 0x208).unwrap();
         let items = drain(&mut d);
         let changes: Vec<&ChangeEvent> =
-            items.iter().filter_map(|i| if let PgItem::Change(e) = i { Some(e) } else { None }).collect();
+            items.iter().filter_map(|i| if let SourceItem::Change(e) = i { Some(e) } else { None }).collect();
         assert_eq!(changes.len(), 3, "{items:?}");
         assert_eq!(changes[1].op, Op::Truncate);
         assert_eq!(&*changes[1].table.tenant, "acme");
@@ -731,7 +696,7 @@ mod tests {
         // Positions keep increasing through the transaction.
         assert!(changes[0].source.position < changes[1].source.position);
         assert!(changes[1].source.position < changes[2].source.position);
-        assert!(matches!(items.last(), Some(PgItem::Commit { lsn: 0x208, .. })));
+        assert!(matches!(items.last(), Some(SourceItem::Commit { resume: Resume::Lsn(0x208), .. })));
     }
 
     #[test]
@@ -745,8 +710,11 @@ mod tests {
         d.push(&wm, 0x295).unwrap();
         d.push(&Msg::new(b'C').u8(0).u64(0x300).u64(0x308).u64(0).0, 0x308).unwrap();
         let items = drain(&mut d);
-        assert!(matches!(&items[0], PgItem::Watermark { id, commit_lsn: 0x300, .. } if id == "w:1:l"));
-        assert!(matches!(items[1], PgItem::Commit { lsn: 0x308, .. }));
+        let SourceItem::Watermark(w) = &items[0] else { panic!("{items:?}") };
+        assert_eq!(w.id, "w:1:l");
+        // Rows emitted at the watermark take the commit LSN's sequence and its time.
+        assert_eq!(w.row_source(2).position, SourcePosition::postgres(0x300, 2));
+        assert!(matches!(items[1], SourceItem::Commit { resume: Resume::Lsn(0x308), .. }));
     }
 
     #[test]
@@ -754,7 +722,7 @@ mod tests {
         let mut d = decoder(1 << 20);
         let hb = Msg::new(b'M').u8(0).u64(0x50).cstr("lablake.heartbeat").u32(0).0;
         d.push(&hb, 0x58).unwrap();
-        assert_eq!(drain(&mut d), vec![PgItem::Heartbeat { lsn: 0x58 }]);
+        assert_eq!(drain(&mut d), vec![SourceItem::Heartbeat { resume: Resume::Lsn(0x58) }]);
         d.push(&Msg::new(b'B').u64(0x100).u64(0).u32(5).0, 0x90).unwrap();
         d.push(&hb, 0x98).unwrap();
         assert!(drain(&mut d).is_empty());
@@ -771,11 +739,185 @@ mod tests {
         d.push(&toast, 0x96).unwrap();
         let items = drain(&mut d);
         assert_eq!(items.len(), 2);
-        let PgItem::Unresolved { table, reason, .. } = &items[0] else { panic!("{items:?}") };
+        let SourceItem::Unresolved(Unresolved { table, reason, .. }) = &items[0] else { panic!("{items:?}") };
         assert_eq!(table, "lab_acme.results");
         assert!(!reason.contains("text"), "no values in reasons: {reason}");
         // An unchanged TOAST value without the old row is marked, not nulled.
-        let PgItem::Change(e) = &items[1] else { panic!("{items:?}") };
+        let SourceItem::Change(e) = &items[1] else { panic!("{items:?}") };
         assert_eq!(e.after.as_deref(), Some(&[Value::Int(1), Value::Unchanged][..]));
+    }
+
+    /// A decoder under the tenant-column rule (`tenant_id`).
+    fn column_decoder() -> PgDecoder {
+        let mut d = decoder(1 << 20);
+        d.cfg.tenant = TenantRule::Column { column: "tenant_id".into() };
+        d
+    }
+
+    /// `public.shared (id int8, tenant_id text, v text)` with replica
+    /// identity `identity`; `key` marks the identity's key columns.
+    fn shared_relation(identity: u8, key: [bool; 3]) -> Relation {
+        let col = |name: &str, type_oid: u32, key: bool| RelationColumn {
+            key,
+            name: name.into(),
+            type_oid,
+            type_modifier: -1,
+        };
+        Relation {
+            oid: 9,
+            namespace: "public".into(),
+            name: "shared".into(),
+            replica_identity: identity,
+            columns: vec![col("id", 20, key[0]), col("tenant_id", 25, key[1]), col("v", 25, key[2])],
+        }
+    }
+
+    /// A tuple `(id, tenant, v)`; `None` values are nulls.
+    fn tuple(m: Msg, id: i64, tenant: Option<&str>, v: Option<&str>) -> Msg {
+        let m = m.i16(3).bin(&id.to_be_bytes());
+        let m = match tenant {
+            Some(t) => m.bin(t.as_bytes()),
+            None => m.u8(b'n'),
+        };
+        match v {
+            Some(v) => m.bin(v.as_bytes()),
+            None => m.u8(b'n'),
+        }
+    }
+
+    /// `(op, tenant, before, after)` of each change, `unresolved: reason` otherwise.
+    fn moves(items: &[SourceItem]) -> Vec<String> {
+        let img = |r: &Option<Vec<Value>>| match r.as_deref() {
+            None => "-".to_owned(),
+            Some(row) => row
+                .iter()
+                .map(|v| match v {
+                    Value::Int(i) => i.to_string(),
+                    Value::String(s) => s.clone(),
+                    Value::Null => "null".into(),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        items
+            .iter()
+            .filter_map(|i| match i {
+                SourceItem::Change(e) => {
+                    Some(format!("{} {} [{}] [{}]", e.op.code(), e.table.tenant, img(&e.before), img(&e.after)))
+                }
+                SourceItem::Unresolved(u) => Some(format!("unresolved: {}", u.reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_row_moving_tenants_with_the_full_old_row_is_a_delete_then_a_create() {
+        let mut d = column_decoder();
+        d.put_relation(shared_relation(b'f', [true; 3]), &["id".to_owned()]).unwrap();
+        d.push(&Msg::new(b'B').u64(0x400).u64(0).u32(8).0, 0x390).unwrap();
+        d.push(&tuple(Msg::new(b'I').u32(9).u8(b'N'), 1, Some("alpha_x"), Some("a")).0, 0x391).unwrap();
+        // UPDATE shared SET tenant_id = 'beta_x', v = 'b' WHERE id = 1: 'O' old tuple, then 'N'.
+        let upd = tuple(Msg::new(b'U').u32(9).u8(b'O'), 1, Some("alpha_x"), Some("a")).u8(b'N');
+        d.push(&tuple(upd, 1, Some("beta_x"), Some("b")).0, 0x392).unwrap();
+        // An update in place keeps its tenant.
+        let upd = tuple(Msg::new(b'U').u32(9).u8(b'O'), 1, Some("beta_x"), Some("b")).u8(b'N');
+        d.push(&tuple(upd, 1, Some("beta_x"), Some("c")).0, 0x393).unwrap();
+        d.push(&tuple(Msg::new(b'D').u32(9).u8(b'O'), 1, Some("beta_x"), Some("c")).0, 0x394).unwrap();
+        d.push(&Msg::new(b'C').u8(0).u64(0x400).u64(0x408).u64(0).0, 0x408).unwrap();
+        let items = drain(&mut d);
+        assert_eq!(
+            moves(&items),
+            [
+                "c alpha_x [-] [1,alpha_x,a]",
+                "d alpha_x [1,alpha_x,a] [-]",
+                "c beta_x [-] [1,beta_x,b]",
+                "u beta_x [1,beta_x,b] [1,beta_x,c]",
+                "d beta_x [1,beta_x,c] [-]",
+            ]
+        );
+        // Both halves of the move sit at the update's position, between its neighbours.
+        let pos: Vec<&SourcePosition> = items
+            .iter()
+            .filter_map(|i| if let SourceItem::Change(e) = i { Some(&e.source.position) } else { None })
+            .collect();
+        assert_eq!(pos[1], pos[2]);
+        assert!(pos[0] < pos[1] && pos[2] < pos[3]);
+        assert!(matches!(items.last(), Some(SourceItem::Commit { resume: Resume::Lsn(0x408), .. })));
+    }
+
+    #[test]
+    fn a_row_moving_tenants_with_the_old_key_is_a_delete_then_a_create() {
+        // PRIMARY KEY (tenant_id, id), default identity: the old key comes
+        // only when the key changed; the other old columns are null.
+        let mut d = column_decoder();
+        let pk = ["tenant_id".to_owned(), "id".to_owned()];
+        d.put_relation(shared_relation(b'd', [true, true, false]), &pk).unwrap();
+        d.push(&Msg::new(b'B').u64(0x500).u64(0).u32(9).0, 0x490).unwrap();
+        let upd = tuple(Msg::new(b'U').u32(9).u8(b'K'), 1, Some("alpha_x"), None).u8(b'N');
+        d.push(&tuple(upd, 1, Some("beta_x"), Some("b")).0, 0x491).unwrap();
+        // Without an old tuple the key, and so the tenant, did not change.
+        let upd = tuple(Msg::new(b'U').u32(9).u8(b'N'), 1, Some("beta_x"), Some("c"));
+        d.push(&upd.0, 0x492).unwrap();
+        d.push(&tuple(Msg::new(b'D').u32(9).u8(b'K'), 1, Some("beta_x"), None).0, 0x493).unwrap();
+        d.push(&Msg::new(b'C').u8(0).u64(0x500).u64(0x508).u64(0).0, 0x508).unwrap();
+        assert_eq!(
+            moves(&drain(&mut d)),
+            [
+                "d alpha_x [1,alpha_x,null] [-]",
+                "c beta_x [-] [1,beta_x,b]",
+                "u beta_x [-] [1,beta_x,c]",
+                "d beta_x [1,beta_x,null] [-]",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_relation_whose_identity_does_not_cover_the_tenant_column_is_refused() {
+        let mut d = column_decoder();
+        for (identity, key) in [(b'd', [true, false, false]), (b'i', [true, false, true]), (b'n', [false; 3])] {
+            let err = d.put_relation(shared_relation(identity, key), &["id".to_owned()]).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, PgError::ServerConfig { .. }) && !err.is_retryable(), "{text}");
+            assert!(text.contains("public.shared") && text.contains("`tenant_id`"), "{text}");
+            assert!(text.contains("ALTER TABLE public.shared REPLICA IDENTITY FULL"), "{text}");
+            assert!(d.relations.is_empty(), "a refused relation is not used");
+        }
+        // Not selected, or no tenant column at all: nothing to refuse.
+        d.cfg.filter = TableFilter::new(&[], &["public.shared".into()]).unwrap();
+        d.put_relation(shared_relation(b'd', [true, false, false]), &["id".to_owned()]).unwrap();
+        let mut d = column_decoder();
+        let mut rel = shared_relation(b'd', [true, false, false]);
+        rel.columns[1].name = "org".into();
+        d.put_relation(rel, &["id".to_owned()]).unwrap();
+        // The schema rule needs no old tenant.
+        let mut d = decoder(1 << 20);
+        d.put_relation(shared_relation(b'n', [false; 3]), &[]).unwrap();
+    }
+
+    #[test]
+    fn unresolvable_tenants_and_truncates_under_the_column_rule() {
+        let mut d = column_decoder();
+        d.put_relation(shared_relation(b'f', [true; 3]), &["id".to_owned()]).unwrap();
+        d.push(&Msg::new(b'B').u64(0x600).u64(0).u32(9).0, 0x590).unwrap();
+        d.push(&tuple(Msg::new(b'I').u32(9).u8(b'N'), 1, None, Some("a")).0, 0x591).unwrap();
+        d.push(&tuple(Msg::new(b'I').u32(9).u8(b'N'), 2, Some("Bad Name"), Some("a")).0, 0x592).unwrap();
+        let upd = tuple(Msg::new(b'U').u32(9).u8(b'O'), 3, Some("alpha_x"), Some("a")).u8(b'N');
+        d.push(&tuple(upd, 3, None, Some("a")).0, 0x593).unwrap();
+        d.push(&Msg::new(b'T').u32(1).u8(0).u32(9).0, 0x594).unwrap();
+        d.push(&Msg::new(b'C').u8(0).u64(0x600).u64(0x608).u64(0).0, 0x608).unwrap();
+        let got = moves(&drain(&mut d));
+        assert_eq!(
+            got,
+            [
+                "unresolved: tenant column is NULL",
+                "unresolved: tenant name must match [a-z0-9][a-z0-9_-]{0,62}",
+                "d alpha_x [3,alpha_x,a] [-]",
+                "unresolved: tenant column is NULL",
+                "unresolved: TRUNCATE of a table shared by tenants (tenant column) is not propagated",
+            ]
+        );
+        assert!(got.iter().all(|g| !g.contains("Bad Name")), "no values in reasons");
     }
 }

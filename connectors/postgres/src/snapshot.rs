@@ -3,14 +3,14 @@
 //! every value goes through the same binary decoders as the replication
 //! stream and a snapshot row is byte-identical to a streamed one.
 //!
-//! Delivery contract: [`PgSnapshotter::read_chunk`] returns at most `limit`
-//! rows with keys greater than `after`, in key order, plus the key of the
-//! last row as text (what `after` takes to continue). It holds one chunk in
-//! memory at a time. [`PgSnapshotter::watermark`] writes a transactional
-//! logical message that the replication stream returns as
-//! [`crate::PgItem::Watermark`] in commit order; the caller brackets each
-//! chunk read with a low and a high watermark and drops the chunk rows whose
-//! keys changed in between (DBLog).
+//! [`PgSnapshotter`] implements [`Snapshotter`] and its delivery contract:
+//! `read_range` returns at most `limit` rows with keys greater than `after`,
+//! in key order, plus the key of the last row as text (what `after` takes to
+//! continue). It holds one chunk in memory at a time. `watermark` writes a
+//! transactional logical message that the replication stream returns as
+//! [`lablake_source::SourceItem::Watermark`] in commit order; the caller
+//! brackets each chunk read with a low and a high watermark and drops the
+//! chunk rows whose keys changed in between (DBLog).
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use bytes::Buf;
 use futures::StreamExt;
 use lablake_model::tenant::TenantRule;
 use lablake_model::{Chunk, TableId, TableSchema, Value};
+use lablake_source::{SnapshotTable, Snapshotter};
 use tokio_postgres::Client;
 
 use crate::config::PgSourceConfig;
@@ -29,7 +30,7 @@ use crate::values::{self, PgKind};
 
 /// A table as a snapshot reads it.
 #[derive(Debug, Clone)]
-pub struct SnapshotTable {
+pub struct PgSnapshotTable {
     pub id: TableId,
     /// The schema the stream's changes of this table carry.
     pub schema: Arc<TableSchema>,
@@ -40,6 +41,15 @@ pub struct SnapshotTable {
     key: Vec<(String, String)>,
     /// Whether the key is a primary key or replica-identity index (chunkable).
     pub keyed: bool,
+}
+
+impl SnapshotTable for PgSnapshotTable {
+    fn schema(&self) -> &Arc<TableSchema> {
+        &self.schema
+    }
+    fn keyed(&self) -> bool {
+        self.keyed
+    }
 }
 
 /// Reads snapshot chunks and writes watermarks on its own connection.
@@ -55,10 +65,15 @@ impl PgSnapshotter {
         let dcfg = cfg.decoder_config()?;
         Ok(PgSnapshotter { client, decoder: PgDecoder::new(dcfg.clone()), cfg: dcfg })
     }
+}
+
+impl Snapshotter for PgSnapshotter {
+    type Table = PgSnapshotTable;
+    type Error = PgError;
 
     /// Every selected table of a tenant (schema-per-tenant rule only: with a
     /// tenant column a table holds many tenants and is listed for none).
-    pub async fn tables(&mut self) -> Result<Vec<TableId>, PgError> {
+    async fn tables(&mut self) -> Result<Vec<TableId>, PgError> {
         let rows = self
             .client
             .query(
@@ -86,7 +101,7 @@ impl PgSnapshotter {
     }
 
     /// The table's layout from the catalog; `None` when it does not exist.
-    pub async fn table(&mut self, id: &TableId) -> Result<Option<SnapshotTable>, PgError> {
+    async fn table(&mut self, id: &TableId) -> Result<Option<PgSnapshotTable>, PgError> {
         let rel = self
             .client
             .query_opt(
@@ -135,7 +150,7 @@ impl PgSnapshotter {
         let (schema, kinds) = self.decoder.relation_schema(&relation, &pk);
         let key =
             schema.primary_key.iter().map(|i| (quote_ident(&schema.columns[*i].name), types[*i].clone())).collect();
-        Ok(Some(SnapshotTable {
+        Ok(Some(PgSnapshotTable {
             id: id.clone(),
             schema,
             kinds,
@@ -147,7 +162,7 @@ impl PgSnapshotter {
 
     /// The planner's row estimate for the whole table (`EXPLAIN`, which
     /// also estimates never-analyzed tables from their size), 0 when unknown.
-    pub async fn estimate(&self, t: &SnapshotTable) -> Result<u64, PgError> {
+    async fn estimate(&mut self, t: &PgSnapshotTable) -> Result<u64, PgError> {
         // The simple protocol returns the json plan as text.
         let msgs = self
             .client
@@ -166,7 +181,7 @@ impl PgSnapshotter {
 
     /// Writes a watermark (a transactional logical message) and returns
     /// after it committed.
-    pub async fn watermark(&self, id: &str) -> Result<(), PgError> {
+    async fn watermark(&mut self, id: &str) -> Result<(), PgError> {
         self.client
             .execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&WATERMARK_PREFIX, &id])
             .await
@@ -174,22 +189,11 @@ impl PgSnapshotter {
         Ok(())
     }
 
-    /// Up to `limit` rows after `after` in key order (all rows, unchunked,
-    /// for a table without a usable key: `limit` is then ignored).
-    pub async fn read_chunk(
-        &self,
-        t: &SnapshotTable,
-        after: Option<&[String]>,
-        limit: usize,
-    ) -> Result<Chunk, PgError> {
-        self.read_range(t, after, None, limit).await
-    }
-
-    /// Like [`PgSnapshotter::read_chunk`], only keys up to and including
+    /// Like [`Snapshotter::read_chunk`], only keys up to and including
     /// `upto` (a boundary from [`PgSnapshotter::boundaries`]).
-    pub async fn read_range(
-        &self,
-        t: &SnapshotTable,
+    async fn read_range(
+        &mut self,
+        t: &PgSnapshotTable,
         after: Option<&[String]>,
         upto: Option<&[String]>,
         limit: usize,
@@ -221,9 +225,9 @@ impl PgSnapshotter {
     /// ranges of `step` rows: the key of the `step`-th row, of the
     /// `2·step`-th, … (fewer when the table ends first). An index-only walk
     /// over the keys, for reading several chunks in parallel.
-    pub async fn boundaries(
-        &self,
-        t: &SnapshotTable,
+    async fn boundaries(
+        &mut self,
+        t: &PgSnapshotTable,
         after: Option<&[String]>,
         step: usize,
         count: usize,
@@ -251,7 +255,7 @@ impl PgSnapshotter {
 
 /// ` WHERE (keys) > (after) [AND (keys) <= (upto)]`, empty without bounds.
 fn key_range(
-    t: &SnapshotTable,
+    t: &PgSnapshotTable,
     keys: &[String],
     after: Option<&[String]>,
     upto: Option<&[String]>,

@@ -1,13 +1,14 @@
 //! The live source: a catalog connection (`tokio-postgres`) and the
 //! replication stream (`pg_walstream`, raw XLogData), feeding [`PgDecoder`].
 //!
-//! Delivery contract: items come out in commit order; a change is followed
-//! by its transaction's [`PgItem::Commit`]. The server is told an LSN is
-//! flushed only through [`PgSource::ack`], which the caller invokes after
-//! everything up to that Commit or Heartbeat is acknowledged by Kafka and
-//! checkpointed — never earlier. Resuming from an acked LSN replays no
-//! committed transaction before it and loses none after it (at-least-once:
-//! the transaction in flight at a crash is sent again).
+//! [`PgSource`] implements [`ChangeSource`] and its delivery contract: items
+//! come out in commit order; a change is followed by its transaction's
+//! [`SourceItem::Commit`]. The server is told an LSN is flushed only through
+//! the [`ChangeSource::saved_hook`] (or [`PgSource::ack`]), which the stage
+//! calls after everything up to that Commit or Heartbeat is acknowledged by
+//! Kafka and checkpointed — never earlier. Resuming from a saved LSN replays
+//! no committed transaction before it and loses none after it
+//! (at-least-once: the transaction in flight at a crash is sent again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,14 @@ use secrecy::ExposeSecret;
 use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 
+use lablake_model::Resume;
+use lablake_source::{ChangeSource, Connector, SavedHook, SourceItem};
+
 use crate::config::{HEARTBEAT_PREFIX, PgSourceConfig};
-use crate::decoder::{PgDecoder, PgItem};
+use crate::decoder::PgDecoder;
 use crate::error::{PgError, lsn_text};
 use crate::pgoutput::{self, Message};
+use crate::snapshot::PgSnapshotter;
 use crate::tls::TlsMode;
 use crate::values::PgKind;
 
@@ -191,6 +196,7 @@ impl PgSource {
                 .await
                 .map_err(|e| PgError::ServerConfig { setting: "publication".into(), reason: pg_reason(&e) })?;
         }
+        crate::identity::check_publication(&catalog, cfg).await?;
         let slot = catalog
             .query_opt(
                 "SELECT coalesce(wal_status, ''), plugin::text, confirmed_flush_lsn::text FROM pg_replication_slots \
@@ -246,7 +252,7 @@ impl PgSource {
     }
 
     /// The next item. Reads the stream only when the decoder has nothing left.
-    pub async fn next(&mut self) -> Result<PgItem, PgError> {
+    pub async fn next(&mut self) -> Result<SourceItem, PgError> {
         loop {
             if let Some(item) = self.decoder.pop()? {
                 return Ok(item);
@@ -267,7 +273,7 @@ impl PgSource {
                             self.decoder.put_kind(oid, kind);
                         }
                         let pk = primary_key(&self.catalog, relation.oid).await?;
-                        self.decoder.put_relation(relation, &pk);
+                        self.decoder.put_relation(relation, &pk)?;
                     }
                     Ok(_) => {}
                     Err(reason) => return Err(PgError::Protocol { lsn: lsn_text(end), reason }),
@@ -278,15 +284,13 @@ impl PgSource {
         }
     }
 
-    /// Reports `lsn` (from a [`PgItem::Commit`] or [`PgItem::Heartbeat`]) as
-    /// flushed: call only once everything before it is durable downstream.
+    /// Reports `lsn` (from a [`SourceItem::Commit`] or
+    /// [`SourceItem::Heartbeat`]) as flushed: call only once everything
+    /// before it is durable downstream. Reported to the server with the next
+    /// status update (at most `status_interval` later, while the source is
+    /// being read).
     pub fn ack(&self, lsn: u64) {
-        self.acker().ack(lsn);
-    }
-
-    /// A handle that acknowledges from another task (the checkpoint saver).
-    pub fn acker(&self) -> PgAcker {
-        PgAcker(self.feedback.clone())
+        ack(&self.feedback, lsn);
     }
 
     /// Sends a final status update and stops.
@@ -303,17 +307,62 @@ impl Drop for PgSource {
     }
 }
 
-/// Acknowledges LSNs of a [`PgSource`] from any task. Reported to the server
-/// with the next status update (at most `status_interval` later, while the
-/// source is being read).
-#[derive(Clone)]
-pub struct PgAcker(Arc<SharedLsnFeedback>);
+fn ack(feedback: &SharedLsnFeedback, lsn: u64) {
+    feedback.update_flushed_lsn(lsn);
+    feedback.update_applied_lsn(lsn);
+}
 
-impl PgAcker {
-    /// See [`PgSource::ack`].
-    pub fn ack(&self, lsn: u64) {
-        self.0.update_flushed_lsn(lsn);
-        self.0.update_applied_lsn(lsn);
+impl ChangeSource for PgSource {
+    type Error = PgError;
+
+    fn next(&mut self) -> impl std::future::Future<Output = Result<SourceItem, PgError>> + Send {
+        PgSource::next(self)
+    }
+
+    /// Tells the slot: a saved LSN is flushed, the server may release the
+    /// WAL before it.
+    fn saved_hook(&self) -> SavedHook {
+        let feedback = self.feedback.clone();
+        SavedHook::new(move |resume| {
+            if let Resume::Lsn(lsn) = resume {
+                ack(&feedback, *lsn);
+            }
+        })
+    }
+}
+
+impl lablake_source::SourceError for PgError {
+    fn is_retryable(&self) -> bool {
+        PgError::is_retryable(self)
+    }
+}
+
+/// A PostgreSQL source kind: its configuration starts the replication
+/// stream and opens snapshot readers.
+impl Connector for PgSourceConfig {
+    type Source = PgSource;
+    type Snapshotter = PgSnapshotter;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn start(&self, resume: Option<Resume>) -> Result<PgSource, PgError> {
+        let lsn = match resume {
+            None => None,
+            Some(Resume::Lsn(lsn)) => Some(lsn),
+            Some(Resume::Binlog { .. }) => {
+                return Err(PgError::Config {
+                    key: "resume".into(),
+                    reason: "is a binlog position; a PostgreSQL source resumes from an LSN".into(),
+                });
+            }
+        };
+        PgSource::start(self, lsn).await
+    }
+
+    async fn snapshotter(&self) -> Result<PgSnapshotter, PgError> {
+        PgSnapshotter::connect(self).await
     }
 }
 

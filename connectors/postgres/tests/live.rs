@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-use lablake_model::{ColumnType, Date, DateTime, Op, Value};
-use lablake_postgres::{PgError, PgItem, PgSource, PgSourceConfig};
+use lablake_model::{ColumnType, Date, DateTime, Op, Resume, Value};
+use lablake_postgres::{PgError, PgSource, PgSourceConfig};
+use lablake_source::{SourceItem, Unresolved};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
@@ -121,9 +122,9 @@ async fn read_changes(src: &mut PgSource, n: usize) -> (Vec<lablake_model::Chang
             .unwrap_or_else(|_| panic!("timed out with {} of {n} changes", out.len()))
             .unwrap();
         match item {
-            PgItem::Change(e) => out.push(e),
-            PgItem::Commit { lsn, .. } if out.len() >= n => return (out, lsn),
-            PgItem::Unresolved { table, reason, .. } => panic!("unresolved row of {table}: {reason}"),
+            SourceItem::Change(e) => out.push(e),
+            SourceItem::Commit { resume: Resume::Lsn(lsn), .. } if out.len() >= n => return (out, lsn),
+            SourceItem::Unresolved(Unresolved { table, reason, .. }) => panic!("unresolved row of {table}: {reason}"),
             _ => {}
         }
     }
@@ -283,20 +284,22 @@ async fn heartbeats_advance_an_idle_slot_while_the_server_is_busy() {
     loop {
         assert!(tokio::time::Instant::now() < deadline, "no heartbeat past the busy writes");
         match tokio::time::timeout_at(deadline, src.next()).await.unwrap().unwrap() {
-            PgItem::Heartbeat { lsn } => {
+            SourceItem::Heartbeat { resume: Resume::Lsn(lsn) } => {
                 src.ack(lsn);
                 if lsn > busy_until {
                     break;
                 }
             }
-            PgItem::Change(e) => panic!("change of an unselected table: {}", e.table.table),
+            SourceItem::Change(e) => panic!("change of an unselected table: {}", e.table.table),
             _ => {}
         }
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while fx.confirmed_flush().await <= busy_until {
         assert!(tokio::time::Instant::now() < deadline, "confirmed_flush_lsn did not pass the busy writes");
-        if let Ok(Ok(PgItem::Heartbeat { lsn })) = tokio::time::timeout(Duration::from_millis(300), src.next()).await {
+        if let Ok(Ok(SourceItem::Heartbeat { resume: Resume::Lsn(lsn) })) =
+            tokio::time::timeout(Duration::from_millis(300), src.next()).await
+        {
             src.ack(lsn);
         }
     }
@@ -468,6 +471,140 @@ async fn replica_identity_full_using_index_and_none() {
     // No key at all: every column is the key (and a warning names the table).
     assert_eq!(ch[4].schema.primary_key, vec![0]);
     assert_eq!(ch[4].schema.columns.len(), 1);
+    src.close().await;
+    fx.cleanup().await;
+}
+
+/// A fixture with one schema `lab_t<id>s` holding tables shared by tenants
+/// (dropped by `cleanup`), and the source configuration of the tenant-column
+/// rule over `tenant_id`.
+async fn shared_fixture() -> (Fixture, String, PgSourceConfig) {
+    let mut fx = Fixture::new(0).await;
+    let schema = format!("lab_t{}s", fx.id);
+    fx.admin.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    fx.tenants.push(format!("t{}s", fx.id));
+    let cfg = fx.config(json!({ "tenant": { "kind": "column", "column": "tenant_id" } }));
+    (fx, schema, cfg)
+}
+
+/// `op tenant [before] [after]` of a change, images as `id,tenant,v`.
+fn routed(e: &lablake_model::ChangeEvent) -> String {
+    let img = |r: &Option<Vec<Value>>| match r.as_deref() {
+        None => "-".to_owned(),
+        Some(row) => row
+            .iter()
+            .map(|v| match v {
+                Value::Int(i) => i.to_string(),
+                Value::String(s) => s.clone(),
+                Value::Null => "null".into(),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    format!("{} {} [{}] [{}]", e.op.code(), e.table.tenant, img(&e.before), img(&e.after))
+}
+
+/// Under the tenant-column rule an UPDATE that changes the tenant is a
+/// delete (old image) in the old tenant and a create (new image) in the new
+/// one, with REPLICA IDENTITY FULL (old row 'O' on every update) and with a
+/// primary key that contains the tenant column (old key 'K' when it changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_moving_between_tenants_leave_the_old_tenant() {
+    let (fx, schema, cfg) = shared_fixture().await;
+    let (alpha, beta) = (format!("alpha_{}", fx.id), format!("beta_{}", fx.id));
+    fx.admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.full_t (id bigint PRIMARY KEY, tenant_id text NOT NULL, v text);
+             ALTER TABLE {schema}.full_t REPLICA IDENTITY FULL;
+             CREATE TABLE {schema}.keyed (id bigint, tenant_id text, v text, PRIMARY KEY (tenant_id, id));"
+        ))
+        .await
+        .unwrap();
+    let mut src = PgSource::start(&cfg, None).await.expect("identities cover the tenant column");
+    for table in ["full_t", "keyed"] {
+        fx.admin
+            .batch_execute(&format!(
+                "INSERT INTO {schema}.{table} VALUES (1, '{alpha}', 'a'), (2, '{beta}', 'b');
+                 UPDATE {schema}.{table} SET tenant_id = '{beta}', v = 'moved' WHERE id = 1;
+                 UPDATE {schema}.{table} SET v = 'again' WHERE id = 1;"
+            ))
+            .await
+            .unwrap();
+        let (changes, _) = read_changes(&mut src, 5).await;
+        assert!(changes.iter().all(|e| &*e.table.table == table && *e.table.database == *schema));
+        let got: Vec<String> = changes.iter().map(routed).collect();
+        let want: Vec<String> = if table == "full_t" {
+            vec![
+                format!("c {alpha} [-] [1,{alpha},a]"),
+                format!("c {beta} [-] [2,{beta},b]"),
+                format!("d {alpha} [1,{alpha},a] [-]"),
+                format!("c {beta} [-] [1,{beta},moved]"),
+                format!("u {beta} [1,{beta},moved] [1,{beta},again]"),
+            ]
+        } else {
+            // Default identity: the old key only, and only when it changed.
+            vec![
+                format!("c {alpha} [-] [1,{alpha},a]"),
+                format!("c {beta} [-] [2,{beta},b]"),
+                format!("d {alpha} [1,{alpha},null] [-]"),
+                format!("c {beta} [-] [1,{beta},moved]"),
+                format!("u {beta} [-] [1,{beta},again]"),
+            ]
+        };
+        assert_eq!(got, want, "{table}");
+        // Both halves of the move carry the update's position.
+        assert_eq!(changes[2].source.position, changes[3].source.position);
+    }
+    src.close().await;
+    fx.cleanup().await;
+}
+
+/// A shared table whose replica identity does not contain the tenant
+/// column would hide moves: the source refuses to start, and a running
+/// source stops at the first Relation message of such a table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_column_outside_the_replica_identity_is_refused() {
+    let (fx, schema, cfg) = shared_fixture().await;
+    fx.admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.ok_t (id bigint PRIMARY KEY, tenant_id text);
+             ALTER TABLE {schema}.ok_t REPLICA IDENTITY FULL;
+             CREATE TABLE {schema}.no_tenant (id bigint PRIMARY KEY);"
+        ))
+        .await
+        .unwrap();
+    let mut src = PgSource::start(&cfg, None).await.expect("start");
+    // Created while the source runs: refused when its first change arrives.
+    fx.admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.pk_only (id bigint PRIMARY KEY, tenant_id text, v text);
+             INSERT INTO {schema}.pk_only VALUES (1, 'alpha_{}', 'secret-value');",
+            fx.id
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        match tokio::time::timeout_at(deadline, src.next()).await.expect("no error within 60s") {
+            Ok(SourceItem::Change(e)) => panic!("a change of {} passed", e.table.table),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let check = |err: &PgError| {
+        let text = err.to_string();
+        assert!(matches!(err, PgError::ServerConfig { .. }) && !err.is_retryable(), "{text}");
+        assert!(text.contains(&format!("ALTER TABLE {schema}.pk_only REPLICA IDENTITY FULL")), "{text}");
+        assert!(text.contains("`tenant_id`") && !text.contains("secret-value"), "{text}");
+    };
+    check(&err);
+    src.close().await;
+    // And it does not start again until the table is fixed.
+    let err = PgSource::start(&cfg, None).await.err().expect("must refuse to start");
+    check(&err);
+    fx.admin.batch_execute(&format!("ALTER TABLE {schema}.pk_only REPLICA IDENTITY FULL")).await.unwrap();
+    let src = PgSource::start(&cfg, None).await.expect("starts once the identity is FULL");
     src.close().await;
     fx.cleanup().await;
 }

@@ -2,6 +2,32 @@
 //! curated, which Parquet files make up the curated lake, and per-table
 //! processing status.
 //!
+//! # Capabilities
+//!
+//! Storage is split into narrow traits, one per concern, so a stage bounds
+//! on what it uses and a new backend can be built (and conformance-tested)
+//! one capability at a time:
+//!
+//! | trait | methods |
+//! |---|---|
+//! | [`LeaseStore`] | `acquire_lease` |
+//! | [`SourceStore`] | `load_source`, `save_source` |
+//! | [`BatchStore`] | `load_partition`, `begin_batch`, `commit_batch`, `manifest`, `status` |
+//! | [`SnapshotStore`] | `request_snapshot`, `snapshots`, `save_snapshot` |
+//! | [`SchemaStore`] | `register_schema`, `schema_history` |
+//! | [`SinkStore`] | `load_sink`, `sinks`, `save_sink` |
+//!
+//! [`CheckpointStore`] is the facade: every type implementing all six
+//! implements it. [`prelude`] brings every trait into scope at once.
+//!
+//! Common to every method: all reads are strongly consistent; every write is
+//! conditional as its documentation says, and a failed condition is
+//! [`CheckpointError::Fenced`] (nothing is written; stop and reload, do not
+//! retry); a failure of the backend is [`CheckpointError::Backend`]
+//! (retryable); a stored item that cannot be read — a missing or mistyped
+//! attribute, or an item written by a newer Lablake — is
+//! [`CheckpointError::Corrupt`].
+//!
 //! # Delivery contract
 //!
 //! * A **source checkpoint** is saved only after Kafka acknowledged every
@@ -9,48 +35,132 @@
 //!   delivery to Kafka is at-least-once; duplicates carry the same
 //!   `(primary key, source position)` and are removed downstream.
 //! * A **partition checkpoint** moves through two phases per batch:
-//!   1. [`CheckpointStore::begin_batch`] records the *intent* (offset range and
+//!   1. [`BatchStore::begin_batch`] records the *intent* (offset range and
 //!      object key) before any file is written;
-//!   2. after the Parquet file is durable, [`CheckpointStore::commit_batch`]
+//!   2. after the Parquet file is durable, [`BatchStore::commit_batch`]
 //!      advances `next_offset` past the batch, adds the file to the manifest
 //!      and updates the processing status — atomically.
 //!
 //!   A restarted consumer that finds a pending intent must rebuild exactly that
 //!   offset range into exactly that key (create-only put), then commit. So a
 //!   batch is never written under two keys and files never overlap in offsets.
-//! * **Fencing**: every consumer holds a generation from
-//!   [`CheckpointStore::acquire_lease`]. Every write is conditional on the
-//!   lease still holding that generation *and* on the partition checkpoint
-//!   still being the version the writer read. A stale or racing writer gets
-//!   [`CheckpointError::Fenced`] and must stop; it never overwrites a newer
-//!   checkpoint.
+//! * **Fencing**: every writer holds a generation of a [`LeaseName`] from
+//!   [`LeaseStore::acquire_lease`]. Every write is conditional on the lease
+//!   still holding that generation (a [`Fence`]) *and*, for partition
+//!   checkpoints, on the checkpoint still being the version the writer read.
+//!   A stale or racing writer gets [`CheckpointError::Fenced`] and must stop;
+//!   it never overwrites a newer checkpoint.
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod dynamo;
 mod error;
 mod memory;
+mod resume_serde;
 mod rules;
 mod schema;
+mod store;
 mod table_id_serde;
 
 pub use dynamo::{DynamoConfig, DynamoStore};
 pub use error::CheckpointError;
 pub use memory::MemoryStore;
 pub use schema::{ColumnLineage, SchemaColumn, SchemaVersion, column_lineage};
+pub use store::{BatchStore, CheckpointStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
 
-use lablake_model::TableId;
+use std::fmt;
 
-/// Where a source (one MySQL server) has been acknowledged up to.
+use lablake_model::{Resume, TableId};
+
+/// Every store trait, for `use lablake_checkpoint::prelude::*;` (a method of a
+/// trait can only be called with the trait in scope, or through a bound).
+pub mod prelude {
+    pub use crate::store::{
+        BatchStore, CheckpointStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore,
+    };
+}
+
+/// The name of a lease: who may write what. Built only by the constructors,
+/// so the naming convention is spelled in one place. The names are stored as
+/// they are (existing deployments hold them): `source#<source>`,
+/// `curate#<group>#<shard>`, `sink#<sink>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseName(String);
+
+impl LeaseName {
+    /// The lease of a source (one database server): `source#<source>`. It
+    /// guards the source checkpoint and the source's snapshot progress.
+    pub fn source(source: &str) -> Self {
+        LeaseName(format!("source#{source}"))
+    }
+
+    /// The lease of one curator shard of a consumer group:
+    /// `curate#<group>#<shard>`. It guards that shard's partition checkpoints.
+    pub fn curator(group: &str, shard: &str) -> Self {
+        LeaseName(format!("curate#{group}#{shard}"))
+    }
+
+    /// The lease of a warehouse sink (e.g. `snowflake`): `sink#<sink>`. It
+    /// guards the sink's checkpoints.
+    pub fn sink(sink: &str) -> Self {
+        LeaseName(format!("sink#{sink}"))
+    }
+
+    /// The name as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a guarded write is conditional on: the lease the writer holds and the
+/// generation [`LeaseStore::acquire_lease`] gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub lease: LeaseName,
+    pub generation: u64,
+}
+
+impl Fence {
+    pub fn new(lease: LeaseName, generation: u64) -> Self {
+        Fence { lease, generation }
+    }
+}
+
+/// One topic-partition as consumed by one consumer group: the identity of a
+/// [`PartitionCheckpoint`]. Displayed as `group/topic/partition`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartitionRef {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl PartitionRef {
+    pub fn new(group: impl Into<String>, topic: impl Into<String>, partition: i32) -> Self {
+        PartitionRef { group: group.into(), topic: topic.into(), partition }
+    }
+}
+
+impl fmt::Display for PartitionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.group, self.topic, self.partition)
+    }
+}
+
+/// Where a source has been acknowledged up to.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceCheckpoint {
-    /// Binlog file to resume from (MySQL); empty for PostgreSQL.
-    pub file: String,
-    /// MySQL: offset in `file` of the first event not yet acknowledged (a
-    /// transaction boundary). PostgreSQL: the acknowledged LSN (the end of a
-    /// committed transaction or a heartbeat), reported to the slot as flushed.
-    pub pos: u64,
-    /// GTID state at that point (MySQL executed GTID set, or MariaDB `domain-server-seq` list), if known.
-    pub gtid: Option<String>,
+    /// Where the source resumes: binlog coordinates (MySQL/MariaDB) or an LSN
+    /// (PostgreSQL), at a transaction boundary. In JSON:
+    /// `{"binlog": {"file", "pos", "gtid"}}` or `{"lsn": n}`.
+    #[serde(with = "resume_serde")]
+    pub resume: Resume,
     /// Sortable position of the last acknowledged change.
     pub position: String,
     /// Commit time of the last acknowledged transaction, ms since epoch.
@@ -223,137 +333,20 @@ impl SnapshotState {
     }
 }
 
-/// Storage of checkpoints. Implementations: [`DynamoStore`] (production) and
-/// [`MemoryStore`] (tests, single process). Both pass [`conformance`].
-///
-/// All reads are strongly consistent. All writes are conditional as described
-/// in the crate documentation; a failed condition is
-/// [`CheckpointError::Fenced`], any other failure
-/// [`CheckpointError::Backend`] (retryable).
-pub trait CheckpointStore: Send + Sync {
-    /// Increments and returns the generation of the lease `name`
-    /// (e.g. `curate#<group>#<shard>` or `source#<name>`). The previous holder
-    /// is fenced from then on.
-    fn acquire_lease(&self, name: &str) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The source checkpoint, if any.
-    fn load_source(
-        &self,
-        source: &str,
-    ) -> impl Future<Output = Result<Option<SourceCheckpoint>, CheckpointError>> + Send;
+    #[test]
+    fn lease_names_keep_their_stored_spelling() {
+        assert_eq!(LeaseName::source("mysql-a").as_str(), "source#mysql-a");
+        assert_eq!(LeaseName::curator("lablake-curate", "0").as_str(), "curate#lablake-curate#0");
+        assert_eq!(LeaseName::sink("snowflake").to_string(), "sink#snowflake");
+        assert_ne!(LeaseName::source("x"), LeaseName::sink("x"));
+    }
 
-    /// Saves the source checkpoint if the lease `source#<source>` still has
-    /// `generation`; otherwise [`CheckpointError::Fenced`].
-    fn save_source(
-        &self,
-        source: &str,
-        generation: u64,
-        checkpoint: &SourceCheckpoint,
-    ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
-
-    /// The checkpoint of a topic-partition for a consumer group, if any.
-    fn load_partition(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> impl Future<Output = Result<Option<PartitionCheckpoint>, CheckpointError>> + Send;
-
-    /// Records a batch intent. `lease` is the lease name the writer holds with
-    /// `generation`; `expected_version` is the version the writer last read
-    /// (`None`: no checkpoint existed). Returns the new checkpoint.
-    #[allow(clippy::too_many_arguments)] // the write's full identity and its fencing inputs
-    fn begin_batch(
-        &self,
-        group: &str,
-        lease: &str,
-        generation: u64,
-        topic: &str,
-        partition: i32,
-        expected_version: Option<u64>,
-        intent: &BatchIntent,
-    ) -> impl Future<Output = Result<PartitionCheckpoint, CheckpointError>> + Send;
-
-    /// Commits the pending batch (which must equal `commit.intent`):
-    /// `next_offset = last_offset + 1`, pending cleared, manifest entry added
-    /// and status of the table and of its source database updated, in one
-    /// atomic write under the same conditions as [`Self::begin_batch`].
-    #[allow(clippy::too_many_arguments)] // the write's full identity and its fencing inputs
-    fn commit_batch(
-        &self,
-        group: &str,
-        lease: &str,
-        generation: u64,
-        topic: &str,
-        partition: i32,
-        expected_version: u64,
-        commit: &BatchCommit,
-    ) -> impl Future<Output = Result<PartitionCheckpoint, CheckpointError>> + Send;
-
-    /// Manifest of a table's curated files, ordered by (topic, partition, first_offset).
-    fn manifest(&self, table: &TableId) -> impl Future<Output = Result<Vec<ManifestEntry>, CheckpointError>> + Send;
-
-    /// Processing status rows, of one tenant or of all.
-    fn status(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<TableStatus>, CheckpointError>> + Send;
-
-    /// Requests a snapshot of `table` from `source`. With `if_absent`, only
-    /// when the table never had one (a table seen for the first time);
-    /// otherwise a new request (its number one higher) replaces any earlier
-    /// one, finished or not. Returns whether a request was recorded.
-    fn request_snapshot(
-        &self,
-        source: &str,
-        table: &TableId,
-        if_absent: bool,
-    ) -> impl Future<Output = Result<bool, CheckpointError>> + Send;
-
-    /// Every snapshot of `source`, any state, ordered by table.
-    fn snapshots(&self, source: &str) -> impl Future<Output = Result<Vec<SnapshotProgress>, CheckpointError>> + Send;
-
-    /// Saves progress if the lease `source#<source>` still has `generation`
-    /// (else [`CheckpointError::Fenced`]) and the table's current request is
-    /// still `progress.request`; returns `false` (nothing written) when a
-    /// newer request superseded it.
-    fn save_snapshot(
-        &self,
-        source: &str,
-        generation: u64,
-        progress: &SnapshotProgress,
-    ) -> impl Future<Output = Result<bool, CheckpointError>> + Send;
-
-    /// Registers a shape of `table` in its schema history and returns its
-    /// version: the existing entry's when one has the same fingerprint,
-    /// else a new entry numbered one past the latest, with its `changes`
-    /// computed against the latest. Racing registrars never take the same
-    /// number (conditional create) and agree on the version of a shape.
-    fn register_schema(
-        &self,
-        table: &TableId,
-        candidate: &SchemaVersion,
-    ) -> impl Future<Output = Result<u32, CheckpointError>> + Send;
-
-    /// The sink checkpoint of `table`, if the sink loaded anything of it.
-    fn load_sink(
-        &self,
-        sink: &str,
-        table: &TableId,
-    ) -> impl Future<Output = Result<Option<SinkCheckpoint>, CheckpointError>> + Send;
-
-    /// Every table's checkpoint of `sink`, ordered by table.
-    fn sinks(&self, sink: &str) -> impl Future<Output = Result<Vec<SinkCheckpoint>, CheckpointError>> + Send;
-
-    /// Saves a sink checkpoint if the lease `sink#<sink>` still has
-    /// `generation` (else [`CheckpointError::Fenced`]).
-    fn save_sink(
-        &self,
-        sink: &str,
-        generation: u64,
-        checkpoint: &SinkCheckpoint,
-    ) -> impl Future<Output = Result<(), CheckpointError>> + Send;
-
-    /// The schema history of `table`, ordered by version.
-    fn schema_history(
-        &self,
-        table: &TableId,
-    ) -> impl Future<Output = Result<Vec<SchemaVersion>, CheckpointError>> + Send;
+    #[test]
+    fn partition_refs_display_as_group_topic_partition() {
+        assert_eq!(PartitionRef::new("g", "acme.changes", 3).to_string(), "g/acme.changes/3");
+    }
 }

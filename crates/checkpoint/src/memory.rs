@@ -6,30 +6,31 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use lablake_model::TableId;
 
 use crate::rules::{self, ALL_TABLES};
+use crate::store::{BatchStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, CheckpointStore, ManifestEntry, PartitionCheckpoint, SchemaVersion,
-    SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, Fence, LeaseName, ManifestEntry, PartitionCheckpoint, PartitionRef,
+    SchemaVersion, SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
-/// A [`CheckpointStore`] held in process memory. Cloning shares the state.
+/// A [`crate::CheckpointStore`] held in process memory. Cloning shares the
+/// state.
 ///
-/// It makes the same decisions as [`crate::DynamoStore`] (both pass
-/// [`crate::conformance`]); every call runs under one lock, so each write is
+/// It makes the same decisions as [`crate::DynamoStore`] (both pass the
+/// conformance suite); every call runs under one lock, so each write is
 /// atomic. Nothing survives the process.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
 }
 
-type PartitionKey = (String, String, i32);
 /// `(tenant, source, database, table)`; table `*` for the database aggregate.
 type StatusKey = (String, String, String, String);
 
 #[derive(Debug, Default)]
 struct State {
-    leases: HashMap<String, u64>,
+    leases: HashMap<LeaseName, u64>,
     sources: HashMap<String, SourceCheckpoint>,
-    partitions: HashMap<PartitionKey, PartitionCheckpoint>,
+    partitions: HashMap<PartitionRef, PartitionCheckpoint>,
     manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
     status: BTreeMap<StatusKey, TableStatus>,
     snapshots: BTreeMap<(String, TableId), SnapshotProgress>,
@@ -38,8 +39,8 @@ struct State {
 }
 
 impl State {
-    fn check_lease(&self, lease: &str, generation: u64) -> Result<(), CheckpointError> {
-        if self.leases.get(lease) == Some(&generation) { Ok(()) } else { Err(rules::lease_fenced(lease, generation)) }
+    fn check_fence(&self, fence: &Fence) -> Result<(), CheckpointError> {
+        if self.leases.get(&fence.lease) == Some(&fence.generation) { Ok(()) } else { Err(rules::lease_fenced(fence)) }
     }
 }
 
@@ -55,14 +56,16 @@ impl MemoryStore {
     }
 }
 
-impl CheckpointStore for MemoryStore {
-    async fn acquire_lease(&self, name: &str) -> Result<u64, CheckpointError> {
+impl LeaseStore for MemoryStore {
+    async fn acquire_lease(&self, lease: &LeaseName) -> Result<u64, CheckpointError> {
         let mut state = self.lock();
-        let generation = state.leases.entry(name.to_owned()).or_insert(0);
+        let generation = state.leases.entry(lease.clone()).or_insert(0);
         *generation += 1;
         Ok(*generation)
     }
+}
 
+impl SourceStore for MemoryStore {
     async fn load_source(&self, source: &str) -> Result<Option<SourceCheckpoint>, CheckpointError> {
         Ok(self.lock().sources.get(source).cloned())
     }
@@ -74,73 +77,61 @@ impl CheckpointStore for MemoryStore {
         checkpoint: &SourceCheckpoint,
     ) -> Result<(), CheckpointError> {
         let mut state = self.lock();
-        state.check_lease(&rules::source_lease(source), generation)?;
+        state.check_fence(&rules::source_fence(source, generation))?;
         state.sources.insert(source.to_owned(), checkpoint.clone());
         Ok(())
     }
+}
 
-    async fn load_partition(
-        &self,
-        group: &str,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
-        Ok(self.lock().partitions.get(&(group.to_owned(), topic.to_owned(), partition)).cloned())
+impl BatchStore for MemoryStore {
+    async fn load_partition(&self, partition: &PartitionRef) -> Result<Option<PartitionCheckpoint>, CheckpointError> {
+        Ok(self.lock().partitions.get(partition).cloned())
     }
 
     async fn begin_batch(
         &self,
-        group: &str,
-        lease: &str,
-        generation: u64,
-        topic: &str,
-        partition: i32,
+        partition: &PartitionRef,
+        fence: &Fence,
         expected_version: Option<u64>,
         intent: &BatchIntent,
     ) -> Result<PartitionCheckpoint, CheckpointError> {
-        let label = rules::partition_label(group, topic, partition);
-        rules::check_partition_arg(&label, partition)?;
-        let key = (group.to_owned(), topic.to_owned(), partition);
+        let label = rules::partition_label(partition);
+        rules::check_partition_arg(&label, partition.partition)?;
         let mut state = self.lock();
-        state.check_lease(lease, generation)?;
-        let next = rules::plan_begin(&label, state.partitions.get(&key), expected_version, generation, intent)?;
-        state.partitions.insert(key, next.clone());
+        state.check_fence(fence)?;
+        let next =
+            rules::plan_begin(&label, state.partitions.get(partition), expected_version, fence.generation, intent)?;
+        state.partitions.insert(partition.clone(), next.clone());
         Ok(next)
     }
 
     async fn commit_batch(
         &self,
-        group: &str,
-        lease: &str,
-        generation: u64,
-        topic: &str,
-        partition: i32,
+        partition: &PartitionRef,
+        fence: &Fence,
         expected_version: u64,
         commit: &BatchCommit,
     ) -> Result<PartitionCheckpoint, CheckpointError> {
-        let label = rules::partition_label(group, topic, partition);
-        rules::check_partition_arg(&label, partition)?;
-        let key = (group.to_owned(), topic.to_owned(), partition);
+        let label = rules::partition_label(partition);
+        rules::check_partition_arg(&label, partition.partition)?;
         let mut state = self.lock();
-        state.check_lease(lease, generation)?;
-        let next = rules::plan_commit(&label, state.partitions.get(&key), expected_version, generation, commit)?;
+        state.check_fence(fence)?;
+        let next =
+            rules::plan_commit(&label, state.partitions.get(partition), expected_version, fence.generation, commit)?;
 
-        let entry_key = (topic.to_owned(), partition, commit.intent.first_offset);
+        let entry_key = (partition.topic.clone(), partition.partition, commit.intent.first_offset);
         if state.manifests.get(&commit.table).is_some_and(|m| m.contains_key(&entry_key)) {
-            return Err(CheckpointError::Fenced(format!(
-                "manifest of `{}`/`{}`/`{}` already lists the batch of {label} starting at offset {}",
-                commit.table.tenant, commit.table.database, commit.table.table, commit.intent.first_offset
-            )));
+            return Err(rules::already_listed(&commit.table, &label, commit.intent.first_offset));
         }
 
         // All checks passed: apply every part of the commit.
         let now = rules::now_ms();
-        state.partitions.insert(key, next.clone());
+        state.partitions.insert(partition.clone(), next.clone());
         state.manifests.entry(commit.table.clone()).or_default().insert(
             entry_key,
             ManifestEntry {
-                topic: topic.to_owned(),
-                partition,
+                topic: partition.topic.clone(),
+                partition: partition.partition,
                 first_offset: commit.intent.first_offset,
                 last_offset: commit.intent.last_offset,
                 object_key: commit.intent.object_key.clone(),
@@ -172,7 +163,9 @@ impl CheckpointStore for MemoryStore {
         rules::sort_status(&mut rows);
         Ok(rows)
     }
+}
 
+impl SnapshotStore for MemoryStore {
     async fn request_snapshot(&self, source: &str, table: &TableId, if_absent: bool) -> Result<bool, CheckpointError> {
         let mut state = self.lock();
         let key = (source.to_owned(), table.clone());
@@ -195,7 +188,7 @@ impl CheckpointStore for MemoryStore {
         progress: &SnapshotProgress,
     ) -> Result<bool, CheckpointError> {
         let mut state = self.lock();
-        state.check_lease(&rules::source_lease(source), generation)?;
+        state.check_fence(&rules::source_fence(source, generation))?;
         let key = (source.to_owned(), progress.table.clone());
         if state.snapshots.get(&key).map(|p| p.request) != Some(progress.request) {
             return Ok(false);
@@ -203,7 +196,9 @@ impl CheckpointStore for MemoryStore {
         state.snapshots.insert(key, progress.clone());
         Ok(true)
     }
+}
 
+impl SchemaStore for MemoryStore {
     async fn register_schema(&self, table: &TableId, candidate: &SchemaVersion) -> Result<u32, CheckpointError> {
         let mut state = self.lock();
         let history = state.schemas.entry(table.clone()).or_default();
@@ -217,6 +212,12 @@ impl CheckpointStore for MemoryStore {
         })
     }
 
+    async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
+        Ok(self.lock().schemas.get(table).cloned().unwrap_or_default())
+    }
+}
+
+impl SinkStore for MemoryStore {
     async fn load_sink(&self, sink: &str, table: &TableId) -> Result<Option<SinkCheckpoint>, CheckpointError> {
         Ok(self.lock().sinks.get(&(sink.to_owned(), table.clone())).cloned())
     }
@@ -227,13 +228,9 @@ impl CheckpointStore for MemoryStore {
 
     async fn save_sink(&self, sink: &str, generation: u64, checkpoint: &SinkCheckpoint) -> Result<(), CheckpointError> {
         let mut state = self.lock();
-        state.check_lease(&rules::sink_lease(sink), generation)?;
+        state.check_fence(&rules::sink_fence(sink, generation))?;
         state.sinks.insert((sink.to_owned(), checkpoint.table.clone()), checkpoint.clone());
         Ok(())
-    }
-
-    async fn schema_history(&self, table: &TableId) -> Result<Vec<SchemaVersion>, CheckpointError> {
-        Ok(self.lock().schemas.get(table).cloned().unwrap_or_default())
     }
 }
 
@@ -250,7 +247,8 @@ mod tests {
     async fn clones_share_state() {
         let a = MemoryStore::new();
         let b = a.clone();
-        assert_eq!(a.acquire_lease("x").await.expect("lease"), 1);
-        assert_eq!(b.acquire_lease("x").await.expect("lease"), 2);
+        let lease = LeaseName::source("x");
+        assert_eq!(a.acquire_lease(&lease).await.expect("lease"), 1);
+        assert_eq!(b.acquire_lease(&lease).await.expect("lease"), 2);
     }
 }

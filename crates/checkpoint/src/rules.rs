@@ -8,7 +8,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{BatchCommit, BatchIntent, CheckpointError, PartitionCheckpoint, TableStatus};
+use lablake_model::TableId;
+
+use crate::{
+    BatchCommit, BatchIntent, CheckpointError, Fence, LeaseName, PartitionCheckpoint, PartitionRef, TableStatus,
+};
 
 /// Table name used for the per-database aggregate status row.
 pub(crate) const ALL_TABLES: &str = "*";
@@ -22,20 +26,30 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// How a partition checkpoint is named in messages.
-pub(crate) fn partition_label(group: &str, topic: &str, partition: i32) -> String {
-    format!("partition checkpoint `{group}`/`{topic}`/{partition}")
+pub(crate) fn partition_label(p: &PartitionRef) -> String {
+    format!("partition checkpoint `{}`/`{}`/{}", p.group, p.topic, p.partition)
 }
 
-pub(crate) fn lease_fenced(lease: &str, generation: u64) -> CheckpointError {
-    CheckpointError::Fenced(format!("lease `{lease}` is no longer held at generation {generation}"))
+pub(crate) fn lease_fenced(fence: &Fence) -> CheckpointError {
+    CheckpointError::Fenced(format!("lease `{}` is no longer held at generation {}", fence.lease, fence.generation))
 }
 
-pub(crate) fn sink_lease(sink: &str) -> String {
-    format!("sink#{sink}")
+/// What guards the writes of a source (its checkpoint and its snapshot
+/// progress): the source's lease.
+pub(crate) fn source_fence(source: &str, generation: u64) -> Fence {
+    Fence::new(LeaseName::source(source), generation)
 }
 
-pub(crate) fn source_lease(source: &str) -> String {
-    format!("source#{source}")
+/// What guards the writes of a sink: the sink's lease.
+pub(crate) fn sink_fence(sink: &str, generation: u64) -> Fence {
+    Fence::new(LeaseName::sink(sink), generation)
+}
+
+/// A commit whose manifest entry exists already (`label`: the partition's).
+pub(crate) fn already_listed(table: &TableId, label: &str, first_offset: i64) -> CheckpointError {
+    CheckpointError::Fenced(format!(
+        "manifest of {table} already lists the batch of {label} starting at offset {first_offset}"
+    ))
 }
 
 /// Arguments that no correct writer passes. They are rejected as
@@ -181,7 +195,7 @@ pub(crate) fn apply_status(
     s
 }
 
-/// Sort order of [`crate::CheckpointStore::status`] results.
+/// Sort order of [`crate::BatchStore::status`] results.
 pub(crate) fn sort_status(rows: &mut [TableStatus]) {
     rows.sort_by(|a, b| {
         (&a.tenant, &a.source, &a.database, &a.table).cmp(&(&b.tenant, &b.source, &b.database, &b.table))

@@ -1,21 +1,19 @@
 //! Configuration: a TOML file plus `LABLAKE__…` environment overrides
 //! (`LABLAKE__KAFKA__BROKERS=host:9092` sets `kafka.brokers`). Every struct
 //! denies unknown fields, so a misspelt key fails at start naming the key.
+//! The stages' own sections are defined next to the stages
+//! (`lablake_pipeline`); this is the whole file and its checks.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use lablake_bus::BusConfig;
 use lablake_checkpoint::DynamoConfig;
-use lablake_curate::BatchPolicy;
 use lablake_lake::LakeConfig;
-use lablake_mysql::MysqlSourceConfig;
-use lablake_postgres::PgSourceConfig;
-use secrecy::ExposeSecret;
+use lablake_pipeline::{CurateConfig, SinkConfig, SnapshotConfig, SourceConfig, UserTablesConfig};
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -31,19 +29,16 @@ pub struct Config {
     /// Curation consumers.
     #[serde(default)]
     pub curate: CurateConfig,
-    /// MySQL/MariaDB sources (`[[sources]]`, each with a unique `name`).
+    /// Sources (`[[sources]]`, each with `kind = "mysql" | "postgres"` and a
+    /// `name` unique across all of them: checkpoints are keyed by it).
     #[serde(default)]
-    pub sources: Vec<MysqlSourceConfig>,
-    /// PostgreSQL sources (`[[postgres_sources]]`); names are unique across
-    /// both lists (checkpoints are keyed by them).
-    #[serde(default)]
-    pub postgres_sources: Vec<PgSourceConfig>,
+    pub sources: Vec<SourceConfig>,
     /// Snapshots (full loads).
     #[serde(default)]
-    pub snapshot: crate::snapshot::SnapshotConfig,
+    pub snapshot: SnapshotConfig,
     /// The Snowflake sink (`[snowflake]`; none: no warehouse stage).
     #[serde(default)]
-    pub snowflake: Option<crate::sink::SinkConfig>,
+    pub snowflake: Option<SinkConfig>,
     /// User-defined tables and their own lane.
     #[serde(default)]
     pub user_tables: UserTablesConfig,
@@ -53,113 +48,6 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
-}
-
-/// Curation settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CurateConfig {
-    /// Consumer group name; checkpoints and leases are kept per group.
-    #[serde(default = "default_group")]
-    pub group: String,
-    /// When batches close.
-    #[serde(default)]
-    pub batch: BatchPolicy,
-    /// How often new topics (tenants, tables) are discovered, e.g. `"5s"`.
-    #[serde(default = "default_discovery", with = "humantime_serde")]
-    pub discovery_interval: Duration,
-    /// Only these tenants (empty: all).
-    #[serde(default)]
-    pub tenants: Vec<String>,
-    /// Byte budget of all open batches together (approximate in-memory size).
-    /// Above it the largest open batch is closed early, so memory does not grow
-    /// with the number of partitions.
-    #[serde(default = "default_open_bytes")]
-    pub max_open_bytes: usize,
-}
-
-fn default_open_bytes() -> usize {
-    64 * 1024 * 1024
-}
-
-fn default_group() -> String {
-    "curate".into()
-}
-fn default_discovery() -> Duration {
-    Duration::from_secs(5)
-}
-
-impl Default for CurateConfig {
-    fn default() -> Self {
-        CurateConfig {
-            group: default_group(),
-            batch: BatchPolicy::default(),
-            discovery_interval: default_discovery(),
-            tenants: Vec::new(),
-            max_open_bytes: default_open_bytes(),
-        }
-    }
-}
-
-/// `[user_tables]`: which tables are user-defined (customer-created, found
-/// at run time) and the budget of their lane. Their snapshots run in their
-/// own worker per source (own chunk size and rate cap, never queued behind
-/// core tables or in front of them) and their topics are curated by their own
-/// consumer group `<curate.group>-udt` with its own memory budget.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserTablesConfig {
-    /// Globs over the table name, e.g. `["udt_*"]`. Empty: no separate lane.
-    #[serde(default)]
-    pub patterns: Vec<String>,
-    /// Rows per snapshot chunk of a user-defined table.
-    #[serde(default = "default_udt_chunk_rows")]
-    pub chunk_rows: usize,
-    /// Cap on snapshot rows read per second per source for user-defined tables (0: none).
-    #[serde(default)]
-    pub max_rows_per_second: u64,
-    /// Byte budget of the user-defined lane's open batches.
-    #[serde(default = "default_udt_open_bytes")]
-    pub max_open_bytes: usize,
-}
-
-fn default_udt_chunk_rows() -> usize {
-    5_000
-}
-fn default_udt_open_bytes() -> usize {
-    32 * 1024 * 1024
-}
-
-impl Default for UserTablesConfig {
-    fn default() -> Self {
-        UserTablesConfig {
-            patterns: Vec::new(),
-            chunk_rows: default_udt_chunk_rows(),
-            max_rows_per_second: 0,
-            max_open_bytes: default_udt_open_bytes(),
-        }
-    }
-}
-
-impl UserTablesConfig {
-    /// The pure rule (validated by [`Config::validate`]).
-    pub fn rule(&self) -> lablake_model::tenant::UserTableRule {
-        lablake_model::tenant::UserTableRule::new(&self.patterns).unwrap_or_default()
-    }
-
-    /// The snapshot settings of the user-defined lane.
-    pub fn snapshot(&self, core: &crate::snapshot::SnapshotConfig) -> crate::snapshot::SnapshotConfig {
-        crate::snapshot::SnapshotConfig {
-            chunk_rows: self.chunk_rows,
-            max_rows_per_second: self.max_rows_per_second,
-            ..core.clone()
-        }
-    }
-
-    /// The curation settings of the user-defined lane.
-    pub fn curate(&self, core: &CurateConfig) -> CurateConfig {
-        CurateConfig { group: format!("{}-udt", core.group), max_open_bytes: self.max_open_bytes, ..core.clone() }
-    }
 }
 
 /// Metrics endpoint.
@@ -235,9 +123,10 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks beyond types: URLs, names, credentials.
+    /// Checks beyond types: URLs, names, bounds, credentials.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, reason: &str| ConfigError::Invalid { key: key.into(), reason: reason.into() };
+        let named = |(key, reason): (String, String)| ConfigError::Invalid { key, reason };
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must not be empty"));
         }
@@ -260,77 +149,19 @@ impl Config {
         if let Some(e) = &self.checkpoint.endpoint {
             url::Url::parse(e).map_err(|err| invalid("checkpoint.endpoint", &format!("not a URL: {err}")))?;
         }
-        if self.curate.max_open_bytes < self.curate.batch.max_bytes.min(1024 * 1024) {
-            return Err(invalid("curate.max_open_bytes", "must be at least 1 MiB (or curate.batch.max_bytes)"));
-        }
-        if self.snapshot.chunk_rows == 0 || self.snapshot.chunk_rows > 1_000_000 {
-            return Err(invalid("snapshot.chunk_rows", "must be between 1 and 1000000"));
-        }
+        self.curate.validate().map_err(named)?;
+        self.snapshot.validate("snapshot").map_err(named)?;
+        self.user_tables.validate().map_err(named)?;
         if let Some(sf) = &self.snowflake {
-            sf.connection.validate().map_err(|e| match e {
-                lablake_snowflake::SnowflakeError::Config { key, reason } => {
-                    ConfigError::Invalid { key: format!("snowflake.connection.{key}"), reason }
-                }
-                other => ConfigError::Invalid { key: "snowflake.connection".into(), reason: other.to_string() },
-            })?;
-        }
-        if self.snapshot.parallel_chunks == 0 || self.snapshot.parallel_chunks > 16 {
-            return Err(invalid("snapshot.parallel_chunks", "must be between 1 and 16"));
-        }
-        if let Err(e) = lablake_model::tenant::UserTableRule::new(&self.user_tables.patterns) {
-            return Err(invalid("user_tables.patterns", &e.to_string()));
-        }
-        if self.user_tables.chunk_rows == 0 || self.user_tables.chunk_rows > 1_000_000 {
-            return Err(invalid("user_tables.chunk_rows", "must be between 1 and 1000000"));
-        }
-        if self.user_tables.max_open_bytes < 1024 * 1024 {
-            return Err(invalid("user_tables.max_open_bytes", "must be at least 1 MiB"));
-        }
-        if self.curate.batch.max_rows == 0 {
-            return Err(invalid("curate.batch.max_rows", "must be at least 1"));
+            sf.validate().map_err(named)?;
         }
         let mut names = BTreeSet::new();
         for (i, s) in self.sources.iter().enumerate() {
-            let key = format!("sources[{i}] (name `{}`)", s.name);
-            if !names.insert(s.name.as_str()) {
+            let key = format!("sources[{i}] (name `{}`)", s.name());
+            if !names.insert(s.name()) {
                 return Err(ConfigError::Invalid { key, reason: "duplicate source name".into() });
             }
-            s.decoder_config().map_err(|e| ConfigError::Invalid { key: key.clone(), reason: e.to_string() })?;
-            let url = url::Url::parse(s.url.expose_secret())
-                .map_err(|e| ConfigError::Invalid { key: format!("{key}.url"), reason: format!("not a URL: {e}") })?;
-            if url.scheme() != "mysql" {
-                return Err(ConfigError::Invalid {
-                    key: format!("{key}.url"),
-                    reason: "scheme must be mysql://".into(),
-                });
-            }
-            if url.username().is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: format!("{key}.url"),
-                    reason: "missing credentials: the URL has no user".into(),
-                });
-            }
-        }
-        for (i, s) in self.postgres_sources.iter().enumerate() {
-            let key = format!("postgres_sources[{i}] (name `{}`)", s.name);
-            if !names.insert(s.name.as_str()) {
-                return Err(ConfigError::Invalid { key, reason: "duplicate source name".into() });
-            }
-            s.decoder_config().map_err(|e| ConfigError::Invalid { key: key.clone(), reason: e.to_string() })?;
-            let url = url::Url::parse(s.url.expose_secret())
-                .map_err(|e| ConfigError::Invalid { key: format!("{key}.url"), reason: format!("not a URL: {e}") })?;
-            if !matches!(url.scheme(), "postgres" | "postgresql") {
-                return Err(ConfigError::Invalid {
-                    key: format!("{key}.url"),
-                    reason: "scheme must be postgres:// or postgresql://".into(),
-                });
-            }
-            if url.username().is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: format!("{key}.url"),
-                    reason: "missing credentials: the URL has no user".into(),
-                });
-            }
+            s.validate(&key).map_err(named)?;
         }
         Ok(())
     }

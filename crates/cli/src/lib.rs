@@ -1,13 +1,8 @@
-//! The `lablake` binary's library: configuration, the pipeline stages and
-//! their wiring. The binary (`main.rs`) is a thin clap front end.
+//! The `lablake` binary's library: configuration loading and status
+//! rendering. The stages live in `lablake_pipeline`; the binary
+//! (`main.rs`) parses arguments and runs one small function per command.
 
 pub mod config;
-pub mod curator;
-pub mod lane;
-pub mod metrics;
-pub mod sink;
-pub mod snapshot;
-pub mod source;
 pub mod status;
 
 pub use config::Config;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lablake::config::{Config, LogFormat};
-use lablake::curator::Curator;
-use lablake::lane::Lane;
-use lablake::{metrics, snapshot, source, status};
-use lablake_checkpoint::DynamoStore;
+use lablake::status;
+use lablake_checkpoint::{DynamoStore, SchemaStore, SinkStore, SnapshotState, SnapshotStore};
 use lablake_lake::Lake;
+use lablake_model::TableId;
+use lablake_pipeline::source::SourceStage;
+use lablake_pipeline::{Curator, SourceConfig, metrics, snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -18,7 +19,8 @@ use tokio::task::JoinSet;
 #[command(
     name = "lablake",
     version,
-    about = "Change-data-capture from MySQL/MariaDB to per-tenant Kafka topics and a curated Parquet lake"
+    about = "Change-data-capture from MySQL/MariaDB and PostgreSQL to per-tenant Kafka topics, a curated Parquet \
+             lake and Snowflake"
 )]
 struct Cli {
     /// Configuration file (TOML). `LABLAKE__SECTION__KEY` variables override it.
@@ -30,13 +32,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs every configured source and the curator in one process.
+    /// Runs every configured source, the curators and (when `[snowflake]` is
+    /// configured) the Snowflake sink in one process.
     Run {
         /// Shard name of the curator's lease.
         #[arg(long, default_value = "0")]
         shard: String,
     },
-    /// Runs the sources only (binlog → Kafka).
+    /// Runs the sources only (binlog / replication slot → Kafka).
     Source {
         /// Only this source (default: all configured).
         #[arg(long)]
@@ -135,67 +138,98 @@ fn init_tracing(cfg: &Config) {
 }
 
 async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
-    if let Command::CheckConfig = command {
-        println!("configuration is valid");
-        return Ok(());
-    }
-    let store = Arc::new(DynamoStore::connect(&cfg.checkpoint).await.context("connecting to DynamoDB")?);
-    if let Command::Status { tenant, json, lake } = command {
-        let rows = status::collect(store.as_ref(), tenant.as_deref()).await?;
-        if lake {
-            let l = Lake::new(cfg.lake.clone())?;
-            let mut out = Vec::new();
-            for r in rows.iter().filter(|r| r.table != "*") {
-                let t = lablake_model::TableId {
-                    tenant: r.tenant.as_str().into(),
-                    database: r.database.as_str().into(),
-                    table: r.table.as_str().into(),
-                };
-                out.push(status::lake_table(&l, &t).await?);
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            return Ok(());
+    match command {
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            Ok(())
         }
-        if json {
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        } else {
-            let sinks = match cfg.snowflake {
-                Some(_) => lablake_checkpoint::CheckpointStore::sinks(store.as_ref(), lablake::sink::SINK).await?,
-                None => Vec::new(),
-            };
-            print!("{}", status::render(&rows, &sinks, (metrics::now_secs() * 1000.0) as i64));
+        Command::Status { tenant, json, lake } => status(&cfg, tenant.as_deref(), json, lake).await,
+        Command::Schema { tenant, table, json } => schema(&cfg, &tenant, &table, json).await,
+        Command::Snapshot { tenant, table, source, no_wait } => {
+            request_snapshots(&cfg, &tenant, table.as_deref(), source.as_deref(), no_wait).await
         }
-        return Ok(());
+        Command::Run { shard } => {
+            let sink = cfg.snowflake.is_some();
+            run_stages(&cfg, Stages { sources: Some(None), curators: Some(shard), sink }).await
+        }
+        Command::Source { name } => run_stages(&cfg, Stages { sources: Some(name), curators: None, sink: false }).await,
+        Command::Curate { shard } => {
+            run_stages(&cfg, Stages { sources: None, curators: Some(shard), sink: false }).await
+        }
+        Command::Sink => {
+            anyhow::ensure!(cfg.snowflake.is_some(), "no sink to run: configure [snowflake]");
+            run_stages(&cfg, Stages { sources: None, curators: None, sink: true }).await
+        }
     }
-    if let Command::Schema { tenant, table, json } = &command {
-        use lablake_checkpoint::CheckpointStore;
-        let Some((database, name)) = table.split_once('.') else {
-            anyhow::bail!("--table must be `database.table`, got `{table}`");
+}
+
+async fn store(cfg: &Config) -> anyhow::Result<Arc<DynamoStore>> {
+    Ok(Arc::new(DynamoStore::connect(&cfg.checkpoint).await.context("connecting to DynamoDB")?))
+}
+
+/// `lablake status`: the status table, its JSON, or what the lake holds.
+async fn status(cfg: &Config, tenant: Option<&str>, json: bool, lake: bool) -> anyhow::Result<()> {
+    let store = store(cfg).await?;
+    let rows = status::collect(store.as_ref(), tenant).await?;
+    if lake {
+        let l = Lake::new(cfg.lake.clone())?;
+        let mut out = Vec::new();
+        for r in rows.iter().filter(|r| r.table != "*") {
+            out.push(status::lake_table(&l, &TableId::new(&r.tenant, &r.database, &r.table)).await?);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let sinks = match cfg.snowflake {
+            Some(_) => store.sinks(lablake_pipeline::sink::SINK).await?,
+            None => Vec::new(),
         };
-        let id =
-            lablake_model::TableId { tenant: tenant.as_str().into(), database: database.into(), table: name.into() };
-        let history = store.schema_history(&id).await?;
-        if history.is_empty() {
-            anyhow::bail!("no schema history for {tenant}/{table} (not captured yet, or not this tenant)");
-        }
-        if *json {
-            println!("{}", serde_json::to_string_pretty(&history)?);
-        } else {
-            for v in &history {
-                let cols: Vec<String> = v
-                    .columns
-                    .iter()
-                    .map(|c| format!("{} {}{}", c.name, c.ty, if c.nullable { "" } else { " not null" }))
-                    .collect();
-                println!("v{} first at {}: {}", v.version, v.first_position, v.changes.join("; "));
-                println!("    columns: {}; key: {}", cols.join(", "), v.primary_key.join(", "));
-            }
-        }
+        print!("{}", status::render(&rows, &sinks, metrics::now_ms()));
+    }
+    Ok(())
+}
+
+/// `lablake schema`: a table's schema history.
+async fn schema(cfg: &Config, tenant: &str, table: &str, json: bool) -> anyhow::Result<()> {
+    let Some((database, name)) = table.split_once('.') else {
+        anyhow::bail!("--table must be `database.table`, got `{table}`");
+    };
+    let id = TableId::new(tenant, database, name);
+    let history = store(cfg).await?.schema_history(&id).await?;
+    if history.is_empty() {
+        anyhow::bail!("no schema history for {id} (not captured yet, or not this tenant)");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
         return Ok(());
     }
-    if let Command::Snapshot { tenant, table, source, no_wait } = command {
-        return request_snapshots(&cfg, store.as_ref(), &tenant, table.as_deref(), source.as_deref(), no_wait).await;
+    for v in &history {
+        let cols: Vec<String> = v
+            .columns
+            .iter()
+            .map(|c| format!("{} {}{}", c.name, c.ty, if c.nullable { "" } else { " not null" }))
+            .collect();
+        println!("v{} first at {}: {}", v.version, v.first_position, v.changes.join("; "));
+        println!("    columns: {}; key: {}", cols.join(", "), v.primary_key.join(", "));
     }
+    Ok(())
+}
+
+/// Which stages a command runs in this process.
+struct Stages {
+    /// `Some(None)`: every source; `Some(Some(n))`: only source `n`.
+    sources: Option<Option<String>>,
+    /// The curators' shard name.
+    curators: Option<String>,
+    sink: bool,
+}
+
+/// Runs the stages until SIGTERM (they drain) or the first failure (the
+/// process exits; a supervisor restarts it and every stage continues from
+/// its checkpoints).
+async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
+    let store = store(cfg).await?;
     if let Some(addr) = cfg.metrics.listen {
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr).await {
@@ -203,6 +237,54 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let shutdown = shutdown_on_signal();
+    let mut tasks: JoinSet<Result<(), lablake_pipeline::PipelineError>> = JoinSet::new();
+    if let Some(only) = &stages.sources {
+        let sources: Vec<SourceConfig> =
+            cfg.sources.iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name())).cloned().collect();
+        anyhow::ensure!(
+            !sources.is_empty(),
+            "no source to run: configure [[sources]] (kind = \"mysql\" or \"postgres\")"
+        );
+        lablake_pipeline::source::check_distinct_tables(&cfg.sources).await?;
+        let lanes = cfg.user_tables.lanes(&cfg.snapshot);
+        for source in sources {
+            let stage = SourceStage {
+                lanes: lanes.clone(),
+                bus: cfg.kafka.clone(),
+                store: store.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(source.run(stage));
+        }
+    }
+    if let Some(shard) = &stages.curators {
+        for (lane, curate, inherit_group) in cfg.user_tables.curators(&cfg.curate) {
+            let curator = Curator {
+                bus: cfg.kafka.clone(),
+                curate,
+                lake: Lake::new(cfg.lake.clone())?,
+                store: store.clone(),
+                shard: shard.clone(),
+                lane,
+                inherit_group,
+            };
+            tasks.spawn(curator.run(shutdown.clone()));
+        }
+    }
+    if let (Some(sf), true) = (&cfg.snowflake, stages.sink) {
+        let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
+        let lake = Lake::new(cfg.lake.clone())?;
+        tasks.spawn(lablake_pipeline::sink::run_sink(sf.clone(), lake, bucket, store.clone(), shutdown.clone()));
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.context("task panicked")??;
+    }
+    Ok(())
+}
+
+/// A receiver that turns true on SIGTERM or Ctrl-C.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -219,135 +301,36 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight batches");
         let _ = stop_tx.send(true);
     });
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let run_sink = matches!(command, Command::Run { .. } | Command::Sink);
-    let sink_only = matches!(command, Command::Sink);
-    let (run_sources, run_curator, only, shard) = match command {
-        Command::Run { shard } => (true, true, None, shard),
-        Command::Source { name } => (true, false, name, String::new()),
-        Command::Curate { shard } => (false, true, None, shard),
-        Command::Sink => (false, false, None, String::new()),
-        Command::Status { .. } | Command::Snapshot { .. } | Command::Schema { .. } | Command::CheckConfig => {
-            unreachable!("handled above")
-        }
-    };
-    let rule = cfg.user_tables.rule();
-    let lanes = snapshot::Lanes {
-        core: cfg.snapshot.clone(),
-        user: rule.is_enabled().then(|| (rule.clone(), cfg.user_tables.snapshot(&cfg.snapshot))),
-    };
-    if run_sources {
-        let mut any = false;
-        for scfg in cfg.sources.clone() {
-            let name = scfg.name.clone();
-            if only.as_ref().is_some_and(|o| o != &name) {
-                continue;
-            }
-            any = true;
-            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), lanes.clone());
-            tasks.spawn(async move { source::run_source(&name, scfg, &snap, &bus, store, stop).await });
-        }
-        for scfg in cfg.postgres_sources.clone() {
-            let name = scfg.name.clone();
-            if only.as_ref().is_some_and(|o| o != &name) {
-                continue;
-            }
-            any = true;
-            let (bus, store, stop, snap) = (cfg.kafka.clone(), store.clone(), stop_rx.clone(), lanes.clone());
-            tasks.spawn(async move { source::run_pg_source(&name, scfg, &snap, &bus, store, stop).await });
-        }
-        if !any {
-            anyhow::bail!("no source to run: configure [[sources]] or [[postgres_sources]]");
-        }
-    }
-    if run_curator {
-        let core_lane = if rule.is_enabled() { Lane::Core(rule.clone()) } else { Lane::All };
-        let curator = Curator {
-            bus: cfg.kafka.clone(),
-            curate: cfg.curate.clone(),
-            lake: Lake::new(cfg.lake.clone())?,
-            store: store.clone(),
-            shard: shard.clone(),
-            lane: core_lane,
-            inherit_group: None,
-        };
-        let stop = stop_rx.clone();
-        tasks.spawn(async move { curator.run(stop).await });
-        if rule.is_enabled() {
-            // The user-defined lane: its own consumer group, lease and memory budget.
-            let curator = Curator {
-                bus: cfg.kafka.clone(),
-                curate: cfg.user_tables.curate(&cfg.curate),
-                lake: Lake::new(cfg.lake.clone())?,
-                store: store.clone(),
-                shard,
-                lane: Lane::User(rule.clone()),
-                inherit_group: Some(cfg.curate.group.clone()),
-            };
-            let stop = stop_rx.clone();
-            tasks.spawn(async move { curator.run(stop).await });
-        }
-    }
-    match (&cfg.snowflake, run_sink) {
-        (Some(sf), true) => {
-            let (sf, store, stop) = (sf.clone(), store.clone(), stop_rx.clone());
-            let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
-            let lake = Lake::new(cfg.lake.clone())?;
-            tasks.spawn(async move { lablake::sink::run_sink(sf, lake, bucket, store, stop).await });
-        }
-        (None, true) if sink_only => {
-            anyhow::bail!("no sink to run: configure [snowflake]");
-        }
-        _ => {}
-    }
-    // The first task to fail stops the process (a supervisor restarts it; all
-    // state is in the checkpoints, so a restart loses and duplicates nothing).
-    while let Some(res) = tasks.join_next().await {
-        res.context("task panicked")??;
-    }
-    Ok(())
+    stop_rx
 }
 
 /// `lablake snapshot`: records requests the running sources pick up, then
 /// prints progress until every requested table is done.
 async fn request_snapshots(
     cfg: &Config,
-    store: &DynamoStore,
     tenant: &str,
     table: Option<&str>,
     source: Option<&str>,
     no_wait: bool,
 ) -> anyhow::Result<()> {
-    use lablake_checkpoint::{CheckpointStore, SnapshotState};
-    let mut requested: Vec<(String, lablake_model::TableId, u64)> = Vec::new();
-    let wanted = |t: &lablake_model::TableId| {
+    let store = store(cfg).await?;
+    let wanted = |t: &TableId| {
         &*t.tenant == tenant && table.is_none_or(|x| *t.table == *x || format!("{}.{}", t.database, t.table) == x)
     };
-    let mut sources: Vec<(String, Vec<lablake_model::TableId>)> = Vec::new();
-    for scfg in cfg.sources.iter().filter(|m| source.is_none_or(|s| s == m.name)) {
-        let mut snapshotter = lablake_mysql::MysqlSnapshotter::connect(scfg)
-            .await
-            .with_context(|| format!("connecting to source `{}`", scfg.name))?;
-        sources.push((scfg.name.clone(), snapshotter.tables().await?));
-    }
-    for scfg in cfg.postgres_sources.iter().filter(|p| source.is_none_or(|s| s == p.name)) {
-        let mut snapshotter = lablake_postgres::PgSnapshotter::connect(scfg)
-            .await
-            .with_context(|| format!("connecting to source `{}`", scfg.name))?;
-        sources.push((scfg.name.clone(), snapshotter.tables().await?));
-    }
-    for (name, tables) in sources {
+    let mut requested: Vec<(String, TableId, u64)> = Vec::new();
+    for scfg in cfg.sources.iter().filter(|s| source.is_none_or(|n| n == s.name())) {
+        let name = scfg.name();
         let mut mine = Vec::new();
-        for t in tables.into_iter().filter(|t| wanted(t)) {
-            store.request_snapshot(&name, &t, false).await?;
+        for t in scfg.tables().await?.into_iter().filter(|t| wanted(t)) {
+            store.request_snapshot(name, &t, false).await?;
             mine.push(t);
         }
         // The request numbers just recorded (one listing per source).
-        let current = store.snapshots(&name).await?;
+        let current = store.snapshots(name).await?;
         for t in mine {
             let request = current.iter().find(|p| p.table == t).map_or(0, |p| p.request);
-            println!("requested: source {name} {}/{}.{} (request {request})", t.tenant, t.database, t.table);
-            requested.push((name.clone(), t, request));
+            println!("requested: source {name} {t} (request {request})");
+            requested.push((name.to_owned(), t, request));
         }
     }
     if requested.is_empty() {
@@ -365,18 +348,15 @@ async fn request_snapshots(
         let mut lines = Vec::new();
         let mut all_done = true;
         for (src, t, request) in &requested {
-            let p = store.snapshots(src).await?.into_iter().find(|p| &p.table == t);
-            match p {
+            match store.snapshots(src).await?.into_iter().find(|p| &p.table == t) {
                 Some(p) if p.request == *request => {
                     all_done &= p.state == SnapshotState::Done;
-                    lines.push(snapshot::progress_line(&p, (metrics::now_secs() * 1000.0) as i64));
+                    lines.push(snapshot::progress_line(&p, metrics::now_ms()));
                 }
-                Some(_) => {
-                    lines.push(format!("{}/{}.{}: superseded by a newer request", t.tenant, t.database, t.table))
-                }
+                Some(_) => lines.push(format!("{t}: superseded by a newer request")),
                 None => {
                     all_done = false;
-                    lines.push(format!("{}/{}.{}: waiting", t.tenant, t.database, t.table));
+                    lines.push(format!("{t}: waiting"));
                 }
             }
         }

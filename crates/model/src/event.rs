@@ -55,6 +55,21 @@ pub struct TableId {
     pub table: Arc<str>,
 }
 
+impl TableId {
+    /// A table of a tenant.
+    pub fn new(tenant: &str, database: &str, table: &str) -> Self {
+        TableId { tenant: tenant.into(), database: database.into(), table: table.into() }
+    }
+}
+
+/// `tenant/database.table` — the one way a table is named in messages,
+/// logs and command output.
+impl std::fmt::Display for TableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}.{}", self.tenant, self.database, self.table)
+    }
+}
+
 /// Where a change came from: enough to resume, audit and order it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {

@@ -8,7 +8,8 @@
 //! * [`value`] — an exact value model ([`Value`]) and column types ([`ColumnType`]).
 //! * [`event`] — a row change ([`ChangeEvent`]) with its tenant, table, position.
 //! * [`envelope`] — the documented, Debezium-compatible JSON envelope on Kafka.
-//! * [`tenant`] — table selection and tenant resolution rules.
+//! * [`tenant`] — table selection, tenant rules and the routing of a row
+//!   change to its tenant(s) ([`tenant::route`]), shared by every source.
 //! * [`snapshot`] — a chunk of a snapshot read ([`Chunk`]).
 //! * [`topic`] — per-tenant Kafka topic naming.
 
@@ -23,6 +24,6 @@ pub mod value;
 
 pub use error::ModelError;
 pub use event::{ChangeEvent, Op, SourceInfo, TableId};
-pub use position::SourcePosition;
+pub use position::{Resume, SourcePosition};
 pub use snapshot::Chunk;
 pub use value::{Column, ColumnType, Date, DateTime, TableSchema, Value};

@@ -69,6 +69,35 @@ impl fmt::Display for SourcePosition {
     }
 }
 
+/// Where a source resumes reading after a restart: a point at a transaction
+/// boundary of its change log from which nothing committed later is lost.
+/// What a restart from it may deliver again is the connector's delivery
+/// contract (see `lablake-source`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resume {
+    /// MySQL/MariaDB: the binlog coordinates just after a committed
+    /// transaction (or of a rotate/heartbeat between transactions), and the
+    /// GTID state there. For MariaDB `gtid` is the GTID position
+    /// (`domain-server-seq` per domain) usable as `@slave_connect_state`; for
+    /// MySQL the GTID of that last transaction (kept for audit). An empty
+    /// `file` resumes from `gtid` alone.
+    Binlog { file: String, pos: u64, gtid: Option<String> },
+    /// PostgreSQL: the end LSN of a committed transaction or of a heartbeat,
+    /// which may be reported to the slot as flushed once saved.
+    Lsn(u64),
+}
+
+impl fmt::Display for Resume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resume::Binlog { file, pos, gtid: Some(g) } if !file.is_empty() => write!(f, "{file}:{pos} (gtid {g})"),
+            Resume::Binlog { file, pos, .. } if !file.is_empty() => write!(f, "{file}:{pos}"),
+            Resume::Binlog { gtid, .. } => write!(f, "gtid {}", gtid.as_deref().unwrap_or("?")),
+            Resume::Lsn(lsn) => write!(f, "{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF),
+        }
+    }
+}
+
 /// The numeric sequence of a binlog file name (`mysql-bin.000123` → 123).
 pub fn binlog_file_seq(file: &str) -> Option<u64> {
     file.rsplit_once('.').and_then(|(_, ext)| ext.parse().ok())
@@ -97,6 +126,14 @@ mod tests {
         for (l, q) in [(0, 0), (u64::MAX, u32::MAX), (0x0123_4567_89AB_CDEF, 42)] {
             assert_eq!(SourcePosition::postgres(l, q).as_str(), format!("{l:016X}:{q:010}"));
         }
+    }
+
+    #[test]
+    fn resume_points_print_as_their_sources_do() {
+        let b = Resume::Binlog { file: "binlog.000002".into(), pos: 154, gtid: Some("0-1-7".into()) };
+        assert_eq!(b.to_string(), "binlog.000002:154 (gtid 0-1-7)");
+        assert_eq!(Resume::Binlog { file: "".into(), pos: 4, gtid: Some("0-1-7".into()) }.to_string(), "gtid 0-1-7");
+        assert_eq!(Resume::Lsn(0x1_0000_0010).to_string(), "1/10");
     }
 
     #[test]

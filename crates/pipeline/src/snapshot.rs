@@ -16,20 +16,17 @@
 //! delivered chunk. See ADR 0006.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lablake_checkpoint::{CheckpointStore, SnapshotProgress, SnapshotState};
-use lablake_model::tenant::UserTableRule;
-
-pub use crate::lane::Lane;
-use lablake_model::{ChangeEvent, Chunk, Op, SourceInfo, TableId, TableSchema, Value, envelope};
-use lablake_mysql::MysqlSnapshotter;
-use lablake_postgres::PgSnapshotter;
+use lablake_checkpoint::{SchemaStore, SnapshotProgress, SnapshotState, SnapshotStore};
+use lablake_model::{ChangeEvent, Chunk, Op, TableId, TableSchema, Value, envelope};
+use lablake_source::{SnapshotTable, Snapshotter, Watermark};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use crate::error::PipelineError;
+use crate::lane::Lane;
 use crate::metrics;
 
 /// `[snapshot]`: how full loads run.
@@ -66,6 +63,19 @@ fn default_true() -> bool {
 }
 fn default_poll() -> Duration {
     Duration::from_secs(2)
+}
+
+impl SnapshotConfig {
+    /// Checks the bounds; the error names the key (under `section`).
+    pub fn validate(&self, section: &str) -> Result<(), (String, String)> {
+        if self.chunk_rows == 0 || self.chunk_rows > 1_000_000 {
+            return Err((format!("{section}.chunk_rows"), "must be between 1 and 1000000".into()));
+        }
+        if self.parallel_chunks == 0 || self.parallel_chunks > 16 {
+            return Err((format!("{section}.parallel_chunks"), "must be between 1 and 16".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for SnapshotConfig {
@@ -156,10 +166,9 @@ impl Windows {
     /// once they are delivered. Watermarks of other runs are ignored.
     pub async fn watermark(
         &mut self,
-        id: &str,
-        at: impl Fn(u32) -> SourceInfo,
-    ) -> anyhow::Result<Option<(Vec<ChangeEvent>, SnapshotProgress)>> {
-        let mut parts = id.splitn(3, ':');
+        mark: &Watermark,
+    ) -> Result<Option<(Vec<ChangeEvent>, SnapshotProgress)>, PipelineError> {
+        let mut parts = mark.id.splitn(3, ':');
         let (Some(kind), Some(nonce), Some(chunk)) = (parts.next(), parts.next(), parts.next()) else {
             return Ok(None);
         };
@@ -175,15 +184,21 @@ impl Windows {
             "h" => {
                 let Some(w) = lane.open.take().filter(|w| w.id == base) else { return Ok(None) };
                 // The worker sent the chunk before writing this watermark.
-                let msg = lane.rx.recv().await.ok_or_else(|| anyhow::anyhow!("snapshot worker stopped"))?;
-                anyhow::ensure!(msg.id == base, "snapshot chunk {} arrived at watermark {base}", msg.id);
+                let msg =
+                    lane.rx.recv().await.ok_or_else(|| PipelineError::Invariant("snapshot worker stopped".into()))?;
+                if msg.id != base {
+                    return Err(PipelineError::Invariant(format!(
+                        "snapshot chunk {} arrived at watermark {base}",
+                        msg.id
+                    )));
+                }
                 if w.truncated.contains(&msg.progress.table) {
                     // Rows read before the truncate must not come back after it.
                     return Ok(Some((Vec::new(), msg.progress)));
                 }
                 let changed = w.changed.get(&msg.progress.table);
                 let mut scratch = Vec::new();
-                let now = (metrics::now_secs() * 1000.0) as i64;
+                let now = metrics::now_ms();
                 let mut out = Vec::with_capacity(msg.rows.len());
                 for (i, row) in msg.rows.into_iter().enumerate() {
                     let event = ChangeEvent {
@@ -192,7 +207,7 @@ impl Windows {
                         schema: msg.schema.clone(),
                         before: None,
                         after: Some(row),
-                        source: at(u32::try_from(i).unwrap_or(u32::MAX - 1)),
+                        source: mark.row_source(u32::try_from(i).unwrap_or(u32::MAX - 1)),
                         ts_ms: now,
                     };
                     if let Some(changed) = changed {
@@ -211,124 +226,37 @@ impl Windows {
     }
 }
 
-/// A source's snapshot reader: the connector half of the watermark method.
-///
-/// Delivery contract (conformance: `tests/tests/snapshot.rs` runs the same
-/// scenarios against every implementation):
-/// * `watermark(id)` returns after a marker carrying `id` is committed to
-///   the source's change log; the source's stream yields it, in commit
-///   order, as an [`Item::Watermark`](crate::source) with that `id`.
-/// * `read_chunk(t, after, n)` returns at most `n` rows with chunk keys
-///   greater than `after`, in chunk-key order, each row exactly as the stream
-///   would carry it (same values, `t`'s schema = the stream's schema), and
-///   the last row's key as text; fewer than `n` rows means the table ended.
-/// * `table(id)` describes the table as it is now (`None`: it no longer
-///   exists); `keyed` is false when there is no key to chunk by.
-pub trait Snapshotter: Send {
-    type Table: Send + Sync;
-    fn tables(&mut self) -> impl Future<Output = anyhow::Result<Vec<TableId>>> + Send;
-    fn table(&mut self, id: &TableId) -> impl Future<Output = anyhow::Result<Option<Self::Table>>> + Send;
-    fn schema(t: &Self::Table) -> &Arc<TableSchema>;
-    fn keyed(t: &Self::Table) -> bool;
-    fn estimate(&mut self, t: &Self::Table) -> impl Future<Output = anyhow::Result<u64>> + Send;
-    fn watermark(&mut self, id: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
-    fn read_chunk(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        limit: usize,
-    ) -> impl Future<Output = anyhow::Result<Chunk>> + Send;
-    /// `read_chunk` bounded above by `upto` (inclusive).
-    fn read_range(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        upto: Option<&[String]>,
-        limit: usize,
-    ) -> impl Future<Output = anyhow::Result<Chunk>> + Send;
-    /// Up to `count` keys splitting the rows after `after` into ranges of
-    /// `step` rows (the `step`-th key, the `2·step`-th, …).
-    fn boundaries(
-        &mut self,
-        t: &Self::Table,
-        after: Option<&[String]>,
-        step: usize,
-        count: usize,
-    ) -> impl Future<Output = anyhow::Result<Vec<Vec<String>>>> + Send;
+/// What one snapshot worker runs with.
+pub struct Worker<S> {
+    /// The source's configured name (its snapshot progress is keyed by it).
+    pub source: String,
+    /// The tables it owns.
+    pub lane: Lane,
+    pub config: SnapshotConfig,
+    pub store: Arc<S>,
+    /// The source lease's generation: progress saves are fenced by it.
+    pub generation: u64,
+    /// Distinguishes this worker's watermarks from other runs' and lanes'.
+    pub nonce: String,
 }
-
-/// The connectors' snapshot readers implement the trait by delegating to
-/// their own methods (same names, connector error types).
-macro_rules! delegate_snapshotter {
-    ($reader:ty, $table:ty) => {
-        impl Snapshotter for $reader {
-            type Table = $table;
-            async fn tables(&mut self) -> anyhow::Result<Vec<TableId>> {
-                Ok(<$reader>::tables(self).await?)
-            }
-            async fn table(&mut self, id: &TableId) -> anyhow::Result<Option<Self::Table>> {
-                Ok(<$reader>::table(self, id).await?)
-            }
-            fn schema(t: &Self::Table) -> &Arc<TableSchema> {
-                &t.schema
-            }
-            fn keyed(t: &Self::Table) -> bool {
-                t.keyed
-            }
-            async fn estimate(&mut self, t: &Self::Table) -> anyhow::Result<u64> {
-                Ok(<$reader>::estimate(self, t).await?)
-            }
-            async fn watermark(&mut self, id: &str) -> anyhow::Result<()> {
-                Ok(<$reader>::watermark(self, id).await?)
-            }
-            async fn read_chunk(
-                &mut self,
-                t: &Self::Table,
-                after: Option<&[String]>,
-                limit: usize,
-            ) -> anyhow::Result<Chunk> {
-                Ok(<$reader>::read_chunk(self, t, after, limit).await?)
-            }
-            async fn read_range(
-                &mut self,
-                t: &Self::Table,
-                after: Option<&[String]>,
-                upto: Option<&[String]>,
-                limit: usize,
-            ) -> anyhow::Result<Chunk> {
-                Ok(<$reader>::read_range(self, t, after, upto, limit).await?)
-            }
-            async fn boundaries(
-                &mut self,
-                t: &Self::Table,
-                after: Option<&[String]>,
-                step: usize,
-                count: usize,
-            ) -> anyhow::Result<Vec<Vec<String>>> {
-                Ok(<$reader>::boundaries(self, t, after, step, count).await?)
-            }
-        }
-    };
-}
-
-delegate_snapshotter!(PgSnapshotter, lablake_postgres::SnapshotTable);
-delegate_snapshotter!(MysqlSnapshotter, lablake_mysql::MysqlSnapshotTable);
 
 /// The snapshot worker of a source: requests snapshots of new tables, then
 /// runs every open request chunk by chunk. Ends when `tx` closes (the
 /// source stopped).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
-    name: String,
+pub async fn run_worker<S, R>(
+    worker: Worker<S>,
     mut readers: Vec<R>,
-    lane: Lane,
-    snap: SnapshotConfig,
-    store: Arc<S>,
-    generation: u64,
-    nonce: String,
     tx: mpsc::Sender<ChunkMsg>,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(!readers.is_empty(), "a snapshot worker needs a reader");
+) -> Result<(), PipelineError>
+where
+    S: SnapshotStore + SchemaStore + 'static,
+    R: Snapshotter,
+{
+    let Worker { source: name, lane, config: snap, store, generation, nonce } = worker;
+    if readers.is_empty() {
+        return Err(PipelineError::Invariant("a snapshot worker needs a reader".into()));
+    }
+    let failed = |what: &'static str| move |e: R::Error| PipelineError::source(what, e);
     let mut chunk_no: u64 = 0;
     let mut warned: HashSet<TableId> = HashSet::new();
     // Requests this process read to the end: their final progress is saved
@@ -337,19 +265,24 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
     // Tables of this lane seen at the last poll: one that disappears was dropped.
     let mut known: Option<HashSet<TableId>> = None;
     loop {
-        let tables: HashSet<TableId> = readers[0].tables().await?.into_iter().filter(|t| lane.owns(&t.table)).collect();
+        let tables: HashSet<TableId> = readers[0]
+            .tables()
+            .await
+            .map_err(failed("listing tables for snapshots"))?
+            .into_iter()
+            .filter(|t| lane.owns(&t.table))
+            .collect();
         for t in &tables {
             let new = known.as_ref().is_none_or(|k| !k.contains(t));
             if new && snap.on_new_table && store.request_snapshot(&name, t, true).await? {
-                tracing::info!(source = name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
-                    lane = lane.name(), "new table: snapshot requested");
+                tracing::info!(source = name, table = %t, lane = lane.name(), "new table: snapshot requested");
             }
         }
         for t in known.iter().flatten().filter(|t| !tables.contains(*t)) {
-            tracing::info!(source = name, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table),
-                lane = lane.name(), "table dropped: retired (its topic and curated files stay; no new records)");
+            tracing::info!(source = name, table = %t, lane = lane.name(),
+                "table dropped: retired (its topic and curated files stay; no new records)");
             metrics::TABLES_RETIRED.with_label_values(&[&name, lane.name()]).inc();
-            let now = (metrics::now_secs() * 1000.0) as i64;
+            let now = metrics::now_ms();
             store.register_schema(t, &lablake_checkpoint::SchemaVersion::dropped(now)).await?;
         }
         known = Some(tables);
@@ -361,19 +294,18 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
                 continue;
             }
             let retire = |p: &SnapshotProgress| {
-                tracing::warn!(source = name, tenant = %p.table.tenant, table = %p.table.table,
-                    "table to snapshot no longer exists; request retired");
+                tracing::warn!(source = name, table = %p.table, "table to snapshot no longer exists; request retired");
                 let mut done = p.clone();
                 done.state = SnapshotState::Done;
                 done
             };
-            let Some(table) = readers[0].table(&p.table).await? else {
+            let Some(table) = readers[0].table(&p.table).await.map_err(failed("reading a table's layout"))? else {
                 store.save_snapshot(&name, generation, &retire(&p)).await?;
                 continue;
             };
-            if !R::keyed(&table) {
+            if !table.keyed() {
                 if warned.insert(p.table.clone()) {
-                    tracing::warn!(source = name, tenant = %p.table.tenant, table = %p.table.table,
+                    tracing::warn!(source = name, table = %p.table,
                         "table has no primary key and no unique key over NOT NULL columns (PostgreSQL: replica \
                          identity index) of a comparable type: it cannot be snapshotted in chunks; add a primary key");
                 }
@@ -381,24 +313,27 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
             }
             let mut progress = p.clone();
             if progress.state == SnapshotState::Requested {
-                progress.estimate = readers[0].estimate(&table).await?;
-                progress.started_ms = (metrics::now_secs() * 1000.0) as i64;
+                progress.estimate = readers[0].estimate(&table).await.map_err(failed("estimating rows"))?;
+                progress.started_ms = metrics::now_ms();
             }
             progress.state = SnapshotState::Running;
-            tracing::info!(source = name, tenant = %p.table.tenant, table = %p.table.table, request = p.request,
+            tracing::info!(source = name, table = %p.table, request = p.request,
                 resume = progress.last_key.is_some(), estimate = progress.estimate, "snapshot started");
             let mut table = table;
             loop {
                 chunk_no += 1;
                 let started = Instant::now();
-                readers[0].watermark(&watermark_id(false, &nonce, chunk_no)).await?;
-                let (chunk, done) =
-                    read_chunks(&mut readers, &table, progress.last_key.as_deref(), snap.chunk_rows).await?;
+                readers[0]
+                    .watermark(&watermark_id(false, &nonce, chunk_no))
+                    .await
+                    .map_err(failed("writing a low watermark"))?;
+                let (chunk, done) = read_chunks(&mut readers, &table, progress.last_key.as_deref(), snap.chunk_rows)
+                    .await
+                    .map_err(failed("reading a snapshot chunk"))?;
                 // A schema change between the layout read and the chunk read
                 // would give rows without their new columns: read again.
-                let now = readers[0].table(&p.table).await?;
-                let changed =
-                    now.as_ref().is_none_or(|t| R::schema(t).fingerprint() != R::schema(&table).fingerprint());
+                let now = readers[0].table(&p.table).await.map_err(failed("reading a table's layout"))?;
+                let changed = now.as_ref().is_none_or(|t| t.schema().fingerprint() != table.schema().fingerprint());
                 let n = chunk.rows.len();
                 let done = !changed && done;
                 let mut next = progress.clone();
@@ -409,20 +344,23 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
                         next.last_key = Some(k);
                     }
                 }
-                next.updated_ms = (metrics::now_secs() * 1000.0) as i64;
+                next.updated_ms = metrics::now_ms();
                 if done {
                     next.state = SnapshotState::Done;
                 }
                 let msg = ChunkMsg {
                     id: format!("{nonce}:{chunk_no}"),
-                    schema: R::schema(&table).clone(),
+                    schema: table.schema().clone(),
                     rows: if changed { Vec::new() } else { chunk.rows },
                     progress: next.clone(),
                 };
                 if tx.send(msg).await.is_err() {
                     return Ok(());
                 }
-                readers[0].watermark(&watermark_id(true, &nonce, chunk_no)).await?;
+                readers[0]
+                    .watermark(&watermark_id(true, &nonce, chunk_no))
+                    .await
+                    .map_err(failed("writing a high watermark"))?;
                 progress = next;
                 if snap.max_rows_per_second > 0 {
                     let due = Duration::from_secs_f64(n as f64 / snap.max_rows_per_second as f64);
@@ -435,7 +373,7 @@ pub async fn run_worker<S: CheckpointStore + 'static, R: Snapshotter>(
                 match now {
                     Some(t) => {
                         if changed {
-                            tracing::info!(source = name, tenant = %p.table.tenant, table = %p.table.table,
+                            tracing::info!(source = name, table = %p.table,
                                 "table altered during a chunk read: chunk read again with the new layout");
                         }
                         table = t;
@@ -465,9 +403,9 @@ pub async fn read_chunks<R: Snapshotter>(
     table: &R::Table,
     after: Option<&[String]>,
     chunk_rows: usize,
-) -> anyhow::Result<(Chunk, bool)> {
+) -> Result<(Chunk, bool), R::Error> {
     if readers.len() <= 1 {
-        let Some(r) = readers.first_mut() else { anyhow::bail!("no snapshot reader") };
+        let Some(r) = readers.first_mut() else { return Ok((Chunk::default(), true)) };
         let chunk = r.read_chunk(table, after, chunk_rows).await?;
         let done = chunk.rows.len() < chunk_rows;
         return Ok((chunk, done));
@@ -496,26 +434,6 @@ pub async fn read_chunks<R: Snapshotter>(
     Ok((out, done))
 }
 
-/// The snapshot lanes of every source: core tables with `[snapshot]`, and
-/// user-defined tables with `[user_tables]`' budget when patterns are set.
-#[derive(Debug, Clone)]
-pub struct Lanes {
-    pub core: SnapshotConfig,
-    pub user: Option<(UserTableRule, SnapshotConfig)>,
-}
-
-impl Lanes {
-    /// One worker per lane, with what it owns and its settings.
-    pub fn workers(&self) -> Vec<(Lane, SnapshotConfig)> {
-        match &self.user {
-            None => vec![(Lane::All, self.core.clone())],
-            Some((rule, cfg)) => {
-                vec![(Lane::Core(rule.clone()), self.core.clone()), (Lane::User(rule.clone()), cfg.clone())]
-            }
-        }
-    }
-}
-
 /// Logs and exports a delivered chunk's progress (rows done / estimate,
 /// rate, ETA).
 pub fn report(source: &str, p: &SnapshotProgress) {
@@ -528,7 +446,7 @@ pub fn report(source: &str, p: &SnapshotProgress) {
     metrics::SNAPSHOT_ROWS.with_label_values(&labels).set(p.rows as f64);
     metrics::SNAPSHOT_ESTIMATE.with_label_values(&labels).set(p.estimate as f64);
     metrics::SNAPSHOT_DONE.with_label_values(&labels).set(f64::from(u8::from(p.state == SnapshotState::Done)));
-    tracing::info!(source, tenant = %t.tenant, table = %format!("{}.{}", t.database, t.table), rows = p.rows,
+    tracing::info!(source, table = %t, rows = p.rows,
         estimate = p.estimate, chunks = p.chunks, rows_per_sec = rate as u64, eta_secs = eta as u64,
         state = p.state.as_str(), "snapshot progress");
 }
@@ -545,10 +463,7 @@ pub fn progress_line(p: &SnapshotProgress, now_ms: i64) -> String {
         _ if rate > 0.0 => format!("ETA {:.0}s", p.estimate.saturating_sub(p.rows) as f64 / rate),
         _ => p.state.as_str().to_owned(),
     };
-    format!(
-        "{}/{}.{}: {} / ~{} rows ({pct:.0}%), {:.0} rows/s, {eta}",
-        t.tenant, t.database, t.table, p.rows, p.estimate, rate
-    )
+    format!("{t}: {} / ~{} rows ({pct:.0}%), {:.0} rows/s, {eta}", p.rows, p.estimate, rate)
 }
 
 #[cfg(test)]
@@ -561,7 +476,7 @@ mod tests {
     #[test]
     fn progress_lines_show_rows_rate_and_eta() {
         let p = SnapshotProgress {
-            table: TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() },
+            table: TableId::new("acme", "lab_acme", "results"),
             request: 1,
             state: SnapshotState::Running,
             last_key: None,
@@ -626,17 +541,19 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let mut w = Windows::new("n1".into(), rx);
         let origin = PgOrigin::new("pg");
-        let at = |i| origin.source(0x500, 0, SourcePosition::postgres(0x500, i));
-        assert!(w.watermark(&watermark_id(false, nonce, 1), at).await.unwrap().is_none());
+        let mark = |high| {
+            Watermark::lsn(watermark_id(high, nonce, 1), origin.source(0x500, 0, SourcePosition::postgres(0x500, 0)))
+        };
+        assert!(w.watermark(&mark(false)).await.unwrap().is_none());
         let mut scratch = Vec::new();
         for e in in_window {
             w.observe(e, &mut scratch);
         }
         let rows = (1..=3).map(|i| vec![Value::Int(i), Value::String("read".into())]).collect();
         tx.send(ChunkMsg { id: "n1:1".into(), schema, rows, progress: progress(&t) }).await.unwrap();
-        let (events, p) = w.watermark(&watermark_id(true, nonce, 1), at).await.unwrap()?;
+        let (events, p) = w.watermark(&mark(true)).await.unwrap()?;
         assert_eq!(p, progress(&t));
-        assert!(events.iter().all(|e| e.op == Op::Read && e.source.position.as_str() > "0000000000000500"));
+        assert!(events.iter().all(|e| e.op == Op::Read && e.source.position >= SourcePosition::postgres(0x500, 0)));
         Some(events.iter().map(|e| if let Value::Int(i) = e.after.as_ref().unwrap()[0] { i } else { 0 }).collect())
     }
 

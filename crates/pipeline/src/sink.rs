@@ -13,15 +13,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use lablake_checkpoint::{CheckpointStore, SchemaVersion, SinkCheckpoint, column_lineage};
+use lablake_checkpoint::{
+    BatchStore, LeaseName, LeaseStore, SchemaStore, SchemaVersion, SinkCheckpoint, SinkStore, column_lineage,
+};
 use lablake_lake::Lake;
 use lablake_model::{ColumnType, TableId};
 use lablake_snowflake::{Batch, BatchColumn, Client, Loader, LoaderConfig, SnowflakeConfig};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::error::{Context, PipelineError};
 use crate::metrics;
+
+/// What the sink stage reads and writes in the checkpoint store.
+pub trait SinkStores: LeaseStore + BatchStore + SchemaStore + SinkStore {}
+impl<T: LeaseStore + BatchStore + SchemaStore + SinkStore> SinkStores for T {}
 
 /// The sink's name in checkpoints and leases.
 pub const SINK: &str = "snowflake";
@@ -49,6 +55,18 @@ pub struct SinkConfig {
     pub tenants: Vec<String>,
 }
 
+impl SinkConfig {
+    /// Checks the connection settings; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.connection.validate().map_err(|e| match e {
+            lablake_snowflake::SnowflakeError::Config { key, reason } => {
+                (format!("snowflake.connection.{key}"), reason)
+            }
+            other => ("snowflake.connection".into(), other.to_string()),
+        })
+    }
+}
+
 fn default_prefix() -> String {
     "LABLAKE_".into()
 }
@@ -58,9 +76,15 @@ fn default_interval() -> Duration {
 
 /// Columns and key of a curated file, from its Parquet schema, and the
 /// schema version it was written with.
-fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<String>, Option<u32>)> {
+/// A curated file's columns, primary key and schema version.
+type Layout = (Vec<BatchColumn>, Vec<String>, Option<u32>);
+
+fn batch_layout(bytes: bytes::Bytes) -> Result<Layout, PipelineError> {
     let batches = lablake_lake::decode_parquet(bytes)?;
-    let schema = batches.first().map(|b| b.schema()).context("curated file without rows")?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| PipelineError::Invariant("curated file without rows".into()))?;
     let mut columns = Vec::new();
     for f in schema.fields() {
         if f.name().starts_with('_') {
@@ -69,8 +93,9 @@ fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<St
         let ty: ColumnType = f
             .metadata()
             .get("lablake.type")
-            .with_context(|| format!("column `{}` has no lablake.type", f.name()))?
-            .parse()?;
+            .ok_or_else(|| PipelineError::Invariant(format!("column `{}` has no lablake.type", f.name())))?
+            .parse()
+            .map_err(|e| PipelineError::Invariant(format!("column `{}`: lablake.type: {e}", f.name())))?;
         columns.push(BatchColumn::new(f.name().clone(), ty));
     }
     let pk = schema
@@ -89,7 +114,11 @@ fn batch_layout(bytes: bytes::Bytes) -> anyhow::Result<(Vec<BatchColumn>, Vec<St
 /// and existing column types are left alone. A column dropped since whose
 /// name another column has now (a reused name) loads into `<name>__DROPPED`
 /// instead of mixing with it.
-fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], version: Option<u32>) -> anyhow::Result<()> {
+fn follow_history(
+    columns: &mut [BatchColumn],
+    history: &[SchemaVersion],
+    version: Option<u32>,
+) -> Result<(), PipelineError> {
     let Some(v) = version.filter(|v| history.iter().any(|h| h.version == *v)) else {
         for c in columns.iter_mut() {
             c.target_ty = None;
@@ -102,7 +131,10 @@ fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], versio
         c.target = lineage.current;
         c.earlier = lineage.earlier;
         c.target_ty = match lineage.current_type {
-            Some(t) => Some(t.parse().with_context(|| format!("schema history type of `{}`", c.target))?),
+            Some(t) => Some(
+                t.parse()
+                    .map_err(|e| PipelineError::Invariant(format!("schema history type of `{}`: {e}", c.target)))?,
+            ),
             None => None,
         };
         if lineage.dropped_later {
@@ -128,14 +160,14 @@ fn follow_history(columns: &mut [BatchColumn], history: &[SchemaVersion], versio
 }
 
 /// Runs the sink until `shutdown` turns true.
-pub async fn run_sink<S: CheckpointStore + 'static>(
+pub async fn run_sink<S: SinkStores + 'static>(
     cfg: SinkConfig,
     lake: Lake,
     bucket: String,
     store: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let generation = store.acquire_lease(&format!("sink#{SINK}")).await.context("acquiring the sink lease")?;
+) -> Result<(), PipelineError> {
+    let generation = store.acquire_lease(&LeaseName::sink(SINK)).await.context("acquiring the sink lease")?;
     let client = Client::new(cfg.connection.clone())?;
     let endpoint = client.endpoint().to_owned();
     tracing::info!(endpoint, generation, "snowflake sink started");
@@ -159,13 +191,13 @@ pub async fn run_sink<S: CheckpointStore + 'static>(
                     failures = 0;
                     cfg.interval
                 }
-                Err(e) if is_fenced(&e) => {
-                    return Err(e.context("another sink took over"));
+                Err(e) if e.is_fenced() => {
+                    return Err(e.within_context("another sink took over".into()));
                 }
                 Err(e) => {
                     failures += 1;
                     let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
-                    tracing::warn!(error = format!("{e:#}"), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
+                    tracing::warn!(error = %error_chain(&e), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
                     metrics::SINK_FAILURES.inc();
                     wait
                 }
@@ -182,76 +214,78 @@ pub async fn run_sink<S: CheckpointStore + 'static>(
 
 /// One pass over every table; tables whose last load failed wait out their
 /// backoff in `held` (table → failures, retry time).
-async fn load_new_batches<S: CheckpointStore>(
+async fn load_new_batches<S: SinkStores>(
     cfg: &SinkConfig,
     lake: &Lake,
     store: &S,
     generation: u64,
     loader: &mut Loader,
     endpoint: &str,
-    held: &mut HashMap<String, (u32, Instant)>,
-) -> anyhow::Result<()> {
+    held: &mut HashMap<TableId, (u32, Instant)>,
+) -> Result<(), PipelineError> {
     for row in store.status(None).await? {
         if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
             continue;
         }
-        let key = format!("{}/{}.{}", row.tenant, row.database, row.table);
-        if held.get(&key).is_some_and(|(_, until)| Instant::now() < *until) {
+        let table = TableId::new(&row.tenant, &row.database, &row.table);
+        if held.get(&table).is_some_and(|(_, until)| Instant::now() < *until) {
             continue;
         }
-        match load_table(store, lake, generation, loader, endpoint, &row.tenant, &row.database, &row.table).await {
+        match load_table(store, lake, generation, loader, endpoint, &table).await {
             Ok(()) => {
-                held.remove(&key);
+                held.remove(&table);
             }
-            Err(e) if is_fenced(&e) => return Err(e),
+            Err(e) if e.is_fenced() => return Err(e),
             // One table's trouble (a value Snowflake refuses, a schema step
             // that fails) holds back only that table, with its own backoff.
             Err(e) => {
-                let failures = held.get(&key).map_or(0, |(n, _)| *n) + 1;
+                let failures = held.get(&table).map_or(0, |(n, _)| *n) + 1;
                 let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
-                tracing::warn!(tenant = %row.tenant, table = %format!("{}.{}", row.database, row.table),
-                    error = format!("{e:#}"), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
+                tracing::warn!(table = %table, error = %error_chain(&e), retry_in_s = wait.as_secs(),
+                    "snowflake load failed; retrying");
                 metrics::SINK_FAILURES.inc();
-                held.insert(key, (failures, Instant::now() + wait));
+                held.insert(table, (failures, Instant::now() + wait));
             }
         }
     }
     Ok(())
 }
 
-fn is_fenced(e: &anyhow::Error) -> bool {
-    matches!(
-        e.downcast_ref::<lablake_checkpoint::CheckpointError>(),
-        Some(lablake_checkpoint::CheckpointError::Fenced { .. })
-    )
+/// An error with its sources, `a: b: c`, for a log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
 }
 
 /// Loads every batch of one table the sink checkpoint does not cover, in
 /// manifest order, advancing the checkpoint after each.
-#[allow(clippy::too_many_arguments)]
-async fn load_table<S: CheckpointStore>(
+async fn load_table<S: SinkStores>(
     store: &S,
     lake: &Lake,
     generation: u64,
     loader: &mut Loader,
     endpoint: &str,
-    tenant: &str,
-    database: &str,
-    table_name: &str,
-) -> anyhow::Result<()> {
-    let table = TableId { tenant: tenant.into(), database: database.into(), table: table_name.into() };
+    table: &TableId,
+) -> Result<(), PipelineError> {
+    let (tenant, database, table_name) = (&*table.tenant, &*table.database, &*table.table);
     {
-        let mut cp = store.load_sink(SINK, &table).await?.unwrap_or_else(|| SinkCheckpoint::new(&table));
+        let mut cp = store.load_sink(SINK, table).await?.unwrap_or_else(|| SinkCheckpoint::new(table));
         // Read once per pass and table (and again when a batch names a newer version).
         let mut history: Vec<SchemaVersion> = Vec::new();
-        for entry in store.manifest(&table).await? {
+        for entry in store.manifest(table).await? {
             if cp.has_loaded(&entry.topic, entry.partition, entry.first_offset) {
                 continue;
             }
             let (mut columns, primary_key, version) = batch_layout(lake.get(tenant, &entry.object_key).await?)
                 .with_context(|| format!("reading curated file {}", entry.object_key))?;
             if version.is_some_and(|v| !history.iter().any(|h| h.version == v)) {
-                history = store.schema_history(&table).await?;
+                history = store.schema_history(table).await?;
             }
             follow_history(&mut columns, &history, version)?;
             let batch = Batch {
@@ -265,16 +299,14 @@ async fn load_table<S: CheckpointStore>(
                 first_offset: entry.first_offset,
                 last_offset: entry.last_offset,
             };
-            let out = loader.load(&batch).await.with_context(|| {
-                format!("loading {}.{} of tenant `{}` into {endpoint}", database, table_name, tenant)
-            })?;
+            let out = loader.load(&batch).await.with_context(|| format!("loading {table} into {endpoint}"))?;
             cp.next.insert(format!("{}#{}", entry.topic, entry.partition), entry.last_offset + 1);
             cp.files += 1;
             cp.rows += entry.rows;
             if let Some(ts) = out.max_commit_ts_ms {
                 cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
             }
-            cp.updated_ms = (metrics::now_secs() * 1000.0) as i64;
+            cp.updated_ms = metrics::now_ms();
             lablake_snowflake::failpoint("sink.after_merge");
             // Only after the MERGE: a crash before this repeats the batch harmlessly.
             store.save_sink(SINK, generation, &cp).await?;

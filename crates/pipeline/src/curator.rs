@@ -11,10 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use arrow::record_batch::RecordBatch;
 use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
-use lablake_checkpoint::{BatchCommit, BatchIntent, CheckpointStore};
+use lablake_checkpoint::{BatchCommit, BatchIntent, BatchStore, Fence, LeaseName, LeaseStore, PartitionRef};
 use lablake_curate::toast::Resolution;
 use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, CurateError, OpenBatch};
 use lablake_lake::{Lake, PutOutcome, curated_key, curated_prefix, decode_parquet, encode_parquet, parse_curated_key};
@@ -24,10 +23,70 @@ use lablake_model::{ChangeEvent, Date, Op, TableId, topic};
 /// How many records before the resume offset a partition's fetch starts
 /// (the records before it are skipped): the producer's largest batch.
 const ASSIGN_LOOKBACK: i64 = lablake_bus::MAX_BATCH_RECORDS as i64;
+use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::config::CurateConfig;
+use crate::error::{Context, PipelineError};
+use crate::lane::Lane;
 use crate::metrics;
+
+/// `[curate]`: the curation consumers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurateConfig {
+    /// Consumer group name; checkpoints and leases are kept per group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// When batches close.
+    #[serde(default)]
+    pub batch: BatchPolicy,
+    /// How often new topics (tenants, tables) are discovered, e.g. `"5s"`.
+    #[serde(default = "default_discovery", with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// Only these tenants (empty: all).
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Byte budget of all open batches together (approximate in-memory size).
+    /// Above it the largest open batch is closed early, so memory does not grow
+    /// with the number of partitions.
+    #[serde(default = "default_open_bytes")]
+    pub max_open_bytes: usize,
+}
+
+fn default_open_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_group() -> String {
+    "curate".into()
+}
+fn default_discovery() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for CurateConfig {
+    fn default() -> Self {
+        CurateConfig {
+            group: default_group(),
+            batch: BatchPolicy::default(),
+            discovery_interval: default_discovery(),
+            tenants: Vec::new(),
+            max_open_bytes: default_open_bytes(),
+        }
+    }
+}
+
+impl CurateConfig {
+    /// Checks the bounds; the error names the key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_open_bytes < self.batch.max_bytes.min(1024 * 1024) {
+            return Err(("curate.max_open_bytes".into(), "must be at least 1 MiB (or curate.batch.max_bytes)".into()));
+        }
+        if self.batch.max_rows == 0 {
+            return Err(("curate.batch.max_rows".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
 
 /// What the curator needs.
 pub struct Curator<S> {
@@ -38,7 +97,7 @@ pub struct Curator<S> {
     /// Shard name of this consumer within its group (one lease per shard).
     pub shard: String,
     /// The tables whose topics this curator consumes.
-    pub lane: crate::lane::Lane,
+    pub lane: Lane,
     /// A group whose checkpoint a partition starts from when this group has
     /// none (the core group, when the user-defined lane is enabled on a
     /// running deployment: its topics are not curated again from offset 0).
@@ -64,13 +123,14 @@ struct Partition {
     rewind: i64,
 }
 
-impl<S: CheckpointStore + 'static> Curator<S> {
+impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
     /// Runs until `shutdown` turns true (then closes open batches) or an error
     /// occurs (then stops without committing anything partial).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
         let group = self.curate.group.clone();
-        let lease = format!("curate#{group}#{}", self.shard);
+        let lease = LeaseName::curator(&group, &self.shard);
         let generation = self.store.acquire_lease(&lease).await.context("acquiring the curation lease")?;
+        let fence = Fence { lease, generation };
         tracing::info!(group, shard = self.shard, generation, lane = self.lane.name(), "curator started");
         let mut consumer = ChangeConsumer::new(&self.bus, &format!("lablake-{group}"))?;
         let mut dlq = ChangeProducer::new(&self.bus)?;
@@ -79,7 +139,7 @@ impl<S: CheckpointStore + 'static> Curator<S> {
         let prefix = format!("{}.", self.bus.topic_prefix);
         let mut discovery = tokio::time::interval(self.curate.discovery_interval);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, lease: &lease, generation };
+        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, fence: &fence };
         let mut since_budget_check = 0u32;
         loop {
             tokio::select! {
@@ -99,7 +159,7 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                             if parts.contains_key(&key) {
                                 continue;
                             }
-                            let cp = self.store.load_partition(&group, &t, p).await?;
+                            let cp = self.store.load_partition(&partition_ref(&group, &t, p)).await?;
                             let (start, version, replay) = match cp {
                                 Some(cp) => match cp.pending {
                                     Some(i) => (i.first_offset, Some(cp.version), Some(i)),
@@ -108,7 +168,7 @@ impl<S: CheckpointStore + 'static> Curator<S> {
                                 None => match &self.inherit_group {
                                     // Everything the other group committed is curated already; a batch it
                                     // has pending is rebuilt here from its first offset (same object key).
-                                    Some(g) => match self.store.load_partition(g, &t, p).await? {
+                                    Some(g) => match self.store.load_partition(&partition_ref(g, &t, p)).await? {
                                         Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None),
                                         None => (0, None, None),
                                     },
@@ -191,22 +251,25 @@ impl<S: CheckpointStore + 'static> Curator<S> {
     }
 }
 
+fn partition_ref(group: &str, topic: &str, partition: i32) -> PartitionRef {
+    PartitionRef { group: group.to_owned(), topic: topic.to_owned(), partition }
+}
+
 struct Ctx<'a, S> {
     store: &'a Arc<S>,
     lake: &'a Lake,
     group: &'a str,
-    lease: &'a str,
-    generation: u64,
+    fence: &'a Fence,
 }
 
-impl<S: CheckpointStore> Ctx<'_, S> {
+impl<S: BatchStore> Ctx<'_, S> {
     /// Closes the largest open batches while all open batches together hold
     /// more than `budget` bytes.
     async fn enforce_budget(
         &self,
         parts: &mut HashMap<(Arc<str>, i32), Partition>,
         budget: usize,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PipelineError> {
         let open_bytes = |p: &Partition| p.open.as_ref().map_or(0, |o| o.acc.bytes);
         let mut total: usize = parts.values().map(open_bytes).sum();
         while total > budget {
@@ -231,7 +294,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         policy: &BatchPolicy,
         part: &mut Partition,
         rec: Record,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PipelineError> {
         metrics::CURATE_RECORDS.with_label_values(&[&part.tenant]).inc();
         let decoded: Result<ChangeEvent, String> = match rec.payload.as_deref() {
             None => Err("record has no value".into()),
@@ -319,7 +382,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         topic: &str,
         partition: i32,
         first_offset: i64,
-    ) -> anyhow::Result<RecordBatch> {
+    ) -> Result<RecordBatch, PipelineError> {
         let mut r = Resolution::new(batch)?;
         if r.is_complete() {
             return Ok(r.finish()?);
@@ -342,7 +405,9 @@ impl<S: CheckpointStore> Ctx<'_, S> {
             }
             let bytes = self.lake.get(&table.tenant, &key).await?;
             read += 1;
-            let batches = tokio::task::spawn_blocking(move || decode_parquet(bytes)).await??;
+            let batches = tokio::task::spawn_blocking(move || decode_parquet(bytes))
+                .await
+                .map_err(|e| PipelineError::task("decoding an earlier curated file", e))??;
             for b in batches.into_iter().rev() {
                 r.offer(b)?;
             }
@@ -358,7 +423,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         partition: i32,
         part: &mut Partition,
         reason: CloseReason,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), PipelineError> {
         let Some(mut open) = part.open.take() else { return Ok(()) };
         let rows = open.builder.as_ref().map_or(0, |b| b.len());
         // What the commit records about the batch, derived from its rows.
@@ -373,7 +438,7 @@ impl<S: CheckpointStore> Ctx<'_, S> {
                 part.open = Some(open);
                 return Ok(());
             }
-            anyhow::bail!("replayed batch of {topic}/{partition} has no rows");
+            return Err(PipelineError::Invariant(format!("replayed batch of {topic}/{partition} has no rows")));
         };
         let (intent, replayed) = match part.replay.take() {
             Some(i) => (i, true),
@@ -397,10 +462,11 @@ impl<S: CheckpointStore> Ctx<'_, S> {
                 )
             }
         };
+        let at = partition_ref(self.group, topic, partition);
         if !replayed {
             let cp = self
                 .store
-                .begin_batch(self.group, self.lease, self.generation, topic, partition, part.version, &intent)
+                .begin_batch(&at, self.fence, part.version, &intent)
                 .await
                 .with_context(|| format!("recording the batch intent of {topic}/{partition}"))?;
             part.version = Some(cp.version);
@@ -408,15 +474,23 @@ impl<S: CheckpointStore> Ctx<'_, S> {
         for (t, fut) in open.dead_letters.drain(..) {
             match fut.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => anyhow::bail!("dead-letter delivery to {t} failed: {e}"),
-                Err(_) => anyhow::bail!("dead-letter delivery to {t} was cancelled"),
+                Ok(Err((e, _))) => {
+                    let e = lablake_bus::BusError::Delivery { topic: t.to_string(), source: e };
+                    return Err(e).context(format!("dead letters of {topic}/{partition}"));
+                }
+                Err(_) => return Err(PipelineError::Invariant(format!("dead-letter delivery to {t} was cancelled"))),
             }
         }
-        let mut builder = open.builder.take().context("batch without builder")?;
+        let mut builder = open
+            .builder
+            .take()
+            .ok_or_else(|| PipelineError::Invariant(format!("batch of {topic}/{partition} without rows")))?;
         let batch = builder.finish()?;
         let batch = self.fill_unchanged(batch, &table, topic, partition, intent.first_offset).await?;
         let level = self.lake.config().zstd_level;
-        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&batch, level)).await??;
+        let bytes = tokio::task::spawn_blocking(move || encode_parquet(&batch, level))
+            .await
+            .map_err(|e| PipelineError::task("encoding a curated file", e))??;
         let size = bytes.len() as u64;
         let outcome = self.lake.put_create(&table.tenant, &intent.object_key, bytes).await?;
         if outcome == PutOutcome::AlreadyExists {
@@ -432,10 +506,12 @@ impl<S: CheckpointStore> Ctx<'_, S> {
             max_commit_ts_ms: max_commit_ms,
             max_position,
         };
-        let version = part.version.context("commit without a recorded intent")?;
+        let version = part.version.ok_or_else(|| {
+            PipelineError::Invariant(format!("commit of {topic}/{partition} without a recorded intent"))
+        })?;
         let cp = self
             .store
-            .commit_batch(self.group, self.lease, self.generation, topic, partition, version, &commit)
+            .commit_batch(&at, self.fence, version, &commit)
             .await
             .with_context(|| format!("committing the batch of {topic}/{partition}"))?;
         part.version = Some(cp.version);

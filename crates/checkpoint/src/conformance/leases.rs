@@ -1,0 +1,31 @@
+//! [`LeaseStore`]: generations. That an older generation is fenced is
+//! checked with each guarded write, in [`super::sources`],
+//! [`super::batches`], [`super::snapshots`] and [`super::sinks`].
+
+use crate::{LeaseName, LeaseStore};
+
+/// Runs every lease check.
+pub async fn run<S: LeaseStore>(store: &S, prefix: &str) {
+    generations_increase_per_lease(store, prefix).await;
+}
+
+/// The first generation is at least 1 and each acquisition returns a
+/// greater one, for every kind of lease, also while other leases are
+/// acquired in between.
+pub async fn generations_increase_per_lease<S: LeaseStore>(store: &S, prefix: &str) {
+    let source = LeaseName::source(&format!("{prefix}-mysql"));
+    let g1 = store.acquire_lease(&source).await.expect("acquire lease");
+    assert!(g1 >= 1, "first generation must be at least 1, got {g1}");
+    let g2 = store.acquire_lease(&source).await.expect("acquire lease again");
+    assert!(g2 > g1, "generations must increase: {g1} then {g2}");
+
+    // Other leases (of every kind) have generations of their own.
+    for other in [LeaseName::sink(&format!("{prefix}-mysql")), LeaseName::curator(prefix, "0")] {
+        let first = store.acquire_lease(&other).await.expect("acquire another lease");
+        assert!(first >= 1, "first generation of `{other}` must be at least 1, got {first}");
+        let second = store.acquire_lease(&other).await.expect("acquire another lease again");
+        assert!(second > first, "generations of `{other}` must increase: {first} then {second}");
+    }
+    let g3 = store.acquire_lease(&source).await.expect("acquire the first lease again");
+    assert!(g3 > g2, "generations must increase across other leases' acquisitions: {g2} then {g3}");
+}
