@@ -8,11 +8,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lablake_model::position::binlog_file_seq;
 use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
-use lablake_model::{Op, Resume, SourceInfo, SourcePosition, Value};
+use lablake_model::{Op, Resume, SourceInfo, SourcePosition, Value, now_ms};
 use lablake_source::{SourceItem, Unresolved, Watermark};
 use mysql_common::binlog::consts::{BinlogChecksumAlg, EventType};
 use mysql_common::binlog::events::{
@@ -757,10 +756,6 @@ fn is_rows_event(t: u8) -> bool {
     ]
     .iter()
     .any(|e| *e as u8 == t)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `uuid:gno` or `uuid:tag:gno`.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
-use lablake_model::{Column, Op, Resume, SourceInfo, SourcePosition, TableSchema, Value};
+use lablake_model::{Column, Op, Resume, SourceInfo, SourcePosition, TableSchema, Value, now_ms};
 use lablake_source::{SourceItem, Unresolved, Watermark};
 use tracing::warn;
 
@@ -556,10 +556,6 @@ fn protocol(lsn: u64, reason: String) -> PgError {
 
 fn pg_ts_ms(pg_micros: i64) -> i64 {
     pg_micros.saturating_add(PG_EPOCH_MICROS) / 1000
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lablake_model::ColumnType;
+use lablake_model::{ColumnType, TableId};
 
 use crate::{Binding, Client, SnowflakeError};
 
@@ -93,10 +93,8 @@ impl BatchColumn {
 /// One curated batch to load.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    pub tenant: String,
-    /// Source database and table.
-    pub database: String,
-    pub table: String,
+    /// The tenant's source table the batch belongs to.
+    pub table: TableId,
     /// Columns of the batch's curated schema, and its primary key.
     pub columns: Vec<BatchColumn>,
     pub primary_key: Vec<String>,
@@ -334,7 +332,7 @@ impl Loader {
         if r.is_err() {
             // What is known of the table may be stale now (a partial schema
             // step, a change made by hand): look again next time.
-            let key = (self.database_of(&b.tenant), b.database.to_uppercase(), b.table.to_uppercase());
+            let key = (self.database_of(&b.table.tenant), b.table.database.to_uppercase(), b.table.table.to_uppercase());
             self.columns.remove(&key);
         }
         r
@@ -344,7 +342,7 @@ impl Loader {
         if b.primary_key.is_empty() {
             return Err(SnowflakeError::config(
                 "primary_key",
-                format!("{}.{} has no key to merge by", b.database, b.table),
+                format!("{}.{} has no key to merge by", b.table.database, b.table.table),
             ));
         }
         // Snowflake identifiers are upper-cased here: `msg` and `MSG` would be one column.
@@ -355,14 +353,14 @@ impl Loader {
                     "columns",
                     format!(
                         "{}.{}: columns `{other}` and `{}` are the same column in Snowflake (identifiers are upper-cased)",
-                        b.database, b.table, c.target
+                        b.table.database, b.table.table, c.target
                     ),
                 ));
             }
         }
-        let db = self.database_of(&b.tenant);
-        let schema = b.database.to_uppercase();
-        self.prepare(&b.tenant, &db, &schema).await?;
+        let db = self.database_of(&b.table.tenant);
+        let schema = b.table.database.to_uppercase();
+        self.prepare(&b.table.tenant, &db, &schema).await?;
         let done = self
             .client
             .query(
@@ -370,14 +368,14 @@ impl Loader {
                 &[Binding::Text(b.object_key.clone())],
             )
             .await?;
-        let stage = ident(&staging_table(&b.table, &b.object_key));
+        let stage = ident(&staging_table(&b.table.table, &b.object_key));
         if count(&done, "n") > 0 {
             // A crash after the ledger insert may have left the staging table.
             self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;
             return Ok(LoadOutcome { already_loaded: true, ..LoadOutcome::default() });
         }
-        let target = ident(&b.table);
-        self.sync_target(&db, &schema, &b.table, &b.columns).await?;
+        let target = ident(&b.table.table);
+        self.sync_target(&db, &schema, &b.table.table, &b.columns).await?;
         // 2b. The batch's own staging table, with the file's columns and types.
         let defs: Vec<String> = b
             .columns
@@ -388,7 +386,7 @@ impl Loader {
         self.client.query(&format!("CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({})", defs.join(", ")), &[]).await?;
 
         // 3. COPY this one file; load history makes a repeat a no-op.
-        let prefix = format!("{}/curated/", b.tenant);
+        let prefix = format!("{}/curated/", b.table.tenant);
         let relative = b
             .object_key
             .strip_prefix(&prefix)
@@ -440,7 +438,7 @@ impl Loader {
         let keys: Vec<String> = b.primary_key.iter().map(|k| target_of(k)).collect();
         let staged_keys: Vec<String> = b.primary_key.iter().map(|k| ident(k)).collect();
         let types =
-            self.columns.get(&(db.clone(), schema.clone(), b.table.to_uppercase())).cloned().unwrap_or_default();
+            self.columns.get(&(db.clone(), schema.clone(), b.table.table.to_uppercase())).cloned().unwrap_or_default();
         let mut select = Vec::new();
         for (c, col) in b.columns.iter().zip(&cols) {
             let src = ident(&c.name);
@@ -522,7 +520,7 @@ impl Loader {
         self.client
             .query(
                 "INSERT INTO \"_LABLAKE_LOADS\" (\"OBJECT_KEY\", \"TABLE_NAME\", \"LOADED_AT\") SELECT ?, ?, CURRENT_TIMESTAMP()",
-                &[Binding::Text(b.object_key.clone()), Binding::Text(format!("{schema}.{}", b.table.to_uppercase()))],
+                &[Binding::Text(b.object_key.clone()), Binding::Text(format!("{schema}.{}", b.table.table.to_uppercase()))],
             )
             .await?;
         self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;

@@ -6,7 +6,6 @@
 //! Messages name items (lease, group, topic, partition, table, object key),
 //! never row values.
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use lablake_model::TableId;
 
@@ -17,13 +16,7 @@ use crate::{
 /// Table name used for the per-database aggregate status row.
 pub(crate) const ALL_TABLES: &str = "*";
 
-/// Milliseconds since the epoch (0 if the clock is before the epoch).
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
+pub(crate) use lablake_model::now_ms;
 
 /// How a partition checkpoint is named in messages.
 pub(crate) fn partition_label(p: &PartitionRef) -> String {

@@ -20,6 +20,15 @@ pub mod position;
 pub mod snapshot;
 pub mod tenant;
 pub mod topic;
+
+/// Milliseconds since the Unix epoch by the system clock (0 before the
+/// epoch): the one clock reading every crate stamps events and checkpoints
+/// with. (The only impure function of this crate.)
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 pub mod value;
 
 pub use error::ModelError;

@@ -114,12 +114,7 @@ pub static CURATE_CHECKPOINT_TS: LazyLock<GaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use lablake_model::now_ms;
 
 /// Unix time in seconds, as f64.
 pub fn now_secs() -> f64 {

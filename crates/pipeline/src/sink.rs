@@ -273,7 +273,7 @@ async fn load_table<S: SinkStores>(
     endpoint: &str,
     table: &TableId,
 ) -> Result<(), PipelineError> {
-    let (tenant, database, table_name) = (&*table.tenant, &*table.database, &*table.table);
+    let (tenant, table_name) = (&*table.tenant, &*table.table);
     {
         let mut cp = store.load_sink(SINK, table).await?.unwrap_or_else(|| SinkCheckpoint::new(table));
         // Read once per pass and table (and again when a batch names a newer version).
@@ -289,9 +289,7 @@ async fn load_table<S: SinkStores>(
             }
             follow_history(&mut columns, &history, version)?;
             let batch = Batch {
-                tenant: tenant.to_owned(),
-                database: database.to_owned(),
-                table: table_name.to_owned(),
+                table: table.clone(),
                 columns,
                 primary_key,
                 object_key: entry.object_key.clone(),
