@@ -640,6 +640,13 @@ pub async fn curated_rows_at(
     Ok(rows)
 }
 
+/// How many curated rows repeat the `(pk, _position)` of an earlier row:
+/// a change curated more than once.
+pub fn duplicated_changes(rows: &[BTreeMap<String, String>], pk: &str) -> usize {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter().filter(|r| !seen.insert((r.get(pk).cloned().unwrap_or_default(), r["_position"].clone()))).count()
+}
+
 /// Latest state per primary key (`pk` column) from curated rows:
 /// deduplicated by (pk, _position), newest position wins, deletes removed,
 /// rows older than the newest truncate (`_op = t`) removed, metadata columns

@@ -77,6 +77,11 @@ async fn postgres_sigkill_during_100k_changes_loses_and_duplicates_nothing() -> 
     let changes = writer.await??;
     assert!(changes >= 100_000, "only {changes} changes");
     assert_lake_equals_source(&mut w).await?;
+    for t in w.tenants.clone() {
+        let rows = w.curated_rows(&t, "results").await?;
+        let twice = lablake_tests::duplicated_changes(&rows, "id");
+        assert_eq!(twice, 0, "{twice} of {} curated rows of {t} repeat a (key, position) after the kills", rows.len());
+    }
     let _ = w.stop();
     Ok(())
 }

@@ -332,7 +332,8 @@ impl Loader {
         if r.is_err() {
             // What is known of the table may be stale now (a partial schema
             // step, a change made by hand): look again next time.
-            let key = (self.database_of(&b.table.tenant), b.table.database.to_uppercase(), b.table.table.to_uppercase());
+            let key =
+                (self.database_of(&b.table.tenant), b.table.database.to_uppercase(), b.table.table.to_uppercase());
             self.columns.remove(&key);
         }
         r

@@ -27,6 +27,18 @@ pub struct BusConfig {
     /// Producer linger in milliseconds.
     #[serde(default = "default_linger")]
     pub linger_ms: u32,
+    /// The largest record the producer sends, in bytes: key + value + 36
+    /// bytes of record framing (librdkafka's own measure). Passed to
+    /// librdkafka as `message.max.bytes`, so the producer's check and
+    /// librdkafka's agree. A change that does not fit is not sent to its
+    /// topic: a small dead-letter record describing it goes to the tenant's
+    /// dead-letter topic instead (see the crate docs). The default,
+    /// 1,000,000, is librdkafka's default and below Kafka's broker and topic
+    /// default (`message.max.bytes` / `max.message.bytes` = 1,048,588); it
+    /// must not exceed the broker's or the topics' limit. At least 64 KiB,
+    /// at most 64 MiB (the producer queue).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`,
     /// or `queued.max.messages.kbytes` to tune the consumer's prefetch). They
     /// override Lablake's tuning defaults, but never the settings its
@@ -54,6 +66,19 @@ fn default_compression() -> String {
 fn default_linger() -> u32 {
     5
 }
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+/// Default of [`BusConfig::max_message_bytes`]: librdkafka's default
+/// `message.max.bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+/// Smallest accepted [`BusConfig::max_message_bytes`] (64 KiB): below it,
+/// ordinary rows of wide tables would be dead-lettered.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest accepted [`BusConfig::max_message_bytes`] (64 MiB): the producer
+/// queue (`queue.buffering.max.kbytes`) must hold at least one record.
+pub const MAX_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 impl BusConfig {
     /// A configuration with defaults for everything but the brokers.
@@ -66,8 +91,32 @@ impl BusConfig {
             max_in_flight: default_in_flight(),
             compression: default_compression(),
             linger_ms: default_linger(),
+            max_message_bytes: default_max_message_bytes(),
             properties: BTreeMap::new(),
         }
+    }
+
+    /// Checks what the types cannot: the error names the key (e.g.
+    /// `kafka.max_message_bytes`) and why. Configuration loading should call
+    /// it; [`ChangeProducer::new`](crate::ChangeProducer::new) does too.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let n = self.max_message_bytes;
+        if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES).contains(&n) {
+            return Err((
+                "kafka.max_message_bytes".into(),
+                format!(
+                    "{n} is out of range: must be at least {MIN_MAX_MESSAGE_BYTES} (64 KiB) and at most \
+                     {MAX_MAX_MESSAGE_BYTES} (64 MiB), and not above the broker's limit"
+                ),
+            ));
+        }
+        if self.properties.contains_key("message.max.bytes") {
+            return Err((
+                "kafka.properties".into(),
+                "`message.max.bytes` is set by `kafka.max_message_bytes`; set that instead".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A client configuration: `tuning` defaults, then the user's
@@ -104,5 +153,23 @@ mod tests {
         assert_eq!(c.get("queued.max.messages.kbytes"), Some("1024"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn max_message_bytes_defaults_to_librdkafkas_and_is_bounded() {
+        let cfg = BusConfig::new("b:9092");
+        assert_eq!(cfg.max_message_bytes, 1_000_000);
+        assert!(cfg.validate().is_ok());
+        for bad in [MIN_MAX_MESSAGE_BYTES - 1, MAX_MAX_MESSAGE_BYTES + 1, 0] {
+            let cfg = BusConfig { max_message_bytes: bad, ..BusConfig::new("b:9092") };
+            let (key, reason) = cfg.validate().err().unwrap_or_default();
+            assert_eq!(key, "kafka.max_message_bytes", "{bad}");
+            assert!(reason.contains(&bad.to_string()), "{reason}");
+        }
+        let mut cfg = BusConfig::new("b:9092");
+        cfg.properties.insert("message.max.bytes".into(), "5000000".into());
+        let (key, reason) = cfg.validate().err().unwrap_or_default();
+        assert_eq!(key, "kafka.properties");
+        assert!(reason.contains("max_message_bytes"), "{reason}");
     }
 }

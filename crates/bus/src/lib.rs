@@ -13,6 +13,13 @@
 //!   curation stage owns its offsets in DynamoDB, not in Kafka).
 //! * Dead-letter records go to `<prefix>-dlq.<tenant>` with the reason and
 //!   origin in headers ([`ChangeProducer::send_dead_letter`]).
+//! * A change whose record would exceed `kafka.max_message_bytes` (also
+//!   librdkafka's `message.max.bytes`) is never sent to its topic and never
+//!   fails the producer: [`ChangeProducer::send`] sends a small dead letter
+//!   describing it (table, op, position, sizes; key as the record key)
+//!   instead and says so in [`Sent::oversized`]. Its delivery is acknowledged
+//!   like any record's, so the source moves past the change only once the
+//!   dead letter is in Kafka.
 //!
 //! The queue between sender and acknowledger is bounded: when Kafka is slow
 //! the source blocks, memory does not grow.
@@ -24,10 +31,10 @@ mod error;
 mod producer;
 
 pub use ack::{AckReceiver, AckSender, ack_queue};
-pub use config::BusConfig;
+pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES};
 pub use consumer::{ChangeConsumer, Record};
 pub use error::BusError;
-pub use producer::{ChangeProducer, DeadLetter, header};
+pub use producer::{ChangeProducer, DeadLetter, Oversized, RECORD_OVERHEAD, Sent, header, oversized_payload};
 pub use rdkafka::producer::DeliveryFuture;
 
 /// Records per producer batch, at most (`batch.num.messages`). Consumers that

@@ -23,6 +23,67 @@ pub mod header {
     pub const STAGE: &str = "lablake.stage";
 }
 
+/// Bytes librdkafka adds to a record's key and value when it checks the
+/// record against `message.max.bytes` (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`:
+/// the record's length, attributes, timestamp and offset deltas, key and
+/// value lengths and header count, each at its largest varint size).
+pub const RECORD_OVERHEAD: usize = 36;
+
+/// Header room kept free when a dead letter for an oversized change decides
+/// whether the change's key still fits beside its payload.
+const DEAD_LETTER_HEADER_ROOM: usize = 4096;
+
+/// Columns named, largest first, in an oversized change's dead letter.
+const LARGEST_COLUMNS: usize = 5;
+
+/// A change too large for Kafka (`kafka.max_message_bytes`): it was not
+/// sent to its topic, a dead letter describing it was sent instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    /// The record's size as librdkafka measures it: key + value +
+    /// [`RECORD_OVERHEAD`].
+    pub bytes: usize,
+    pub key_bytes: usize,
+    pub value_bytes: usize,
+    /// `kafka.max_message_bytes`.
+    pub limit: usize,
+    /// librdkafka refused the record (`MessageSizeTooLarge`) although
+    /// [`Oversized::check`] let it pass.
+    pub refused_by_client: bool,
+}
+
+impl Oversized {
+    /// The size decision: `Some` when a record (no headers) of `key_bytes`
+    /// and `value_bytes` exceeds `limit`, measured as librdkafka does, so a
+    /// record it lets pass is one librdkafka accepts at the same
+    /// `message.max.bytes`.
+    pub fn check(key_bytes: usize, value_bytes: usize, limit: usize) -> Option<Oversized> {
+        let bytes = key_bytes.saturating_add(value_bytes).saturating_add(RECORD_OVERHEAD);
+        (bytes > limit).then_some(Oversized { bytes, key_bytes, value_bytes, limit, refused_by_client: false })
+    }
+
+    /// The dead letter's `lablake.error`: sizes only, never values.
+    pub fn reason(&self) -> String {
+        let by = if self.refused_by_client { " (refused by the Kafka client)" } else { "" };
+        format!("record of {} bytes exceeds kafka.max_message_bytes ({}){by}", self.bytes, self.limit)
+    }
+}
+
+/// What [`ChangeProducer::send`] enqueued for a change. Either way the
+/// delivery goes into the acknowledgement queue like any other: the
+/// position after the change is saved only once Kafka acknowledged it.
+#[must_use = "the delivery must go into the acknowledgement queue"]
+pub struct Sent {
+    /// The change's table topic, or its tenant's dead-letter topic when
+    /// `oversized` is set.
+    pub topic: Arc<str>,
+    pub delivery: DeliveryFuture,
+    /// Set when the change did not fit in a Kafka record: what was enqueued
+    /// is a dead letter describing it (see `docs/envelope.md`, "Dead-letter
+    /// records"), not the change.
+    pub oversized: Option<Oversized>,
+}
+
 /// A record for the dead-letter topic of a tenant.
 pub struct DeadLetter<'a> {
     pub tenant: &'a str,
@@ -49,18 +110,10 @@ pub struct ChangeProducer {
 }
 
 impl ChangeProducer {
+    /// A producer for `config` (checked with [`BusConfig::validate`] first).
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
-        let tuning = [
-            ("compression.type", config.compression.clone()),
-            ("linger.ms", config.linger_ms.to_string()),
-            ("message.timeout.ms", "300000".to_owned()),
-            ("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string()),
-            ("queue.buffering.max.kbytes", "65536".to_owned()),
-            ("batch.num.messages", crate::MAX_BATCH_RECORDS.to_string()),
-        ];
-        let fixed = [("enable.idempotence", "true".to_owned()), ("acks", "all".to_owned())];
         let producer: FutureProducer =
-            config.client_config(&tuning, &fixed).create().map_err(|e| BusError::Config(e.to_string()))?;
+            producer_config(config)?.create().map_err(|e| BusError::Config(e.to_string()))?;
         let admin: AdminClient<DefaultClientContext> =
             config.client_config(&[], &[]).create().map_err(|e| BusError::Config(e.to_string()))?;
         Ok(ChangeProducer {
@@ -104,21 +157,75 @@ impl ChangeProducer {
         t
     }
 
-    /// Encodes and enqueues a change; returns its topic and delivery future.
-    /// Waits (does not fail) while the local queue is full. A truncate goes
-    /// through [`Self::send_truncate`] instead.
-    pub async fn send(&mut self, event: &ChangeEvent) -> Result<(Arc<str>, DeliveryFuture), BusError> {
+    /// Encodes and enqueues a change. Waits (does not fail) while the local
+    /// queue is full. A truncate goes through [`Self::send_truncate`]
+    /// instead.
+    ///
+    /// A change whose record exceeds `kafka.max_message_bytes`
+    /// ([`Oversized::check`]), or that librdkafka refuses as too large, is
+    /// not sent to its topic: a small dead letter describing it goes to the
+    /// tenant's dead-letter topic instead and [`Sent::oversized`] says so.
+    pub async fn send(&mut self, event: &ChangeEvent) -> Result<Sent, BusError> {
         if event.op == lablake_model::Op::Truncate {
             return Err(BusError::Config("a truncate must be sent with send_truncate".into()));
         }
         let topic = self.topic_of(event);
-        self.ensure_topic(&topic).await?;
         self.key.clear();
         envelope::encode_key(event, &mut self.key);
         self.value.clear();
         envelope::encode(event, &mut self.value);
-        let fut = enqueue(&self.producer, FutureRecord::to(&topic).key(&self.key).payload(&self.value)).await?;
-        Ok((topic, fut))
+        if let Some(oversized) = Oversized::check(self.key.len(), self.value.len(), self.config.max_message_bytes) {
+            return self.send_oversized(event, &topic, oversized).await;
+        }
+        self.ensure_topic(&topic).await?;
+        match enqueue(&self.producer, FutureRecord::to(&topic).key(&self.key).payload(&self.value)).await {
+            Ok(delivery) => Ok(Sent { topic, delivery, oversized: None }),
+            Err(BusError::Delivery {
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), ..
+            }) => {
+                let bytes = self.key.len() + self.value.len() + RECORD_OVERHEAD;
+                let oversized = Oversized {
+                    bytes,
+                    key_bytes: self.key.len(),
+                    value_bytes: self.value.len(),
+                    limit: self.config.max_message_bytes,
+                    refused_by_client: true,
+                };
+                self.send_oversized(event, &topic, oversized).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends the dead letter of an oversized change (its key as the record
+    /// key when it fits, [`oversized_payload`] as the value).
+    async fn send_oversized(
+        &mut self,
+        event: &ChangeEvent,
+        topic: &str,
+        oversized: Oversized,
+    ) -> Result<Sent, BusError> {
+        let key = std::mem::take(&mut self.key);
+        let limit = self.config.max_message_bytes;
+        let mut payload = oversized_payload(event, topic, &oversized, true);
+        let with_key = key.len() + payload.len() + DEAD_LETTER_HEADER_ROOM + RECORD_OVERHEAD <= limit;
+        if !with_key {
+            payload = oversized_payload(event, topic, &oversized, false);
+        }
+        let reason = oversized.reason();
+        let sent = self
+            .send_dead_letter(DeadLetter {
+                tenant: &event.table.tenant,
+                key: with_key.then_some(key.as_slice()),
+                payload: Some(&payload),
+                reason: &reason,
+                stage: "source",
+                origin: None,
+            })
+            .await;
+        self.key = key;
+        let (topic, delivery) = sent?;
+        Ok(Sent { topic, delivery, oversized: Some(oversized) })
     }
 
     /// Sends a truncate (`op = t`, no key) to *every* partition of its
@@ -210,6 +317,81 @@ impl ChangeProducer {
     }
 }
 
+/// The producer's librdkafka settings. `message.max.bytes` is fixed to
+/// `kafka.max_message_bytes`, so that [`Oversized::check`] and librdkafka
+/// decide alike.
+fn producer_config(config: &BusConfig) -> Result<rdkafka::ClientConfig, BusError> {
+    config.validate().map_err(|(key, reason)| BusError::Config(format!("{key}: {reason}")))?;
+    let tuning = [
+        ("compression.type", config.compression.clone()),
+        ("linger.ms", config.linger_ms.to_string()),
+        ("message.timeout.ms", "300000".to_owned()),
+        ("queue.buffering.max.messages", (config.max_in_flight.max(1000) * 2).to_string()),
+        ("queue.buffering.max.kbytes", "65536".to_owned()),
+        ("batch.num.messages", crate::MAX_BATCH_RECORDS.to_string()),
+    ];
+    let fixed = [
+        ("enable.idempotence", "true".to_owned()),
+        ("acks", "all".to_owned()),
+        ("message.max.bytes", config.max_message_bytes.to_string()),
+    ];
+    Ok(config.client_config(&tuning, &fixed))
+}
+
+/// The value of an oversized change's dead letter: a JSON document that
+/// identifies the change and says what was lost, never a row value (the key,
+/// which holds the primary-key values, is the record key). See
+/// `docs/envelope.md`, "Dead-letter records".
+pub fn oversized_payload(event: &ChangeEvent, topic: &str, oversized: &Oversized, key_in_record: bool) -> Vec<u8> {
+    let s = &event.source;
+    // Encoded size per column, the larger of its two images.
+    let mut sizes: Vec<(usize, usize)> = Vec::with_capacity(event.schema.columns.len());
+    let mut scratch = Vec::new();
+    for (i, _) in event.schema.columns.iter().enumerate() {
+        let mut size = 0;
+        for v in [&event.before, &event.after].into_iter().filter_map(|r| r.as_ref()?.get(i)) {
+            scratch.clear();
+            envelope::encode_value(v, &mut scratch);
+            size = size.max(scratch.len());
+        }
+        sizes.push((i, size));
+    }
+    sizes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let largest: Vec<serde_json::Value> = sizes
+        .iter()
+        .take(LARGEST_COLUMNS)
+        .map(|(i, n)| serde_json::json!([event.schema.columns[*i].name, n]))
+        .collect();
+    let doc = serde_json::json!({
+        "v": 1,
+        "kind": "oversized",
+        "table": event.table.to_string(),
+        "topic": topic,
+        "op": event.op.code(),
+        "position": s.position.as_str(),
+        "source": {
+            "connector": &*s.connector,
+            "name": &*s.name,
+            "server_id": s.server_id,
+            "file": &*s.file,
+            "pos": s.pos,
+            "row": s.row,
+            "gtid": s.gtid.as_deref(),
+            "ts_ms": s.ts_ms,
+        },
+        "schema": event.schema.fingerprint(),
+        "schema_version": event.schema.version(),
+        "bytes": oversized.bytes,
+        "key_bytes": oversized.key_bytes,
+        "value_bytes": oversized.value_bytes,
+        "limit": oversized.limit,
+        "key_in_record": key_in_record,
+        "largest_columns": largest,
+        "lost": "the whole change: no column of it reached its topic",
+    });
+    doc.to_string().into_bytes()
+}
+
 async fn enqueue<K, P>(producer: &FutureProducer, mut rec: FutureRecord<'_, K, P>) -> Result<DeliveryFuture, BusError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
@@ -224,5 +406,128 @@ where
             }
             Err((e, r)) => return Err(BusError::Delivery { topic: r.topic.to_owned(), source: e }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lablake_model::{Column, ColumnType, Op, SourceInfo, SourcePosition, TableId, TableSchema, Value};
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+
+    #[test]
+    fn a_record_fits_up_to_the_limit_counting_key_and_framing() {
+        let limit = 1_000_000;
+        assert_eq!(Oversized::check(10, limit - 10 - RECORD_OVERHEAD, limit), None);
+        let o = Oversized::check(10, limit - 10 - RECORD_OVERHEAD + 1, limit);
+        assert_eq!(
+            o,
+            Some(Oversized {
+                bytes: limit + 1,
+                key_bytes: 10,
+                value_bytes: limit - 10 - RECORD_OVERHEAD + 1,
+                limit,
+                refused_by_client: false
+            })
+        );
+        // The key counts: a large key alone can tip it.
+        assert!(Oversized::check(limit, 0, limit).is_some());
+        // No overflow on absurd sizes.
+        assert!(Oversized::check(usize::MAX, usize::MAX, limit).is_some());
+        let reason = Oversized::check(9, 1_228_830, limit).map(|o| o.reason()).unwrap_or_default();
+        assert_eq!(reason, "record of 1228875 bytes exceeds kafka.max_message_bytes (1000000)");
+    }
+
+    /// The size decision is librdkafka's own at the same `message.max.bytes`:
+    /// the largest record `check` lets pass is enqueued, one byte more is
+    /// refused as `MessageSizeTooLarge` (enqueueing needs no broker).
+    #[test]
+    fn the_size_decision_agrees_with_librdkafka() {
+        for limit in [crate::MIN_MAX_MESSAGE_BYTES, 1_000_000] {
+            let mut cfg = BusConfig::new("127.0.0.1:1");
+            cfg.max_message_bytes = limit;
+            let producer: BaseProducer = match producer_config(&cfg).and_then(|c| {
+                c.create().map_err(|e| BusError::Config(e.to_string()))
+            }) {
+                Ok(p) => p,
+                Err(e) => panic!("producer: {e}"),
+            };
+            let key = b"{\"id\":7}";
+            let fits = vec![b'x'; limit - key.len() - RECORD_OVERHEAD];
+            assert_eq!(Oversized::check(key.len(), fits.len(), limit), None);
+            let rec = rdkafka::producer::BaseRecord::to("size-check").key(&key[..]).payload(&fits[..]);
+            assert!(producer.send(rec).is_ok(), "librdkafka refused a record check() lets pass ({limit})");
+            let over = vec![b'x'; fits.len() + 1];
+            assert!(Oversized::check(key.len(), over.len(), limit).is_some());
+            let rec = rdkafka::producer::BaseRecord::to("size-check").key(&key[..]).payload(&over[..]);
+            match producer.send(rec) {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {}
+                Err((e, _)) => panic!("unexpected error at {limit}: {e}"),
+                Ok(()) => panic!("librdkafka accepted a record check() refuses ({limit})"),
+            }
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        }
+    }
+
+    fn report_event(pdf: usize) -> ChangeEvent {
+        let schema = TableSchema::new(
+            vec![
+                Column { name: "id".into(), ty: ColumnType::Int { bytes: 4, unsigned: false }, nullable: false },
+                Column { name: "patient".into(), ty: ColumnType::String, nullable: false },
+                Column { name: "pdf".into(), ty: ColumnType::Bytes, nullable: true },
+            ],
+            vec![0],
+        )
+        .with_version(3);
+        ChangeEvent {
+            table: TableId::new("acme", "lab_acme", "reports"),
+            op: Op::Create,
+            schema,
+            before: None,
+            after: Some(vec![Value::Int(7), Value::String("SECRET-PATIENT".into()), Value::Bytes(vec![0x25; pdf])]),
+            source: SourceInfo {
+                connector: "mysql".into(),
+                name: "main".into(),
+                server_id: 1,
+                file: "binlog.000003".into(),
+                pos: 18734,
+                row: 1,
+                gtid: Some("0-1-4711".into()),
+                ts_ms: 1_795_774_800_000,
+                position: SourcePosition::mysql(3, 18734, 1),
+            },
+            ts_ms: 1_795_774_800_123,
+        }
+    }
+
+    #[test]
+    fn an_oversized_changes_dead_letter_names_it_without_values() -> Result<(), serde_json::Error> {
+        let e = report_event(900_000);
+        let (mut key, mut value) = (Vec::new(), Vec::new());
+        envelope::encode_key(&e, &mut key);
+        envelope::encode(&e, &mut value);
+        let o = Oversized::check(key.len(), value.len(), 1_000_000);
+        let Some(o) = o else { panic!("900 KB of bytes (1.2 MB base64) must not fit") };
+        let payload = oversized_payload(&e, "lablake.acme.lab_acme.reports", &o, true);
+        assert!(payload.len() < 2048, "{} bytes", payload.len());
+        let text = String::from_utf8_lossy(&payload);
+        assert!(!text.contains("SECRET-PATIENT") && !text.contains("JSUl"), "a value in the dead letter: {text}");
+        let doc: serde_json::Value = serde_json::from_slice(&payload)?;
+        assert_eq!(doc["kind"], "oversized");
+        assert_eq!(doc["table"], "acme/lab_acme.reports");
+        assert_eq!(doc["topic"], "lablake.acme.lab_acme.reports");
+        assert_eq!(doc["op"], "c");
+        assert_eq!(doc["position"], e.source.position.as_str());
+        assert_eq!(doc["source"]["file"], "binlog.000003");
+        assert_eq!(doc["source"]["gtid"], "0-1-4711");
+        assert_eq!(doc["schema_version"], 3);
+        assert_eq!(doc["bytes"], o.bytes);
+        assert_eq!(doc["limit"], 1_000_000);
+        assert_eq!(doc["key_in_record"], true);
+        // The largest column first, with its encoded (base64, quoted) size.
+        assert_eq!(doc["largest_columns"][0], serde_json::json!(["pdf", 1_200_002]));
+        assert_eq!(doc["largest_columns"].as_array().map(Vec::len), Some(3));
+        Ok(())
     }
 }

@@ -193,6 +193,43 @@ pub struct BatchCommit {
     pub max_commit_ts_ms: i64,
     /// Largest source position in the batch.
     pub max_position: String,
+    /// The partition's curated high-water mark after this batch (see
+    /// [`HighWater`]); stored with the partition checkpoint as it is.
+    pub high_water: Option<HighWater>,
+}
+
+/// The newest source position curated from one topic-partition, and the
+/// record keys curated at exactly that position.
+///
+/// A partition's records arrive in source order, and a source re-delivers
+/// after a restart a suffix of what it already sent (same positions), so a
+/// record at a lower position — or at this position with one of these keys
+/// (an update that changed its key is a delete and a create at one
+/// position) — is a re-delivery the curator drops. Persisted with the
+/// partition checkpoint, so the decision survives restarts and a rebuilt
+/// batch decides exactly as the original did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HighWater {
+    /// The position's sort key (`lablake_model::SourcePosition`).
+    pub position: String,
+    /// Hex of the Kafka record keys curated at `position` (empty key: a truncate).
+    pub keys: Vec<String>,
+}
+
+impl HighWater {
+    /// Whether a record at `position` with `key` was curated already.
+    pub fn covers(&self, position: &str, key: &str) -> bool {
+        position < self.position.as_str() || (position == self.position && self.keys.iter().any(|k| k == key))
+    }
+
+    /// The mark after curating a record at `position` with `key` (which it does not cover).
+    pub fn advance(mark: &mut Option<HighWater>, position: &str, key: String) {
+        match mark {
+            Some(h) if h.position == position => h.keys.push(key),
+            Some(h) if h.position.as_str() > position => {}
+            _ => *mark = Some(HighWater { position: position.to_owned(), keys: vec![key] }),
+        }
+    }
 }
 
 /// The checkpoint of one topic-partition for one consumer group.
@@ -206,6 +243,9 @@ pub struct PartitionCheckpoint {
     pub generation: u64,
     /// Incremented by every write; writers compare-and-set on it.
     pub version: u64,
+    /// What the committed batches curated up to (a `begin_batch` keeps it,
+    /// a `commit_batch` sets it to the batch's [`BatchCommit::high_water`]).
+    pub high_water: Option<HighWater>,
 }
 
 /// One curated Parquet file in the manifest.
@@ -336,6 +376,20 @@ impl SnapshotState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn high_water_marks_cover_lower_positions_and_the_keys_at_theirs() {
+        let mut mark = None;
+        HighWater::advance(&mut mark, "0005", "k1".into());
+        HighWater::advance(&mut mark, "0005", "k2".into()); // a key change: delete and create at one position
+        let m = mark.clone().expect("mark");
+        assert!(m.covers("0004", "any") && m.covers("0005", "k1") && m.covers("0005", "k2"));
+        assert!(!m.covers("0005", "k3") && !m.covers("0006", "k1"));
+        HighWater::advance(&mut mark, "0006", String::new());
+        assert_eq!(mark, Some(HighWater { position: "0006".into(), keys: vec![String::new()] }));
+        HighWater::advance(&mut mark, "0001", "late".into());
+        assert_eq!(mark.map(|m| m.position), Some("0006".into()), "a mark never moves back");
+    }
 
     #[test]
     fn lease_names_keep_their_stored_spelling() {

@@ -6,7 +6,6 @@
 //! Messages name items (lease, group, topic, partition, table, object key),
 //! never row values.
 
-
 use lablake_model::TableId;
 
 use crate::{
@@ -83,6 +82,7 @@ pub(crate) fn plan_begin(
             pending: Some(intent.clone()),
             generation,
             version: 1,
+            high_water: None,
         }),
         (None, Some(v)) => {
             Err(CheckpointError::Fenced(format!("{label}: expected version {v}, but it does not exist")))
@@ -113,6 +113,7 @@ pub(crate) fn plan_begin(
                 pending: Some(intent.clone()),
                 generation,
                 version: cur.version + 1,
+                high_water: cur.high_water.clone(),
             })
         }
     }
@@ -154,6 +155,7 @@ pub(crate) fn plan_commit(
             pending: None,
             generation,
             version: cur.version + 1,
+            high_water: commit.high_water.clone(),
         }),
     }
 }
@@ -209,7 +211,13 @@ mod tests {
         let fresh = plan_begin(l, None, None, 3, &intent(10, 19, "a")).expect("fresh");
         assert_eq!(
             fresh,
-            PartitionCheckpoint { next_offset: 10, pending: Some(intent(10, 19, "a")), generation: 3, version: 1 }
+            PartitionCheckpoint {
+                next_offset: 10,
+                pending: Some(intent(10, 19, "a")),
+                generation: 3,
+                version: 1,
+                high_water: None
+            }
         );
         assert!(matches!(plan_begin(l, None, Some(1), 3, &intent(0, 1, "a")), Err(CheckpointError::Fenced(_))));
         assert!(matches!(plan_begin(l, Some(&fresh), None, 3, &intent(0, 1, "a")), Err(CheckpointError::Fenced(_))));
@@ -223,7 +231,7 @@ mod tests {
             plan_begin(l, Some(&fresh), Some(1), 3, &intent(10, 19, "b")),
             Err(CheckpointError::Fenced(_))
         ));
-        let done = PartitionCheckpoint { next_offset: 20, pending: None, generation: 3, version: 2 };
+        let done = PartitionCheckpoint { next_offset: 20, pending: None, generation: 3, version: 2, high_water: None };
         assert!(matches!(
             plan_begin(l, Some(&done), Some(2), 3, &intent(19, 25, "c")),
             Err(CheckpointError::Fenced(_))

@@ -44,6 +44,7 @@ mod tests {
             dead_lettered: 0,
             max_commit_ts_ms: 5,
             max_position: "p".into(),
+            high_water: Some(crate::HighWater { position: "p".into(), keys: vec!["00".into()] }),
         };
         let json = serde_json::to_value(&c).expect("serialize");
         assert_eq!(json["table"], serde_json::json!({"tenant": "t", "database": "d", "table": "x"}));

@@ -13,12 +13,23 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
-use lablake_checkpoint::{BatchCommit, BatchIntent, BatchStore, Fence, LeaseName, LeaseStore, PartitionRef};
+use lablake_checkpoint::{BatchCommit, BatchIntent, BatchStore, Fence, HighWater, LeaseName, LeaseStore, PartitionRef};
 use lablake_curate::toast::Resolution;
 use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, CurateError, OpenBatch};
 use lablake_lake::{Lake, PutOutcome, curated_key, curated_prefix, decode_parquet, encode_parquet, parse_curated_key};
 use lablake_model::envelope::Decoder;
 use lablake_model::{ChangeEvent, Date, Op, TableId, topic};
+
+/// Lower-case hex of a record key (the form high-water marks keep).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
 
 /// How many records before the resume offset a partition's fetch starts
 /// (the records before it are skipped): the producer's largest batch.
@@ -121,6 +132,9 @@ struct Partition {
     replay: Option<BatchIntent>,
     /// How far the last gap recovery rewound (0: not recovering).
     rewind: i64,
+    /// What this partition curated up to, committed or in the open batch: a
+    /// record it covers is a source's re-delivery and is dropped.
+    high: Option<HighWater>,
 }
 
 impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
@@ -160,19 +174,19 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                                 continue;
                             }
                             let cp = self.store.load_partition(&partition_ref(&group, &t, p)).await?;
-                            let (start, version, replay) = match cp {
+                            let (start, version, replay, high) = match cp {
                                 Some(cp) => match cp.pending {
-                                    Some(i) => (i.first_offset, Some(cp.version), Some(i)),
-                                    None => (cp.next_offset, Some(cp.version), None),
+                                    Some(i) => (i.first_offset, Some(cp.version), Some(i), cp.high_water),
+                                    None => (cp.next_offset, Some(cp.version), None, cp.high_water),
                                 },
                                 None => match &self.inherit_group {
                                     // Everything the other group committed is curated already; a batch it
                                     // has pending is rebuilt here from its first offset (same object key).
                                     Some(g) => match self.store.load_partition(&partition_ref(g, &t, p)).await? {
-                                        Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None),
-                                        None => (0, None, None),
+                                        Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None, cp.high_water),
+                                        None => (0, None, None, None),
                                     },
-                                    None => (0, None, None),
+                                    None => (0, None, None, None),
                                 },
                             };
                             tracing::info!(group, topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
@@ -181,7 +195,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             // batch, which at the end of the log means nothing at all until more
                             // records arrive. Producer batches hold at most 1,000 records.
                             consumer.assign(&t, p, start.saturating_sub(ASSIGN_LOOKBACK).max(0))?;
-                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0 });
+                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, high });
                         }
                     }
                 }
@@ -307,6 +321,22 @@ impl<S: BatchStore> Ctx<'_, S> {
             },
         };
         let topic = rec.topic.clone();
+        let key = hex(rec.key.as_deref().unwrap_or_default());
+        if let Ok(ev) = &decoded
+            && part.high.as_ref().is_some_and(|h| h.covers(ev.source.position.as_str(), &key))
+        {
+            // A source's re-delivery of what this partition already curated
+            // (same position, same key): dropped, its offset still counted.
+            let open = part.open.get_or_insert_with(|| Open {
+                acc: OpenBatch::new(rec.offset),
+                builder: None,
+                dead_lettered: 0,
+                dead_letters: Vec::new(),
+            });
+            open.acc.add(rec.offset, None);
+            metrics::CURATE_REDELIVERIES.with_label_values(&[&part.tenant]).inc();
+            return self.close_if_done(&topic, rec.partition, part, rec.offset, policy).await;
+        }
         if part.replay.is_none()
             && let (Ok(ev), Some(open)) = (&decoded, part.open.as_ref())
         {
@@ -335,6 +365,7 @@ impl<S: BatchStore> Ctx<'_, S> {
                 match builder.push(&ev, rec.partition, rec.offset) {
                     Ok(()) => {
                         open.acc.add(rec.offset, Some((size, commit_ms)));
+                        HighWater::advance(&mut part.high, ev.source.position.as_str(), key);
                         None
                     }
                     Err(CurateError::SchemaMismatch) => Some(reject("schema differs inside a replayed batch".into())),
@@ -360,13 +391,25 @@ impl<S: BatchStore> Ctx<'_, S> {
             open.acc.add(offset, None);
             metrics::CURATE_DEAD_LETTERS.with_label_values(&[&part.tenant]).inc();
         }
-        let done_replay = part.replay.as_ref().is_some_and(|i| rec.offset >= i.last_offset);
-        let full = part.replay.is_none() && open.acc.full(policy).is_some();
+        self.close_if_done(&topic, rec.partition, part, rec.offset, policy).await
+    }
+
+    /// Closes the open batch after the record at `offset` when it ends the
+    /// batch being rebuilt, or when the batch is full.
+    async fn close_if_done(
+        &self,
+        topic: &str,
+        partition: i32,
+        part: &mut Partition,
+        offset: i64,
+        policy: &BatchPolicy,
+    ) -> Result<(), PipelineError> {
+        let done_replay = part.replay.as_ref().is_some_and(|i| offset >= i.last_offset);
+        let full = if part.replay.is_none() { part.open.as_ref().and_then(|o| o.acc.full(policy)) } else { None };
         if done_replay {
-            self.close(&topic, rec.partition, part, CloseReason::Replay).await?;
-        } else if full {
-            let reason = open.acc.full(policy).unwrap_or(CloseReason::Rows);
-            self.close(&topic, rec.partition, part, reason).await?;
+            self.close(topic, partition, part, CloseReason::Replay).await?;
+        } else if let Some(reason) = full {
+            self.close(topic, partition, part, reason).await?;
         }
         Ok(())
     }
@@ -505,6 +548,7 @@ impl<S: BatchStore> Ctx<'_, S> {
             dead_lettered: open.dead_lettered,
             max_commit_ts_ms: max_commit_ms,
             max_position,
+            high_water: part.high.clone(),
         };
         let version = part.version.ok_or_else(|| {
             PipelineError::Invariant(format!("commit of {topic}/{partition} without a recorded intent"))

@@ -78,6 +78,13 @@ pub static CURATE_RECORDS: LazyLock<IntCounterVec> =
 pub static CURATE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_curate_dead_letters_total", "Records sent to the dead-letter topic", &["tenant"])
 });
+pub static CURATE_REDELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_curate_redeliveries_dropped_total",
+        "Records a source delivered again after a restart (same position and key), dropped by curation",
+        &["tenant"],
+    )
+});
 pub static CURATE_UNCHANGED_FILES_READ: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "lablake_curate_unchanged_files_read_total",

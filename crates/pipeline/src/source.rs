@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, ack_queue};
+use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, Sent, ack_queue};
 use lablake_checkpoint::{CheckpointStore, LeaseName, SchemaStore, SchemaVersion, SourceCheckpoint};
 use lablake_model::{ChangeEvent, Op, TableId, TableSchema};
 use lablake_mysql::MysqlSourceConfig;
@@ -330,6 +330,7 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
     };
 
     let records = metrics::SOURCE_RECORDS.with_label_values(&[name]);
+    let dead_letters = metrics::SOURCE_DEAD_LETTERS.with_label_values(&[name]);
     let mut versions = Versions::default();
     let mut scratch = Vec::new();
     let lag = metrics::SOURCE_LAG.with_label_values(&[name]);
@@ -359,8 +360,9 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                         if let Some(w) = windows.as_mut() {
                             w.observe(&event, &mut scratch);
                         }
-                        let (topic, fut) = producer.send(&event).await?;
-                        acks.delivery(topic, fut).await?;
+                        let sent = producer.send(&event).await?;
+                        oversized(name, &event, &sent, &dead_letters);
+                        acks.delivery(sent.topic, sent.delivery).await?;
                         records.inc();
                         lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
                     }
@@ -380,8 +382,9 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                     if let Some((mut events, progress)) = w.watermark(&mark).await? {
                         for event in &mut events {
                             versions.apply(store.as_ref(), event).await?;
-                            let (topic, fut) = producer.send(event).await?;
-                            acks.delivery(topic, fut).await?;
+                            let sent = producer.send(event).await?;
+                            oversized(name, event, &sent, &dead_letters);
+                            acks.delivery(sent.topic, sent.delivery).await?;
                         }
                         records.inc_by(events.len() as u64);
                         acks.marker(Marker::Snapshot(progress)).await?;
@@ -410,7 +413,7 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                         })
                         .await?;
                     acks.delivery(topic, fut).await?;
-                    metrics::SOURCE_DEAD_LETTERS.with_label_values(&[name]).inc();
+                    dead_letters.inc();
                 }
             }
         }
@@ -427,6 +430,25 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
     }
     tracing::info!(source = name, "source stopped");
     Ok(())
+}
+
+/// Counts and reports a change the producer dead-lettered because it did not
+/// fit in a Kafka record (the stream goes on; its dead letter is acknowledged
+/// like any record before the position after it is saved). Names the table,
+/// position and sizes — never a value, nor the key.
+fn oversized(name: &str, event: &ChangeEvent, sent: &Sent, dead_letters: &prometheus::IntCounter) {
+    let Some(o) = &sent.oversized else { return };
+    dead_letters.inc();
+    tracing::warn!(
+        source = name,
+        table = %event.table,
+        op = event.op.code(),
+        position = event.source.position.as_str(),
+        bytes = o.bytes,
+        limit = o.limit,
+        dead_letter_topic = &*sent.topic,
+        "change too large for Kafka (kafka.max_message_bytes) sent to the dead-letter topic instead"
+    );
 }
 
 #[cfg(test)]

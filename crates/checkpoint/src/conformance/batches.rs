@@ -5,7 +5,7 @@
 use lablake_model::TableId;
 
 use super::{Names, assert_status, batch_commit, expect_fenced, intent, manifest_entry, one_winner};
-use crate::{BatchStore, CheckpointError, Fence, LeaseName, LeaseStore, PartitionCheckpoint, TableStatus};
+use crate::{BatchStore, CheckpointError, Fence, HighWater, LeaseName, LeaseStore, PartitionCheckpoint, TableStatus};
 
 /// Runs every batch check.
 pub async fn run<S: LeaseStore + BatchStore>(store: &S, prefix: &str) {
@@ -16,6 +16,7 @@ pub async fn run<S: LeaseStore + BatchStore>(store: &S, prefix: &str) {
     begin_guards_committed_offsets(store, &format!("{prefix}-guard")).await;
     invalid_batches_are_rejected(store, &format!("{prefix}-invalid")).await;
     racing_writers_with_one_generation(store, &format!("{prefix}-race")).await;
+    high_water_follows_the_commits(store, &format!("{prefix}-high")).await;
     status_is_filtered_by_tenant(store, &format!("{prefix}-status")).await;
     manifest_is_ordered_and_per_table(store, &format!("{prefix}-manifest")).await;
 }
@@ -63,7 +64,9 @@ pub async fn commit_advances_partition_manifest_and_status<S: LeaseStore + Batch
 
     let a = intent(100, 149, &n.key("orders/a.parquet"));
     let begun = store.begin_batch(&p3, &f, None, &a).await.expect("begin");
-    assert_eq!(begun, PartitionCheckpoint { next_offset: 100, pending: Some(a.clone()), generation: g, version: 1 });
+    let begun_want =
+        PartitionCheckpoint { next_offset: 100, pending: Some(a.clone()), generation: g, version: 1, high_water: None };
+    assert_eq!(begun, begun_want);
     assert_eq!(store.load_partition(&p3).await.expect("load"), Some(begun.clone()));
     assert!(store.manifest(&orders).await.expect("manifest").is_empty(), "begin must not list the file");
 
@@ -72,7 +75,10 @@ pub async fn commit_advances_partition_manifest_and_status<S: LeaseStore + Batch
     c1.max_commit_ts_ms = 1_700_000_000_000;
     c1.max_position = "0000000001-0000000100".into();
     let done = store.commit_batch(&p3, &f, begun.version, &c1).await.expect("commit");
-    assert_eq!(done, PartitionCheckpoint { next_offset: 150, pending: None, generation: g, version: 2 });
+    assert_eq!(
+        done,
+        PartitionCheckpoint { next_offset: 150, pending: None, generation: g, version: 2, high_water: None }
+    );
     assert_eq!(store.load_partition(&p3).await.expect("load"), Some(done.clone()));
     assert_eq!(store.manifest(&orders).await.expect("manifest"), vec![manifest_entry(&n.topic, 3, &c1)]);
 
@@ -221,7 +227,8 @@ pub async fn begin_guards_committed_offsets<S: LeaseStore + BatchStore>(store: &
             next_offset: 10,
             pending: Some(b.clone()),
             generation: f2.generation,
-            version: begun.version + 1
+            version: begun.version + 1,
+            high_water: None,
         }
     );
     let done = store.commit_batch(&p, &f2, again.version, &batch_commit(&b, &t, source, 8)).await.expect("commit");
@@ -391,4 +398,36 @@ pub async fn manifest_is_ordered_and_per_table<S: LeaseStore + BatchStore>(store
     assert_eq!(twin_listed, vec![3], "tables whose names differ only in where `#` is must not share a manifest");
     assert_eq!(store.manifest(&other).await.expect("manifest").len(), 1);
     assert!(store.manifest(&n.table("x#y", "none")).await.expect("manifest").is_empty());
+}
+
+/// A commit stores its batch's high-water mark with the partition
+/// checkpoint exactly (keys included); a begin keeps the committed mark, so a
+/// rebuilt batch starts from the same one; a later commit replaces it.
+pub async fn high_water_follows_the_commits<S: LeaseStore + BatchStore>(store: &S, prefix: &str) {
+    let n = Names::new(prefix, ".hw");
+    let t = n.table("shop", "orders");
+    let f = n.acquire(store).await;
+    let p = n.at(1);
+    let a = intent(0, 9, &n.key("orders/hw-a.parquet"));
+    let begun = store.begin_batch(&p, &f, None, &a).await.expect("begin");
+    assert_eq!(begun.high_water, None);
+    let mark = HighWater {
+        position: "0000000002:00000000000000000500:0000000001".into(),
+        keys: vec!["0a".into(), "0b".into()],
+    };
+    let mut c = batch_commit(&a, &t, &n.source, 10);
+    c.high_water = Some(mark.clone());
+    let done = store.commit_batch(&p, &f, begun.version, &c).await.expect("commit");
+    assert_eq!(done.high_water.as_ref(), Some(&mark));
+    assert_eq!(store.load_partition(&p).await.expect("load").and_then(|c| c.high_water), Some(mark.clone()));
+    let b = intent(10, 19, &n.key("orders/hw-b.parquet"));
+    let begun = store.begin_batch(&p, &f, Some(done.version), &b).await.expect("begin");
+    assert_eq!(begun.high_water.as_ref(), Some(&mark), "a begin keeps the committed mark");
+    assert_eq!(store.load_partition(&p).await.expect("load").and_then(|c| c.high_water), Some(mark));
+    let newer = HighWater { position: "0000000002:00000000000000000900:0000000000".into(), keys: vec![String::new()] };
+    let mut c = batch_commit(&b, &t, &n.source, 10);
+    c.high_water = Some(newer.clone());
+    let done = store.commit_batch(&p, &f, begun.version, &c).await.expect("commit");
+    assert_eq!(done.high_water.as_ref(), Some(&newer));
+    assert_eq!(store.load_partition(&p).await.expect("load").and_then(|c| c.high_water), Some(newer));
 }

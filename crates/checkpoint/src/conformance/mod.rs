@@ -171,6 +171,7 @@ fn batch_commit(intent: &BatchIntent, table: &TableId, source: &str, rows: u64) 
         dead_lettered: 0,
         max_commit_ts_ms: 1_700_000_000_000,
         max_position: String::new(),
+        high_water: None,
     }
 }
 

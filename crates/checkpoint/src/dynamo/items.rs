@@ -248,6 +248,10 @@ pub(super) fn partition_item(p: &PartitionRef, cp: &PartitionCheckpoint, now: i6
         item.insert("pending_last".into(), n(pending.last_offset));
         item.insert("pending_key".into(), s(&pending.object_key));
     }
+    if let Some(hw) = &cp.high_water {
+        // JSON (a few keys at most): {"position": …, "keys": [hex, …]}.
+        item.insert("high_water".into(), s(serde_json::to_string(hw).unwrap_or_default()));
+    }
     item.insert("updated_at_ms".into(), n(now));
     item
 }
@@ -262,11 +266,18 @@ pub(super) fn parse_partition(item: &Item, what: &str) -> Result<PartitionCheckp
         }),
         None => None,
     };
+    let high_water = match opt_s(item, "high_water", what)? {
+        Some(json) => {
+            Some(serde_json::from_str(&json).map_err(|_| CheckpointError::Corrupt(format!("{what}: high_water")))?)
+        }
+        None => None,
+    };
     Ok(PartitionCheckpoint {
         next_offset: get_n(item, "next_offset", what)?,
         pending,
         generation: get_n(item, "generation", what)?,
         version: get_n(item, "version", what)?,
+        high_water,
     })
 }
 
@@ -454,7 +465,7 @@ mod tests {
     #[test]
     fn every_decoder_checks_the_format() {
         let p = PartitionRef::new("g", "t", 0);
-        let cp = PartitionCheckpoint { next_offset: 1, pending: None, generation: 1, version: 1 };
+        let cp = PartitionCheckpoint { next_offset: 1, pending: None, generation: 1, version: 1, high_water: None };
         let newer = |mut item: Item| {
             item.insert("fmt".into(), n(FORMAT + 1));
             item
@@ -469,6 +480,7 @@ mod tests {
             dead_lettered: 0,
             max_commit_ts_ms: 0,
             max_position: String::new(),
+            high_water: None,
         };
         let snapshot = snapshot_item("s", &SnapshotProgress::requested(&table, 1, 0), 0).expect("snapshot");
         let sink = sink_item("k", 1, &SinkCheckpoint::new(&table), 0).expect("sink");

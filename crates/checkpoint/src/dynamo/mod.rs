@@ -432,6 +432,7 @@ impl BatchStore for DynamoStore {
             pending: None,
             generation,
             version: expected_version + 1,
+            high_water: commit.high_water.clone(),
         };
         let now = rules::now_ms();
         let b = |e: BuildError| backend(&label, e);
