@@ -17,6 +17,11 @@ use lablake_lake::{Lake, LakeConfig};
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 
+pub mod proxy;
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Headers;
+
 /// A service address from the environment, or its local default.
 /// The MariaDB `orders` table several end-to-end tests share.
 pub const ORDERS_DDL: &str = "CREATE TABLE orders (
@@ -281,6 +286,25 @@ start = {{ file = "{file}", pos = {pos} }}
         std::fs::write(&w.config_path, format!("{base}[[sources]]{source}"))?;
         w.tenants = tenants;
         Ok(w)
+    }
+
+    /// Points the world's source at `url` instead of the service's own
+    /// address (e.g. a [`proxy::FaultProxy`]); call before [`World::start`].
+    pub fn set_source_url(&self, url: &str) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.config_path)?;
+        let (base, source) = config.split_once("[[sources]]").context("world config without a source")?;
+        let line = source.lines().find(|l| l.starts_with("url =")).context("source without url")?.to_owned();
+        let source = source.replace(&line, &format!("url = \"{url}\""));
+        std::fs::write(&self.config_path, format!("{base}[[sources]]{source}"))?;
+        Ok(())
+    }
+
+    /// The URL the world's source uses by default.
+    pub fn source_url(&self) -> String {
+        match self.kind {
+            Kind::Mysql => mysql_url(),
+            Kind::Postgres => pg_url(),
+        }
     }
 
     /// The database of [`World::with_shared_database`].
@@ -744,6 +768,55 @@ pub fn batch_rows(batch: &RecordBatch) -> anyhow::Result<Vec<BTreeMap<String, St
             row.insert(f.name().clone(), v);
         }
         out.push(row);
+    }
+    Ok(out)
+}
+
+/// Records per topic: key, payload and headers (values as text), in order.
+pub type Consumed = BTreeMap<String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)>>;
+
+/// Reads every record of every topic starting with `prefix` (until quiet for
+/// `quiet`), e.g. a tenant's dead-letter topic `<prefix>-dlq.<tenant>`.
+pub fn consume_all(prefix: &str, quiet: Duration) -> anyhow::Result<Consumed> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("{prefix}-check"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut out: Consumed = BTreeMap::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < quiet {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.entry(m.topic().to_owned()).or_default().push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(<[u8]>::to_vec),
+                    headers,
+                ));
+                last = std::time::Instant::now();
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
     }
     Ok(out)
 }

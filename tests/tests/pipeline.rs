@@ -5,11 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context;
-use lablake_tests::{ORDERS_DDL, World, kafka_brokers, source_rows};
+use lablake_tests::{ORDERS_DDL, World, consume_all, kafka_brokers, source_rows};
 use mysql_async::prelude::Queryable;
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 
 const RESULTS_DDL: &str = "CREATE TABLE results (
     id BIGINT UNSIGNED NOT NULL PRIMARY KEY,
@@ -121,53 +118,6 @@ async fn every_type_lands_exactly_across_three_tenants() -> anyhow::Result<()> {
     let status = w.stop()?;
     assert!(status.success(), "graceful stop failed: {status}\n{}", w.log_tail());
     Ok(())
-}
-
-type Consumed = BTreeMap<String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)>>;
-
-/// Reads every record of every topic starting with `prefix` (until quiet for `quiet`).
-fn consume_all(prefix: &str, quiet: Duration) -> anyhow::Result<Consumed> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", format!("{prefix}-check"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in md.topics().iter().filter(|t| t.name().starts_with(prefix)) {
-        for p in t.partitions() {
-            tpl.add_partition_offset(t.name(), p.id(), rdkafka::Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&tpl)?;
-    let mut out: Consumed = BTreeMap::new();
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < quiet {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.entry(m.topic().to_owned()).or_default().push((
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().map(<[u8]>::to_vec),
-                    headers,
-                ));
-                last = std::time::Instant::now();
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
-    Ok(out)
 }
 
 const ORDERS_COLUMNS: &[(&str, &str)] = &[

@@ -86,8 +86,8 @@ async fn main() -> anyhow::Result<()> {
     loop {
         match src.next().await? {
             SourceItem::Change(e) => {
-                let (topic, fut) = producer.send(&e).await?;
-                acks.delivery(topic, fut).await?;
+                let sent = producer.send(&e).await?;
+                acks.delivery(sent.topic, sent.delivery).await?;
                 changes += 1;
             }
             SourceItem::Commit { resume: Resume::Lsn(lsn), .. }

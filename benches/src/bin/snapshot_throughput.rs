@@ -108,8 +108,8 @@ where
                 },
                 ts_ms: 0,
             };
-            let (topic, fut) = producer.send(&event).await?;
-            acks.delivery(topic, fut).await?;
+            let sent = producer.send(&event).await?;
+            acks.delivery(sent.topic, sent.delivery).await?;
         }
         acks.marker(()).await?;
     }

@@ -64,8 +64,14 @@ impl Oversized {
 
     /// The dead letter's `lablake.error`: sizes only, never values.
     pub fn reason(&self) -> String {
-        let by = if self.refused_by_client { " (refused by the Kafka client)" } else { "" };
-        format!("record of {} bytes exceeds kafka.max_message_bytes ({}){by}", self.bytes, self.limit)
+        if self.refused_by_client {
+            format!(
+                "record of {} bytes refused by the Kafka client as too large (kafka.max_message_bytes {})",
+                self.bytes, self.limit
+            )
+        } else {
+            format!("record of {} bytes exceeds kafka.max_message_bytes ({})", self.bytes, self.limit)
+        }
     }
 }
 
@@ -181,7 +187,8 @@ impl ChangeProducer {
         match enqueue(&self.producer, FutureRecord::to(&topic).key(&self.key).payload(&self.value)).await {
             Ok(delivery) => Ok(Sent { topic, delivery, oversized: None }),
             Err(BusError::Delivery {
-                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), ..
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                ..
             }) => {
                 let bytes = self.key.len() + self.value.len() + RECORD_OVERHEAD;
                 let oversized = Oversized {
@@ -342,7 +349,12 @@ fn producer_config(config: &BusConfig) -> Result<rdkafka::ClientConfig, BusError
 /// identifies the change and says what was lost, never a row value (the key,
 /// which holds the primary-key values, is the record key). See
 /// `docs/envelope.md`, "Dead-letter records".
-pub fn oversized_payload(event: &ChangeEvent, topic: &str, oversized: &Oversized, key_in_record: bool) -> Vec<u8> {
+pub(crate) fn oversized_payload(
+    event: &ChangeEvent,
+    topic: &str,
+    oversized: &Oversized,
+    key_in_record: bool,
+) -> Vec<u8> {
     let s = &event.source;
     // Encoded size per column, the larger of its two images.
     let mut sizes: Vec<(usize, usize)> = Vec::with_capacity(event.schema.columns.len());
@@ -437,6 +449,11 @@ mod tests {
         assert!(Oversized::check(usize::MAX, usize::MAX, limit).is_some());
         let reason = Oversized::check(9, 1_228_830, limit).map(|o| o.reason()).unwrap_or_default();
         assert_eq!(reason, "record of 1228875 bytes exceeds kafka.max_message_bytes (1000000)");
+        let refused = Oversized { bytes: 999_990, key_bytes: 9, value_bytes: 999_945, limit, refused_by_client: true };
+        assert_eq!(
+            refused.reason(),
+            "record of 999990 bytes refused by the Kafka client as too large (kafka.max_message_bytes 1000000)"
+        );
     }
 
     /// The size decision is librdkafka's own at the same `message.max.bytes`:
@@ -447,12 +464,11 @@ mod tests {
         for limit in [crate::MIN_MAX_MESSAGE_BYTES, 1_000_000] {
             let mut cfg = BusConfig::new("127.0.0.1:1");
             cfg.max_message_bytes = limit;
-            let producer: BaseProducer = match producer_config(&cfg).and_then(|c| {
-                c.create().map_err(|e| BusError::Config(e.to_string()))
-            }) {
-                Ok(p) => p,
-                Err(e) => panic!("producer: {e}"),
-            };
+            let producer: BaseProducer =
+                match producer_config(&cfg).and_then(|c| c.create().map_err(|e| BusError::Config(e.to_string()))) {
+                    Ok(p) => p,
+                    Err(e) => panic!("producer: {e}"),
+                };
             let key = b"{\"id\":7}";
             let fits = vec![b'x'; limit - key.len() - RECORD_OVERHEAD];
             assert_eq!(Oversized::check(key.len(), fits.len(), limit), None);

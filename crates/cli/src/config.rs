@@ -140,6 +140,7 @@ impl Config {
         if self.kafka.partitions < 1 {
             return Err(invalid("kafka.partitions", "must be at least 1"));
         }
+        self.kafka.validate().map_err(named)?;
         lablake_lake::Lake::new(self.lake.clone()).map_err(|e| match e {
             lablake_lake::LakeError::Config { key, reason } => {
                 ConfigError::Invalid { key: format!("lake.{key}"), reason }

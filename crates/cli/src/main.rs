@@ -11,6 +11,7 @@ use lablake_checkpoint::{DynamoStore, SchemaStore, SinkStore, SnapshotState, Sna
 use lablake_lake::Lake;
 use lablake_model::TableId;
 use lablake_pipeline::source::SourceStage;
+use lablake_pipeline::supervise::supervise;
 use lablake_pipeline::{Curator, SourceConfig, metrics, snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -225,9 +226,11 @@ struct Stages {
     sink: bool,
 }
 
-/// Runs the stages until SIGTERM (they drain) or the first failure (the
-/// process exits; a supervisor restarts it and every stage continues from
-/// its checkpoints).
+/// Runs the stages until SIGTERM (they drain). A stage that fails with a
+/// retryable error is started again in-process after a backoff
+/// (`lablake_pipeline::supervise`); the first error that needs a person ends
+/// the process, naming it (a supervisor may restart it; every stage
+/// continues from its checkpoints).
 async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
     let store = store(cfg).await?;
     if let Some(addr) = cfg.metrics.listen {
@@ -249,33 +252,44 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
         lablake_pipeline::source::check_distinct_tables(&cfg.sources).await?;
         let lanes = cfg.user_tables.lanes(&cfg.snapshot);
         for source in sources {
-            let stage = SourceStage {
-                lanes: lanes.clone(),
-                bus: cfg.kafka.clone(),
-                store: store.clone(),
-                shutdown: shutdown.clone(),
-            };
-            tasks.spawn(source.run(stage));
+            let (lanes, bus, store, stop) = (lanes.clone(), cfg.kafka.clone(), store.clone(), shutdown.clone());
+            let name = format!("source `{}`", source.name());
+            tasks.spawn(supervise(name, shutdown.clone(), move || {
+                let stage = SourceStage {
+                    lanes: lanes.clone(),
+                    bus: bus.clone(),
+                    store: store.clone(),
+                    shutdown: stop.clone(),
+                };
+                source.clone().run(stage)
+            }));
         }
     }
     if let Some(shard) = &stages.curators {
         for (lane, curate, inherit_group) in cfg.user_tables.curators(&cfg.curate) {
-            let curator = Curator {
-                bus: cfg.kafka.clone(),
-                curate,
-                lake: Lake::new(cfg.lake.clone())?,
-                store: store.clone(),
-                shard: shard.clone(),
-                lane,
-                inherit_group,
-            };
-            tasks.spawn(curator.run(shutdown.clone()));
+            let (bus, lake, store, shard, stop) =
+                (cfg.kafka.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shard.clone(), shutdown.clone());
+            let name = format!("curator `{}` ({} lane)", curate.group, lane.name());
+            tasks.spawn(supervise(name, shutdown.clone(), move || {
+                let curator = Curator {
+                    bus: bus.clone(),
+                    curate: curate.clone(),
+                    lake: lake.clone(),
+                    store: store.clone(),
+                    shard: shard.clone(),
+                    lane: lane.clone(),
+                    inherit_group: inherit_group.clone(),
+                };
+                curator.run(stop.clone())
+            }));
         }
     }
     if let (Some(sf), true) = (&cfg.snowflake, stages.sink) {
         let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
-        let lake = Lake::new(cfg.lake.clone())?;
-        tasks.spawn(lablake_pipeline::sink::run_sink(sf.clone(), lake, bucket, store.clone(), shutdown.clone()));
+        let (sf, lake, store, stop) = (sf.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shutdown.clone());
+        tasks.spawn(supervise("snowflake sink".into(), shutdown.clone(), move || {
+            lablake_pipeline::sink::run_sink(sf.clone(), lake.clone(), bucket.clone(), store.clone(), stop.clone())
+        }));
     }
     while let Some(res) = tasks.join_next().await {
         res.context("task panicked")??;

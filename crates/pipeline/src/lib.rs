@@ -29,3 +29,4 @@ pub use lane::{Lane, Lanes, UserTablesConfig};
 pub use sink::SinkConfig;
 pub use snapshot::SnapshotConfig;
 pub use source::SourceConfig;
+pub mod supervise;

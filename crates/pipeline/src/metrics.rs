@@ -31,7 +31,11 @@ fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> Hist
 pub static SOURCE_RECORDS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter("lablake_source_records_total", "Row changes produced to Kafka", &["source"]));
 pub static SOURCE_DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("lablake_source_dead_letters_total", "Row changes dead-lettered by the source", &["source"])
+    counter(
+        "lablake_source_dead_letters_total",
+        "Row changes dead-lettered by the source (tenant unresolved, or too large for Kafka)",
+        &["source"],
+    )
 });
 pub static SNAPSHOT_ROWS: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge(
@@ -67,6 +71,9 @@ pub static SINK_FAILURES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
 });
 pub static TABLES_RETIRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_tables_retired_total", "Tables that disappeared from a source (dropped)", &["source", "lane"])
+});
+pub static STAGE_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter("lablake_stage_restarts_total", "Stages started again in-process after a retryable failure", &["stage"])
 });
 pub static SOURCE_LAG: LazyLock<GaugeVec> =
     LazyLock::new(|| gauge("lablake_source_lag_seconds", "Now minus commit time of the last change read", &["source"]));

@@ -197,7 +197,7 @@ pub async fn run_sink<S: SinkStores + 'static>(
                 Err(e) => {
                     failures += 1;
                     let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
-                    tracing::warn!(error = %error_chain(&e), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
+                    tracing::warn!(error = %crate::supervise::chain(&e), retry_in_s = wait.as_secs(), "snowflake load failed; retrying");
                     metrics::SINK_FAILURES.inc();
                     wait
                 }
@@ -241,7 +241,7 @@ async fn load_new_batches<S: SinkStores>(
             Err(e) => {
                 let failures = held.get(&table).map_or(0, |(n, _)| *n) + 1;
                 let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
-                tracing::warn!(table = %table, error = %error_chain(&e), retry_in_s = wait.as_secs(),
+                tracing::warn!(table = %table, error = %crate::supervise::chain(&e), retry_in_s = wait.as_secs(),
                     "snowflake load failed; retrying");
                 metrics::SINK_FAILURES.inc();
                 held.insert(table, (failures, Instant::now() + wait));
@@ -249,18 +249,6 @@ async fn load_new_batches<S: SinkStores>(
         }
     }
     Ok(())
-}
-
-/// An error with its sources, `a: b: c`, for a log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 /// Loads every batch of one table the sink checkpoint does not cover, in

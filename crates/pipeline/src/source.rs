@@ -361,9 +361,9 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                             w.observe(&event, &mut scratch);
                         }
                         let sent = producer.send(&event).await?;
-                        oversized(name, &event, &sent, &dead_letters);
+                        let produced = !dead_lettered(name, &event, &sent, &dead_letters);
                         acks.delivery(sent.topic, sent.delivery).await?;
-                        records.inc();
+                        records.inc_by(u64::from(produced));
                         lag.set((metrics::now_secs() - event.source.ts_ms as f64 / 1000.0).max(0.0));
                     }
                 }
@@ -380,13 +380,14 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                 SourceItem::Watermark(mark) => {
                     let Some(w) = windows.as_mut() else { continue };
                     if let Some((mut events, progress)) = w.watermark(&mark).await? {
+                        let mut produced = 0;
                         for event in &mut events {
                             versions.apply(store.as_ref(), event).await?;
                             let sent = producer.send(event).await?;
-                            oversized(name, event, &sent, &dead_letters);
+                            produced += u64::from(!dead_lettered(name, event, &sent, &dead_letters));
                             acks.delivery(sent.topic, sent.delivery).await?;
                         }
-                        records.inc_by(events.len() as u64);
+                        records.inc_by(produced);
                         acks.marker(Marker::Snapshot(progress)).await?;
                     }
                 }
@@ -432,12 +433,13 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
     Ok(())
 }
 
-/// Counts and reports a change the producer dead-lettered because it did not
-/// fit in a Kafka record (the stream goes on; its dead letter is acknowledged
-/// like any record before the position after it is saved). Names the table,
-/// position and sizes — never a value, nor the key.
-fn oversized(name: &str, event: &ChangeEvent, sent: &Sent, dead_letters: &prometheus::IntCounter) {
-    let Some(o) = &sent.oversized else { return };
+/// Whether the producer dead-lettered `event` because it did not fit in a
+/// Kafka record; if so, counts it (`lablake_source_dead_letters_total`) and
+/// logs a warning naming the table, position and sizes — never a value, nor
+/// the key. The stream goes on: the dead letter is acknowledged like any
+/// record before a position after it is saved.
+fn dead_lettered(name: &str, event: &ChangeEvent, sent: &Sent, dead_letters: &prometheus::IntCounter) -> bool {
+    let Some(o) = &sent.oversized else { return false };
     dead_letters.inc();
     tracing::warn!(
         source = name,
@@ -449,6 +451,7 @@ fn oversized(name: &str, event: &ChangeEvent, sent: &Sent, dead_letters: &promet
         dead_letter_topic = &*sent.topic,
         "change too large for Kafka (kafka.max_message_bytes) sent to the dead-letter topic instead"
     );
+    true
 }
 
 #[cfg(test)]

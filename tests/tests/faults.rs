@@ -1,0 +1,72 @@
+//! Faults of the services around `lablake`, injected for real on 127.0.0.1:
+//! a TCP fault proxy between `lablake` and its source database resets every
+//! connection and refuses new ones for a while. The stage retries in-process
+//! (it must not exit), resumes from its checkpoints when the link heals, and
+//! the lake ends exact with every change once — on both sources.
+
+use std::time::Duration;
+
+use lablake_tests::proxy::{FaultProxy, host_port, via};
+use lablake_tests::{Kind, World, duplicated_changes};
+
+const DDL: &str = "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(20), amount DECIMAL(12,2), \
+                   note TEXT)";
+const COLS: &[&str] = &["id", "status", "amount", "note"];
+
+/// 200 inserts and some updates per tenant, each statement a transaction.
+async fn write(w: &World, round: u32) -> anyhow::Result<()> {
+    for t in &w.tenants {
+        let rows: Vec<String> =
+            (0..200).map(|i| format!("({}, 'new', {}.50, 'round {round}')", round * 1000 + i, i)).collect();
+        w.exec(t, &[&format!("INSERT INTO orders VALUES {}", rows.join(", "))]).await?;
+        w.exec(t, &[&format!("UPDATE orders SET status = 'seen' WHERE id % 7 = {}", round % 7)]).await?;
+    }
+    Ok(())
+}
+
+async fn a_cut_source_link_is_retried_in_process(kind: Kind) -> anyhow::Result<()> {
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    let proxy = FaultProxy::start(&host_port(&w.source_url())).await?;
+    w.set_source_url(&via(&w.source_url(), proxy.addr()))?;
+    w.start()?;
+    for round in 0..3 {
+        write(&w, round).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for cut in 0..2u32 {
+        proxy.cut();
+        // Writes go on at the source while the link is down.
+        for round in 0..3 {
+            write(&w, 10 + cut * 10 + round).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        w.assert_running()?;
+        proxy.heal();
+        write(&w, 50 + cut).await?;
+    }
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
+        let rows = w.curated_rows(&t, "orders").await?;
+        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
+    }
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert!(
+        log.lines().any(|l| l.contains("stage failed; starting it again") && l.contains("source")),
+        "the source stage was restarted in-process:\n{}",
+        w.log_tail()
+    );
+    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited");
+    let _ = w.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_mysql_link_is_retried_in_process() -> anyhow::Result<()> {
+    a_cut_source_link_is_retried_in_process(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_postgres_link_is_retried_in_process() -> anyhow::Result<()> {
+    a_cut_source_link_is_retried_in_process(Kind::Postgres).await
+}
