@@ -130,8 +130,14 @@ struct Partition {
     open: Option<Open>,
     /// A batch intent found at start that must be rebuilt exactly.
     replay: Option<BatchIntent>,
-    /// How far the last gap recovery rewound (0: not recovering).
+    /// How far the last gap recovery rewound (0: not recovering; -1: it
+    /// rewound to offset 0, a gap after that is real).
     rewind: i64,
+    /// The offset the partition was last assigned (fetched) from.
+    fetched_from: i64,
+    /// Why the partition stopped (its log no longer holds what the
+    /// checkpoint says): its records are ignored, other partitions go on.
+    stopped: Option<String>,
     /// What this partition curated up to, committed or in the open batch: a
     /// record it covers is a source's re-delivery and is dropped.
     high: Option<HighWater>,
@@ -194,8 +200,9 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             // tansu 0.6 answers a fetch from inside a record batch with the *next*
                             // batch, which at the end of the log means nothing at all until more
                             // records arrive. Producer batches hold at most 1,000 records.
-                            consumer.assign(&t, p, start.saturating_sub(ASSIGN_LOOKBACK).max(0))?;
-                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, high });
+                            let fetched_from = start.saturating_sub(ASSIGN_LOOKBACK).max(0);
+                            consumer.assign(&t, p, fetched_from)?;
+                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, fetched_from, stopped: None, high });
                         }
                     }
                 }
@@ -220,25 +227,31 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                     };
                     let key = (rec.topic.clone(), rec.partition);
                     let Some(part) = parts.get_mut(&key) else { continue };
-                    if rec.offset < part.next {
+                    if part.stopped.is_some() {
                         continue;
                     }
-                    if rec.offset > part.next && part.rewind >= 0 {
-                        // Our topics are neither compacted nor transactional, so offsets
-                        // are contiguous: a gap means the broker skipped records. tansu
-                        // 0.6 answers a fetch from inside a record batch with the *next*
-                        // batch; rewinding into an earlier batch gets the one we need.
-                        let step = if part.rewind == 0 { 256 } else { part.rewind.saturating_mul(4) };
-                        let to = part.next.saturating_sub(step).max(0);
-                        tracing::warn!(topic = %rec.topic, partition = rec.partition, expected = part.next, got = rec.offset, rewind_to = to, "offset gap from the broker; re-reading from an earlier offset");
-                        consumer.unassign(&rec.topic, rec.partition)?;
-                        consumer.assign(&rec.topic, rec.partition, to)?;
-                        // Rewinding to 0 reads everything: a gap after that is real and accepted.
-                        part.rewind = if to == 0 { -1 } else { step };
-                        continue;
-                    }
-                    if rec.offset > part.next {
-                        tracing::warn!(topic = %rec.topic, partition = rec.partition, expected = part.next, got = rec.offset, "offsets missing from the log; continuing after them");
+                    match arrival(rec.offset, part.next, part.fetched_from, part.rewind) {
+                        Arrival::Skip => continue,
+                        Arrival::Take => {}
+                        Arrival::Rewind { to, rewind } => {
+                            tracing::warn!(topic = %rec.topic, partition = rec.partition, expected = part.next, got = rec.offset, rewind_to = to, "offset gap from the broker; re-reading from an earlier offset");
+                            consumer.unassign(&rec.topic, rec.partition)?;
+                            consumer.assign(&rec.topic, rec.partition, to)?;
+                            (part.rewind, part.fetched_from) = (rewind, to);
+                            continue;
+                        }
+                        Arrival::Stop(reason) => {
+                            tracing::error!(group, topic = %rec.topic, partition = rec.partition, tenant = part.tenant, reason,
+                                "partition stopped: its log no longer holds what the checkpoint says was there; the other \
+                                 partitions go on. Nothing after the gap is curated until an operator recovers it (take a \
+                                 snapshot of the table with `lablake snapshot`, then move the partition past the gap)");
+                            metrics::CURATE_PARTITION_STOPPED
+                                .with_label_values(&[part.tenant.as_str(), &rec.topic, &rec.partition.to_string()])
+                                .set(1.0);
+                            consumer.unassign(&rec.topic, rec.partition)?;
+                            part.stopped = Some(reason);
+                            continue;
+                        }
                     }
                     part.rewind = 0;
                     part.next = rec.offset + 1;
@@ -267,6 +280,55 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
 
 fn partition_ref(group: &str, topic: &str, partition: i32) -> PartitionRef {
     PartitionRef { group: group.to_owned(), topic: topic.to_owned(), partition }
+}
+
+/// What to do with a record that arrives at `offset` for a partition whose
+/// next expected offset is `next`, fetched from `fetched_from`, `rewind`
+/// being the last gap recovery's step (0: none; -1: it reached offset 0).
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Below `next`: curated already (the fetch starts a little early).
+    Skip,
+    /// The expected record.
+    Take,
+    /// A gap: read again from `to` (with the next step `rewind`).
+    Rewind { to: i64, rewind: i64 },
+    /// The log cannot be what the checkpoint says: stop the partition.
+    Stop(String),
+}
+
+/// The offset decision of the curator, never a silent skip. Our topics are
+/// neither compacted nor transactional, so offsets are contiguous:
+/// * a record *below* the offset the partition was fetched from means the
+///   broker reset the fetch (it was out of range): the log ends before
+///   what is committed — the topic was recreated or its log reset;
+/// * a gap above `next` is first taken for tansu 0.6's fetch quirk (it
+///   answers a fetch from inside a record batch with the *next* batch):
+///   rewinding into an earlier batch gets the one needed; a gap that stays
+///   after reading from offset 0 is real — retention or truncation removed
+///   records not yet curated.
+fn arrival(offset: i64, next: i64, fetched_from: i64, rewind: i64) -> Arrival {
+    if offset < fetched_from {
+        return Arrival::Stop(format!(
+            "the broker reset the fetch from offset {fetched_from} to {offset}: the log ends before the committed \
+             offset {next} (topic recreated, or log reset)"
+        ));
+    }
+    if offset < next {
+        return Arrival::Skip;
+    }
+    if offset == next {
+        return Arrival::Take;
+    }
+    if rewind >= 0 {
+        let step = if rewind == 0 { 256 } else { rewind.saturating_mul(4) };
+        let to = next.saturating_sub(step).max(0);
+        return Arrival::Rewind { to, rewind: if to == 0 { -1 } else { step } };
+    }
+    Arrival::Stop(format!(
+        "offsets {next}..={} are missing from the log (retention or truncation removed records not yet curated)",
+        offset - 1
+    ))
 }
 
 struct Ctx<'a, S> {
@@ -576,5 +638,29 @@ impl<S: BatchStore> Ctx<'_, S> {
             "batch committed"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_taken_skipped_rewound_or_stop_the_partition() {
+        // Fetched from 4000 for next 5000: the lookback is skipped, the next record taken.
+        assert_eq!(arrival(4500, 5000, 4000, 0), Arrival::Skip);
+        assert_eq!(arrival(5000, 5000, 4000, 0), Arrival::Take);
+        // A gap is rewound into, in growing steps, down to offset 0 …
+        assert_eq!(arrival(5100, 5000, 4000, 0), Arrival::Rewind { to: 4744, rewind: 256 });
+        assert_eq!(arrival(5100, 5000, 4744, 256), Arrival::Rewind { to: 3976, rewind: 1024 });
+        assert_eq!(arrival(5100, 5000, 3976, 4096), Arrival::Rewind { to: 0, rewind: -1 });
+        // … and a gap that stays after reading from 0 stops the partition, naming the offsets.
+        let Arrival::Stop(reason) = arrival(5100, 5000, 0, -1) else { panic!("a real gap must stop") };
+        assert!(reason.contains("5000..=5099"), "{reason}");
+        // A record below where the fetch started: the broker reset it, the log ends before what is committed.
+        let Arrival::Stop(reason) = arrival(0, 90_000, 89_000, 0) else { panic!("a reset log must stop") };
+        assert!(reason.contains("89000") && reason.contains("90000"), "{reason}");
+        // A partition never fetched past 0 has nothing to be reset from.
+        assert_eq!(arrival(0, 0, 0, 0), Arrival::Take);
     }
 }

@@ -92,6 +92,13 @@ pub static CURATE_REDELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["tenant"],
     )
 });
+pub static CURATE_PARTITION_STOPPED: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_curate_partition_stopped",
+        "1 when a partition stopped because its log no longer holds what the checkpoint says (gap, reset)",
+        &["tenant", "topic", "partition"],
+    )
+});
 pub static CURATE_UNCHANGED_FILES_READ: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "lablake_curate_unchanged_files_read_total",
