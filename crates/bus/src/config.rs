@@ -39,6 +39,13 @@ pub struct BusConfig {
     /// at most 64 MiB (the producer queue).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// `retention.ms` of the topics Lablake creates: `-1` (the default)
+    /// keeps the full history, which replay rebuilds curated data from (Kafka
+    /// is the system of record). A finite value (ms) deletes older records;
+    /// existing topics with a retention that loses history are named in a
+    /// warning at start.
+    #[serde(default = "default_retention_ms")]
+    pub retention_ms: i64,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`,
     /// or `queued.max.messages.kbytes` to tune the consumer's prefetch). They
     /// override Lablake's tuning defaults, but never the settings its
@@ -66,6 +73,9 @@ fn default_compression() -> String {
 fn default_linger() -> u32 {
     5
 }
+fn default_retention_ms() -> i64 {
+    -1
+}
 fn default_max_message_bytes() -> usize {
     DEFAULT_MAX_MESSAGE_BYTES
 }
@@ -92,6 +102,7 @@ impl BusConfig {
             compression: default_compression(),
             linger_ms: default_linger(),
             max_message_bytes: default_max_message_bytes(),
+            retention_ms: default_retention_ms(),
             properties: BTreeMap::new(),
         }
     }
@@ -100,6 +111,12 @@ impl BusConfig {
     /// `kafka.max_message_bytes`) and why. Configuration loading should call
     /// it; [`ChangeProducer::new`](crate::ChangeProducer::new) does too.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.retention_ms != -1 && self.retention_ms < 60_000 {
+            return Err((
+                "kafka.retention_ms".into(),
+                format!("{} is neither -1 (keep the full history) nor at least 60000 ms", self.retention_ms),
+            ));
+        }
         let n = self.max_message_bytes;
         if !(MIN_MAX_MESSAGE_BYTES..=MAX_MAX_MESSAGE_BYTES).contains(&n) {
             return Err((

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lablake_model::{ChangeEvent, envelope, topic};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -90,6 +90,24 @@ pub struct Sent {
     pub oversized: Option<Oversized>,
 }
 
+/// What in a topic's configuration (`name`, `value` pairs as the broker
+/// describes them) deletes history a replay needs: a finite `retention.ms`
+/// or `retention.bytes`, or compaction.
+pub fn retention_problem(entries: &[(&str, Option<&str>)]) -> Option<String> {
+    let get = |name: &str| entries.iter().find(|(n, _)| *n == name).and_then(|(_, v)| *v);
+    let mut problems = Vec::new();
+    if let Some(ms) = get("retention.ms").and_then(|v| v.parse::<i64>().ok()).filter(|ms| *ms >= 0) {
+        problems.push(format!("retention.ms = {ms} deletes records older than {:.1} days", ms as f64 / 86_400_000.0));
+    }
+    if let Some(bytes) = get("retention.bytes").and_then(|v| v.parse::<i64>().ok()).filter(|b| *b >= 0) {
+        problems.push(format!("retention.bytes = {bytes} deletes the oldest records past that size per partition"));
+    }
+    if get("cleanup.policy").is_some_and(|p| p.contains("compact")) {
+        problems.push("cleanup.policy includes compact: only the last change per key would be kept".to_owned());
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
 /// A record for the dead-letter topic of a tenant.
 pub struct DeadLetter<'a> {
     pub tenant: &'a str,
@@ -139,7 +157,13 @@ impl ChangeProducer {
         if self.known.contains(topic) {
             return Ok(());
         }
-        let new = NewTopic::new(topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor));
+        let retention = self.config.retention_ms.to_string();
+        // The full history by default (replay rebuilds from it); never compacted
+        // (offsets stay contiguous and every change stays, not only the last per key).
+        let new = NewTopic::new(topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
+            .set("retention.ms", &retention)
+            .set("retention.bytes", "-1")
+            .set("cleanup.policy", "delete");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self.admin.create_topics([&new], &opts).await?;
         for r in results {
@@ -151,6 +175,39 @@ impl ChangeProducer {
         }
         self.known.insert(topic.to_owned());
         Ok(())
+    }
+
+    /// Existing topics of this deployment (`<prefix>.…` and `<prefix>-dlq.…`)
+    /// whose settings delete history the replay of curated data needs, each
+    /// with what is wrong (see [`retention_problem`]). A broker that cannot
+    /// describe topic configurations answers nothing to check.
+    pub async fn retention_problems(&self) -> Result<Vec<(String, String)>, BusError> {
+        let client = self.producer.clone();
+        let metadata =
+            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, Duration::from_secs(10)))
+                .await
+                .map_err(|e| BusError::Config(format!("listing topics: {e}")))??;
+        let prefix = &self.config.topic_prefix;
+        let ours: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|n| n.starts_with(&format!("{prefix}.")) || n.starts_with(&format!("{prefix}-dlq.")))
+            .collect();
+        let mut out = Vec::new();
+        for chunk in ours.chunks(100) {
+            let specs: Vec<ResourceSpecifier<'_>> = chunk.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+            let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+            for (topic, described) in chunk.iter().zip(self.admin.describe_configs(&specs, &opts).await?) {
+                let Ok(resource) = described else { continue };
+                let entries: Vec<(&str, Option<&str>)> =
+                    resource.entries.iter().map(|e| (e.name.as_str(), e.value.as_deref())).collect();
+                if let Some(problem) = retention_problem(&entries) {
+                    out.push((topic.clone(), problem));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The topic of a change's table (cached).
@@ -427,6 +484,17 @@ mod tests {
     use rdkafka::producer::BaseProducer;
 
     use super::*;
+
+    #[test]
+    fn retention_that_loses_history_is_named() {
+        assert_eq!(retention_problem(&[("retention.ms", Some("-1")), ("retention.bytes", Some("-1"))]), None);
+        assert_eq!(retention_problem(&[("cleanup.policy", Some("delete"))]), None);
+        let week = retention_problem(&[("retention.ms", Some("604800000")), ("cleanup.policy", Some("delete"))]);
+        assert!(week.is_some_and(|p| p.contains("retention.ms = 604800000") && p.contains("7.0 days")));
+        let both =
+            retention_problem(&[("retention.bytes", Some("1073741824")), ("cleanup.policy", Some("compact,delete"))]);
+        assert!(both.is_some_and(|p| p.contains("retention.bytes") && p.contains("compact")));
+    }
 
     #[test]
     fn a_record_fits_up_to_the_limit_counting_key_and_framing() {

@@ -278,6 +278,21 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
     let (bus, store) = (&stage.bus, stage.store.clone());
     let mut shutdown = stage.shutdown.clone();
     let mut producer = ChangeProducer::new(bus)?;
+    // Kafka is the record replay rebuilds from: say which topics would lose it.
+    match producer.retention_problems().await {
+        Ok(problems) => {
+            for (topic, problem) in problems {
+                tracing::warn!(
+                    source = name,
+                    topic,
+                    problem,
+                    "topic deletes history a replay needs; set retention.ms=-1 and retention.bytes=-1 on it \
+                     (new topics get kafka.retention_ms)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(source = name, error = %e, "cannot check the retention of existing topics"),
+    }
     let (acks, mut acked) = ack_queue::<Marker>(bus.max_in_flight);
     let hook: SavedHook = reader.saved_hook();
 
