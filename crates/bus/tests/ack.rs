@@ -33,14 +33,18 @@ async fn markers_follow_every_earlier_acknowledgement() {
             }
             tx.marker(batch).await.expect("marker");
         }
+        // Handed back, not dropped: dropping a producer purges what is still
+        // in flight, which would fail the deliveries this test waits for.
+        p
     });
     for batch in 0..10u32 {
         let m = rx.next().await.expect("no delivery error");
         assert_eq!(m, Some(batch));
         assert_eq!(rx.acked(), u64::from(batch + 1) * 100, "marker {batch} before its records were acked");
     }
-    sender.await.expect("sender");
+    let producer = sender.await.expect("sender");
     assert_eq!(rx.next().await.expect("closed cleanly"), None);
+    drop(producer);
 }
 
 #[tokio::test]
