@@ -216,22 +216,6 @@ pub struct HighWater {
     pub keys: Vec<String>,
 }
 
-impl HighWater {
-    /// Whether a record at `position` with `key` was curated already.
-    pub fn covers(&self, position: &str, key: &str) -> bool {
-        position < self.position.as_str() || (position == self.position && self.keys.iter().any(|k| k == key))
-    }
-
-    /// The mark after curating a record at `position` with `key` (which it does not cover).
-    pub fn advance(mark: &mut Option<HighWater>, position: &str, key: String) {
-        match mark {
-            Some(h) if h.position == position => h.keys.push(key),
-            Some(h) if h.position.as_str() > position => {}
-            _ => *mark = Some(HighWater { position: position.to_owned(), keys: vec![key] }),
-        }
-    }
-}
-
 /// The checkpoint of one topic-partition for one consumer group.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionCheckpoint {
@@ -376,20 +360,6 @@ impl SnapshotState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn high_water_marks_cover_lower_positions_and_the_keys_at_theirs() {
-        let mut mark = None;
-        HighWater::advance(&mut mark, "0005", "k1".into());
-        HighWater::advance(&mut mark, "0005", "k2".into()); // a key change: delete and create at one position
-        let m = mark.clone().expect("mark");
-        assert!(m.covers("0004", "any") && m.covers("0005", "k1") && m.covers("0005", "k2"));
-        assert!(!m.covers("0005", "k3") && !m.covers("0006", "k1"));
-        HighWater::advance(&mut mark, "0006", String::new());
-        assert_eq!(mark, Some(HighWater { position: "0006".into(), keys: vec![String::new()] }));
-        HighWater::advance(&mut mark, "0001", "late".into());
-        assert_eq!(mark.map(|m| m.position), Some("0006".into()), "a mark never moves back");
-    }
 
     #[test]
     fn lease_names_keep_their_stored_spelling() {

@@ -20,7 +20,59 @@ use lablake_lake::{Lake, PutOutcome, curated_key, curated_prefix, decode_parquet
 use lablake_model::envelope::Decoder;
 use lablake_model::{ChangeEvent, Date, Op, TableId, topic};
 
-/// Lower-case hex of a record key (the form high-water marks keep).
+/// A partition's high-water mark as the curator keeps it while records
+/// arrive ([`HighWater`] is its stored form): raw key bytes, buffers
+/// reused, so checking and advancing it allocates nothing per record once
+/// warm. A record it covers — a lower position, or this position with one of
+/// these keys — is a re-delivery.
+#[derive(Debug, Default, PartialEq)]
+struct Mark {
+    position: String,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Mark {
+    fn from_stored(h: &HighWater) -> Option<Mark> {
+        let keys = h.keys.iter().map(|k| unhex(k)).collect::<Option<Vec<_>>>()?;
+        Some(Mark { position: h.position.clone(), keys })
+    }
+
+    fn stored(&self) -> HighWater {
+        HighWater { position: self.position.clone(), keys: self.keys.iter().map(|k| hex(k)).collect() }
+    }
+
+    fn covers(&self, position: &str, key: &[u8]) -> bool {
+        position < self.position.as_str() || (position == self.position && self.keys.iter().any(|k| k == key))
+    }
+
+    /// After curating a record at `position` with `key` (which it did not cover).
+    fn advance(&mut self, position: &str, key: &[u8]) {
+        if position == self.position {
+            self.keys.push(key.to_vec());
+        } else if position > self.position.as_str() {
+            self.position.clear();
+            self.position.push_str(position);
+            self.keys.truncate(1);
+            match self.keys.first_mut() {
+                Some(k) => {
+                    k.clear();
+                    k.extend_from_slice(key);
+                }
+                None => self.keys.push(key.to_vec()),
+            }
+        }
+    }
+}
+
+/// The bytes of a lower-case hex string (`None`: not hex).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Lower-case hex of a record key (the form stored high-water marks keep).
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -135,12 +187,12 @@ struct Partition {
     rewind: i64,
     /// The offset the partition was last assigned (fetched) from.
     fetched_from: i64,
-    /// Why the partition stopped (its log no longer holds what the
+    /// Whether the partition stopped (its log no longer holds what the
     /// checkpoint says): its records are ignored, other partitions go on.
-    stopped: Option<String>,
+    stopped: bool,
     /// What this partition curated up to, committed or in the open batch: a
     /// record it covers is a source's re-delivery and is dropped.
-    high: Option<HighWater>,
+    high: Option<Mark>,
 }
 
 impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
@@ -202,7 +254,17 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             // records arrive. Producer batches hold at most 1,000 records.
                             let fetched_from = start.saturating_sub(ASSIGN_LOOKBACK).max(0);
                             consumer.assign(&t, p, fetched_from)?;
-                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, fetched_from, stopped: None, high });
+                            let high = match high.as_ref().map(|h| (h, Mark::from_stored(h))) {
+                                Some((_, Some(m))) => Some(m),
+                                Some((h, None)) => {
+                                    return Err(PipelineError::Invariant(format!(
+                                        "the high-water mark of {t}/{p} has a key that is not hex ({})",
+                                        h.position
+                                    )));
+                                }
+                                None => None,
+                            };
+                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, fetched_from, stopped: false, high });
                         }
                     }
                 }
@@ -227,7 +289,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                     };
                     let key = (rec.topic.clone(), rec.partition);
                     let Some(part) = parts.get_mut(&key) else { continue };
-                    if part.stopped.is_some() {
+                    if part.stopped {
                         continue;
                     }
                     match arrival(rec.offset, part.next, part.fetched_from, part.rewind) {
@@ -249,7 +311,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                                 .with_label_values(&[part.tenant.as_str(), &rec.topic, &rec.partition.to_string()])
                                 .set(1.0);
                             consumer.unassign(&rec.topic, rec.partition)?;
-                            part.stopped = Some(reason);
+                            part.stopped = true;
                             continue;
                         }
                     }
@@ -383,9 +445,9 @@ impl<S: BatchStore> Ctx<'_, S> {
             },
         };
         let topic = rec.topic.clone();
-        let key = hex(rec.key.as_deref().unwrap_or_default());
+        let key = rec.key.as_deref().unwrap_or_default();
         if let Ok(ev) = &decoded
-            && part.high.as_ref().is_some_and(|h| h.covers(ev.source.position.as_str(), &key))
+            && part.high.as_ref().is_some_and(|h| h.covers(ev.source.position.as_str(), key))
         {
             // A source's re-delivery of what this partition already curated
             // (same position, same key): dropped, its offset still counted.
@@ -427,7 +489,7 @@ impl<S: BatchStore> Ctx<'_, S> {
                 match builder.push(&ev, rec.partition, rec.offset) {
                     Ok(()) => {
                         open.acc.add(rec.offset, Some((size, commit_ms)));
-                        HighWater::advance(&mut part.high, ev.source.position.as_str(), key);
+                        part.high.get_or_insert_with(Mark::default).advance(ev.source.position.as_str(), key);
                         None
                     }
                     Err(CurateError::SchemaMismatch) => Some(reject("schema differs inside a replayed batch".into())),
@@ -610,7 +672,7 @@ impl<S: BatchStore> Ctx<'_, S> {
             dead_lettered: open.dead_lettered,
             max_commit_ts_ms: max_commit_ms,
             max_position,
-            high_water: part.high.clone(),
+            high_water: part.high.as_ref().map(Mark::stored),
         };
         let version = part.version.ok_or_else(|| {
             PipelineError::Invariant(format!("commit of {topic}/{partition} without a recorded intent"))
@@ -644,6 +706,23 @@ impl<S: BatchStore> Ctx<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marks_cover_lower_positions_and_the_keys_at_theirs() {
+        let mut m = Mark::default();
+        m.advance("0005", b"k1");
+        m.advance("0005", b"k2"); // a key change: delete and create at one position
+        assert!(m.covers("0004", b"any") && m.covers("0005", b"k1") && m.covers("0005", b"k2"));
+        assert!(!m.covers("0005", b"k3") && !m.covers("0006", b"k1"));
+        m.advance("0006", b"");
+        assert_eq!(m, Mark { position: "0006".into(), keys: vec![Vec::new()] });
+        m.advance("0001", b"late");
+        assert_eq!(m.position, "0006", "a mark never moves back");
+        let stored = Mark { position: "0007".into(), keys: vec![vec![0x0a, 0xff], Vec::new()] }.stored();
+        assert_eq!(stored.keys, ["0aff", ""]);
+        assert_eq!(Mark::from_stored(&stored).map(|m| m.keys), Some(vec![vec![0x0a, 0xff], Vec::new()]));
+        assert_eq!(unhex("0g"), None);
+    }
 
     #[test]
     fn offsets_are_taken_skipped_rewound_or_stop_the_partition() {
