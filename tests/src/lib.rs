@@ -17,6 +17,7 @@ use lablake_lake::{Lake, LakeConfig};
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 
+pub mod broker;
 pub mod proxy;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -102,6 +103,27 @@ fn unsafe_set_env(k: &str, v: &str) {
     // SAFETY: called at test start-up with the same constant values from every
     // test; nothing reads these variables concurrently in a way that races.
     unsafe { std::env::set_var(k, v) }
+}
+
+/// Runs the local services script (`LABLAKE_SERVICES`, default the
+/// repository's `dev/services`) with `args`, e.g. `["restart", "--crash", "mysql"]`.
+/// Against another stack (docker compose), point `LABLAKE_SERVICES` at a
+/// script that takes the same commands.
+pub fn services(args: &[&str]) -> anyhow::Result<()> {
+    let script = std::env::var_os("LABLAKE_SERVICES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../dev/services"));
+    let out = Command::new(&script).args(args).output().with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            script.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A short random lowercase id.
@@ -296,6 +318,16 @@ start = {{ file = "{file}", pos = {pos} }}
         let line = source.lines().find(|l| l.starts_with("url =")).context("source without url")?.to_owned();
         let source = source.replace(&line, &format!("url = \"{url}\""));
         std::fs::write(&self.config_path, format!("{base}[[sources]]{source}"))?;
+        Ok(())
+    }
+
+    /// Points the world's pipeline at the Kafka API broker `brokers` (e.g. a
+    /// [`broker::PrivateBroker`]); call before [`World::start`].
+    pub fn set_kafka_brokers(&self, brokers: &str) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.config_path)?;
+        let line = config.lines().find(|l| l.starts_with("brokers =")).context("config without kafka.brokers")?;
+        let config = config.replacen(line, &format!("brokers = \"{brokers}\""), 1);
+        std::fs::write(&self.config_path, config)?;
         Ok(())
     }
 

@@ -1,11 +1,17 @@
-//! Faults of the services around `lablake`, injected for real on 127.0.0.1:
-//! a TCP fault proxy between `lablake` and its source database resets every
-//! connection and refuses new ones for a while. The stage retries in-process
-//! (it must not exit), resumes from its checkpoints when the link heals, and
-//! the lake ends exact with every change once — on both sources.
+//! Faults of the services around `lablake`, injected for real on 127.0.0.1,
+//! on both sources:
+//! - a TCP fault proxy between `lablake` and its source database resets every
+//!   connection and refuses new ones for a while;
+//! - the Kafka API broker is killed (SIGKILL) and started again on its
+//!   durable storage, three times, while the source keeps changing.
+//!
+//! The stages retry in-process (the process must not exit), resume from their
+//! checkpoints when the service is back, and the lake ends exact with every
+//! change once.
 
 use std::time::Duration;
 
+use lablake_tests::broker::PrivateBroker;
 use lablake_tests::proxy::{FaultProxy, host_port, via};
 use lablake_tests::{Kind, World, duplicated_changes};
 
@@ -69,4 +75,49 @@ async fn a_cut_mysql_link_is_retried_in_process() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_postgres_link_is_retried_in_process() -> anyhow::Result<()> {
     a_cut_source_link_is_retried_in_process(Kind::Postgres).await
+}
+
+/// The broker dies (SIGKILL) three times while the source keeps changing and
+/// comes back on the same storage after a few seconds each time.
+async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
+    let mut broker = PrivateBroker::start()?;
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    w.set_kafka_brokers(&broker.brokers())?;
+    w.start()?;
+    for round in 0..3 {
+        write(&w, round).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for crash in 0..3u32 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.crash();
+        for round in 0..2 {
+            write(&w, 10 + crash * 10 + round).await?;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        w.assert_running()?;
+        broker.restart()?;
+        write(&w, 60 + crash).await?;
+    }
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(180)).await?;
+        let rows = w.curated_rows(&t, "orders").await?;
+        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
+    }
+    w.assert_running()?;
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited:\n{}", w.log_tail());
+    let _ = w.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_loses_nothing_mysql() -> anyhow::Result<()> {
+    a_crashed_broker_loses_nothing(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_broker_loses_nothing_postgres() -> anyhow::Result<()> {
+    a_crashed_broker_loses_nothing(Kind::Postgres).await
 }
