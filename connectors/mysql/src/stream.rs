@@ -12,7 +12,7 @@ use std::sync::Arc;
 use lablake_model::position::binlog_file_seq;
 use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
 use lablake_model::{Op, Resume, SourceInfo, SourcePosition, Value, now_ms};
-use lablake_source::{SourceItem, Unresolved, Watermark};
+use lablake_source::{SourceItem, Unresolved, UnresolvedRow, Watermark};
 use mysql_common::binlog::consts::{BinlogChecksumAlg, EventType};
 use mysql_common::binlog::events::{
     Event, EventData, FormatDescriptionEvent, GtidEvent, QueryEvent, RotateEvent, TableMapEvent,
@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::MysqlError;
 
 use crate::ddl::{QueryKind, classify};
-use crate::decode::{CatalogNeed, CatalogTable, Flavor, RowChange, TableInfo, decode_rows};
+use crate::decode::{CatalogNeed, CatalogTable, Flavor, RowChange, TableInfo, decode_rows, decode_rows_each};
 
 /// What the decoder needs to know about the source.
 #[derive(Debug, Clone)]
@@ -402,11 +402,18 @@ impl BinlogDecoder {
         routed.each_with(source, |route, source| {
             pending.push_back(match route {
                 Route::Change(c) => SourceItem::Change(c.into_event(&database, &name, &schema, source, now)),
-                Route::Unresolved(reason) => SourceItem::Unresolved(Unresolved {
-                    table: format!("{db}.{table}"),
-                    reason,
-                    position: source.position,
-                }),
+                Route::Unresolved(mut u) => {
+                    let reason = std::mem::take(&mut u.reason);
+                    let position = source.position.clone();
+                    let event = u.into_event(&database, &name, &schema, source, now);
+                    SourceItem::Unresolved(Unresolved {
+                        table: format!("{db}.{table}"),
+                        reason,
+                        position,
+                        tenant: None,
+                        row: UnresolvedRow::Change(Box::new(event)),
+                    })
+                }
             })
         });
     }
@@ -624,7 +631,7 @@ impl BinlogDecoder {
         if signal {
             return self.on_signal(&info, &rows, end, row_base, h.server_id(), h.timestamp());
         }
-        let changes = decode_rows(&info, &rows)?;
+        let changes = decode_rows_each(&info, &rows);
         let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
         if let Some(p) = &mut self.payload {
             p.next_row = p.next_row.saturating_add(n);
@@ -633,6 +640,14 @@ impl BinlogDecoder {
         let now = now_ms();
         for (i, change) in changes.into_iter().enumerate() {
             let row = row_base.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let change = match change {
+                Ok(change) => change,
+                Err(e) => {
+                    let position = SourcePosition::mysql(self.file_seq, end, row);
+                    self.undecodable(table_id, &info, event, end, i, position, e);
+                    continue;
+                }
+            };
             let source = SourceInfo {
                 connector: self.names.connector.clone(),
                 name: self.names.source.clone(),
@@ -721,6 +736,68 @@ impl BinlogDecoder {
         Ok(info)
     }
 
+    /// A row of a rows event that cannot be decoded (`index` counts from 0
+    /// in the event; an unreadable row stands for every row after it too):
+    /// an unresolved item for the tenant's dead-letter topic with the
+    /// event's bytes, and the stream goes on.
+    ///
+    /// The raw record is the JSON object `{"format": "mysql-rows-event/1",
+    /// "table", "binlog_file", "binlog_pos", "gtid", "row_index",
+    /// "event_type", "table_map", "rows_event", "columns"}`: `table_map` and
+    /// `rows_event` are the two events' data (base64, after the common
+    /// header, without checksum), `event_type` the rows event's type code,
+    /// `columns` the decoder's view of the table (`[{"name", "type"}]`,
+    /// which for MariaDB can come from information_schema) — what a fixed
+    /// decoder needs to read the row again.
+    #[allow(clippy::too_many_arguments)]
+    fn undecodable(
+        &mut self,
+        table_id: u64,
+        info: &TableInfo,
+        event: &Event,
+        end: u64,
+        index: usize,
+        position: SourcePosition,
+        error: MysqlError,
+    ) {
+        use base64::Engine as _;
+        use mysql_common::proto::MySerialize as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut table_map = Vec::new();
+        if let Some(entry) = self.tables.get(&table_id) {
+            entry.tme.serialize(&mut table_map);
+        }
+        let columns: Vec<serde_json::Value> =
+            info.schema.columns.iter().map(|c| serde_json::json!({"name": c.name, "type": c.ty.to_string()})).collect();
+        let raw = serde_json::json!({
+            "format": "mysql-rows-event/1",
+            "table": info.qualified_name(),
+            "binlog_file": self.file,
+            "binlog_pos": end,
+            "gtid": self.trx.gtid.as_deref(),
+            "row_index": index,
+            "event_type": event.header().event_type_raw(),
+            "table_map": b64.encode(&table_map),
+            "rows_event": b64.encode(event.data()),
+            "columns": columns,
+        });
+        let tenant = match &self.cfg.tenant {
+            TenantRule::SchemaPattern { .. } => self.names.tenants.of_database(&self.cfg.tenant, &info.database),
+            TenantRule::Column { .. } => None,
+        };
+        if self.warned.insert(format!("undecodable:{}", info.qualified_name())) {
+            warn!(source = %self.cfg.source_name, table = %info.qualified_name(), error = %error,
+                "row that cannot be decoded: sent to the dead-letter topic, the stream goes on");
+        }
+        self.pending.push_back(SourceItem::Unresolved(Unresolved {
+            table: info.qualified_name(),
+            reason: error.to_string(),
+            position,
+            tenant,
+            row: UnresolvedRow::Raw(raw.to_string()),
+        }));
+    }
+
     /// One decoded row → its change(s) or an unresolved item, routed by
     /// [`tenant::route`]. The images and (for the last output) `source` are
     /// moved, not cloned: the schema-rule hot path copies nothing per row.
@@ -734,11 +811,18 @@ impl BinlogDecoder {
                 Route::Change(c) => {
                     SourceItem::Change(c.into_event(&info.database, &info.table, &info.schema, source, now))
                 }
-                Route::Unresolved(reason) => SourceItem::Unresolved(Unresolved {
-                    table: info.qualified_name(),
-                    reason,
-                    position: source.position,
-                }),
+                Route::Unresolved(mut u) => {
+                    let reason = std::mem::take(&mut u.reason);
+                    let position = source.position.clone();
+                    let event = u.into_event(&info.database, &info.table, &info.schema, source, now);
+                    SourceItem::Unresolved(Unresolved {
+                        table: info.qualified_name(),
+                        reason,
+                        position,
+                        tenant: None,
+                        row: UnresolvedRow::Change(Box::new(event)),
+                    })
+                }
             })
         });
     }

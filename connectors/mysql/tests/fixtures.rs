@@ -17,7 +17,7 @@ use lablake_mysql::mysql_binlog::events::EventData;
 use lablake_mysql::{
     BinlogDecoder, BinlogFileReader, CatalogColumn, CatalogTable, DecoderConfig, Flavor, MysqlError, TableInfo,
 };
-use lablake_source::SourceItem;
+use lablake_source::{SourceItem, Unresolved, UnresolvedRow};
 
 fn fixtures_dir() -> PathBuf {
     let dir = std::env::var_os("LABLAKE_FIXTURES")
@@ -43,6 +43,11 @@ struct Run {
 }
 
 impl Run {
+    /// The rows the decoder could not decode (sent to a dead-letter topic).
+    fn unresolved(&self) -> Vec<&Unresolved> {
+        self.items.iter().filter_map(|i| if let SourceItem::Unresolved(u) = i { Some(u) } else { None }).collect()
+    }
+
     fn changes(&self) -> Vec<&lablake_model::ChangeEvent> {
         self.items
             .iter()
@@ -226,15 +231,20 @@ fn json_binary_to_canonical_text() {
     assert_eq!(updates[5].source.position, SourcePosition::mysql(1, 3496, 5));
     // The PARTIAL_UPDATE_ROWS event was written with binlog_row_image=MINIMAL:
     // the before image holds only `id`, so the JSON diff cannot be applied.
-    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
-    match &r.errors[0] {
-        MysqlError::Decode { table, column, reason } => {
-            assert_eq!(table, "mysql.t");
-            assert_eq!(column, "json_col");
-            assert!(reason.contains("binlog_row_image must be FULL"), "{reason}");
-        }
-        other => panic!("{other:?}"),
+    // Each of its six rows goes to the dead-letter topic; the stream goes on.
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let unresolved = r.unresolved();
+    assert_eq!(unresolved.len(), 6);
+    for (i, u) in unresolved.iter().enumerate() {
+        assert_eq!(u.table, "mysql.t");
+        assert!(u.reason.contains("json_col") && u.reason.contains("binlog_row_image must be FULL"), "{}", u.reason);
+        let UnresolvedRow::Raw(raw) = &u.row else { panic!("{:?}", u.row) };
+        let raw: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(raw["row_index"], i);
     }
+    // One position per row, in order.
+    let positions: Vec<&str> = unresolved.iter().map(|u| u.position.as_str()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     assert_eq!(r.commits().len(), 8);
     r.assert_ordered();
 }
@@ -349,7 +359,7 @@ fn gtid_is_attached_to_commits_and_changes() {
 }
 
 #[test]
-fn partial_row_images_are_clear_errors() {
+fn partial_row_images_go_to_the_dead_letter_topic_with_their_bytes() {
     // 5.1 binlogs: no optional metadata, binlog_row_image=MINIMAL.
     let ba = || {
         catalog(vec![col("a", "int", "int", None), col("b", "int", "int", None), col("c", "int", "int", None)], &["a"])
@@ -359,22 +369,33 @@ fn partial_row_images_are_clear_errors() {
         let ch = r.changes();
         assert_eq!(ch.len(), 4, "{name}");
         assert_eq!(ch[1].after.as_deref().unwrap(), &[Value::Int(1), Value::Int(1), Value::Int(1)]);
-        assert_eq!(r.errors.len(), 2, "{name}: {:?}", r.errors);
-        for e in &r.errors {
-            match e {
-                MysqlError::Decode { table, column, reason } => {
-                    assert_eq!(table, "test.ba");
-                    assert_eq!(column, "b");
-                    assert!(reason.contains("binlog_row_image must be FULL"));
-                }
-                other => panic!("{other:?}"),
-            }
+        // The rows that cannot be completed do not stop the stream: each is an
+        // unresolved item carrying the events' bytes to decode it again.
+        assert!(r.errors.is_empty(), "{name}: {:?}", r.errors);
+        let unresolved = r.unresolved();
+        assert_eq!(unresolved.len(), 2, "{name}");
+        for u in unresolved {
+            assert_eq!(u.table, "test.ba");
+            assert!(u.reason.contains("`b`") || u.reason.contains(" b"), "{}", u.reason);
+            assert!(u.reason.contains("binlog_row_image must be FULL"), "{}", u.reason);
+            let UnresolvedRow::Raw(raw) = &u.row else { panic!("{:?}", u.row) };
+            let raw: serde_json::Value = serde_json::from_str(raw).unwrap();
+            assert_eq!(raw["format"], "mysql-rows-event/1");
+            assert_eq!(raw["table"], "test.ba");
+            assert_eq!(raw["columns"].as_array().map(Vec::len), Some(3));
+            // The rows event's bytes are there and parse again as the rows event.
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let rows = b64.decode(raw["rows_event"].as_str().unwrap()).unwrap();
+            let table_map = b64.decode(raw["table_map"].as_str().unwrap()).unwrap();
+            assert!(!rows.is_empty() && !table_map.is_empty());
         }
     }
     // The full-image variant decodes its inserts and its update; its delete
     // still logs only the key.
     let r = run_with("update-full-row.binlog", &[("test", "ba", ba())], &["mysql.*"]);
-    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.unresolved().len(), 1);
     let ops: Vec<Op> = r.changes().iter().map(|c| c.op).collect();
     assert_eq!(ops, vec![Op::Create, Op::Create, Op::Create, Op::Create, Op::Update]);
     let upd = r.changes()[4];

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use lablake_model::tenant::{self, Route, TableFilter, TenantNames, TenantRule};
 use lablake_model::{Column, Op, Resume, SourceInfo, SourcePosition, TableSchema, Value, now_ms};
-use lablake_source::{SourceItem, Unresolved, Watermark};
+use lablake_source::{SourceItem, Unresolved, UnresolvedRow, Watermark};
 use tracing::warn;
 
 use crate::error::{PgError, lsn_text};
@@ -87,6 +87,8 @@ struct RelInfo {
     table: Arc<str>,
     schema: Arc<TableSchema>,
     kinds: Vec<PgKind>,
+    /// `(type oid, type modifier)` per column, as the Relation message sent them.
+    types: Vec<(u32, i32)>,
     selected: bool,
 }
 
@@ -245,6 +247,7 @@ impl PgDecoder {
             table: rel.name.as_str().into(),
             schema: TableSchema::new(columns, pk),
             kinds,
+            types: rel.columns.iter().map(|c| (c.type_oid, c.type_modifier)).collect(),
             selected,
         };
         self.relations.insert(rel.oid, Arc::new(info));
@@ -406,6 +409,8 @@ impl PgDecoder {
                 table: "?".into(),
                 reason: format!("change outside a transaction at {}", lsn_text(lsn)),
                 position: SourcePosition::postgres(lsn, 0),
+                tenant: None,
+                row: UnresolvedRow::Nothing,
             }));
             return;
         };
@@ -453,14 +458,30 @@ impl PgDecoder {
                 table: format!("oid {rel_oid}"),
                 reason: "change of a relation without a Relation message".into(),
                 position,
+                tenant: None,
+                row: UnresolvedRow::Nothing,
             }));
             return;
         };
         if !rel.selected {
             return;
         }
-        let unresolved = |reason: String| {
-            SourceItem::Unresolved(Unresolved { table: rel.qualified(), reason, position: position.clone() })
+        let tenant = match &self.cfg.tenant {
+            TenantRule::SchemaPattern { .. } => self.tenants.of_database(&self.cfg.tenant, &rel.namespace),
+            TenantRule::Column { .. } => None,
+        };
+        let mut unresolved = |reason: String| {
+            if self.warned.insert(format!("undecodable:{}", rel.qualified())) {
+                warn!(table = %rel.qualified(), reason = %reason,
+                    "row that cannot be decoded: sent to the dead-letter topic, the stream goes on");
+            }
+            SourceItem::Unresolved(Unresolved {
+                table: rel.qualified(),
+                reason,
+                position: position.clone(),
+                tenant: tenant.clone(),
+                row: UnresolvedRow::Raw(raw_tuples(&rel, lsn, op, old.as_ref(), new.as_deref())),
+            })
         };
         let old_row = match old.as_ref().map(|(k, t)| (k, decode_row(&rel, t, None))) {
             Some((_, Err(e))) => return self.pending.push_back(unresolved(e)),
@@ -489,12 +510,66 @@ impl PgDecoder {
                 Route::Change(c) => {
                     SourceItem::Change(c.into_event(&rel.namespace, &rel.table, &rel.schema, source, now))
                 }
-                Route::Unresolved(reason) => {
-                    SourceItem::Unresolved(Unresolved { table: rel.qualified(), reason, position: source.position })
+                Route::Unresolved(mut u) => {
+                    let reason = std::mem::take(&mut u.reason);
+                    let position = source.position.clone();
+                    let event = u.into_event(&rel.namespace, &rel.table, &rel.schema, source, now);
+                    SourceItem::Unresolved(Unresolved {
+                        table: rel.qualified(),
+                        reason,
+                        position,
+                        tenant: None,
+                        row: UnresolvedRow::Change(Box::new(event)),
+                    })
                 }
             })
         });
     }
+}
+
+/// The raw record of a row that cannot be decoded: the JSON object
+/// `{"format": "pgoutput-tuple/1", "table", "lsn", "op", "columns":
+/// [{"name", "type_oid", "type_modifier"}], "old_kind": "key"|"old"|null,
+/// "old": [cell]|null, "new": [cell]|null}`, a cell being `{"k": "n"}` (NULL),
+/// `{"k": "u"}` (unchanged TOAST value), `{"k": "t"|"b", "v": base64}` (text
+/// or binary value as sent) — what a fixed decoder needs to read it again.
+fn raw_tuples(
+    rel: &RelInfo,
+    lsn: u64,
+    op: Op,
+    old: Option<&(OldKind, Vec<TupleValue<'_>>)>,
+    new: Option<&[TupleValue<'_>]>,
+) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let cells = |t: &[TupleValue<'_>]| -> Vec<serde_json::Value> {
+        t.iter()
+            .map(|v| match v {
+                TupleValue::Null => serde_json::json!({"k": "n"}),
+                TupleValue::Unchanged => serde_json::json!({"k": "u"}),
+                TupleValue::Text(b) => serde_json::json!({"k": "t", "v": b64.encode(b)}),
+                TupleValue::Binary(b) => serde_json::json!({"k": "b", "v": b64.encode(b)}),
+            })
+            .collect()
+    };
+    let columns: Vec<serde_json::Value> = rel
+        .schema
+        .columns
+        .iter()
+        .zip(&rel.types)
+        .map(|(c, (oid, modifier))| serde_json::json!({"name": c.name, "type_oid": oid, "type_modifier": modifier}))
+        .collect();
+    serde_json::json!({
+        "format": "pgoutput-tuple/1",
+        "table": rel.qualified(),
+        "lsn": lsn_text(lsn),
+        "op": op.code(),
+        "columns": columns,
+        "old_kind": old.map(|(k, _)| if *k == OldKind::Old { "old" } else { "key" }),
+        "old": old.map(|(_, t)| cells(t)),
+        "new": new.map(cells),
+    })
+    .to_string()
 }
 
 /// Decodes a tuple; unchanged TOAST values come from the full old row when
@@ -735,9 +810,20 @@ mod tests {
         d.push(&toast, 0x96).unwrap();
         let items = drain(&mut d);
         assert_eq!(items.len(), 2);
-        let SourceItem::Unresolved(Unresolved { table, reason, .. }) = &items[0] else { panic!("{items:?}") };
+        let SourceItem::Unresolved(Unresolved { table, reason, tenant, row, .. }) = &items[0] else {
+            panic!("{items:?}")
+        };
         assert_eq!(table, "lab_acme.results");
         assert!(!reason.contains("text"), "no values in reasons: {reason}");
+        // The schema rule names the tenant; the tuple is kept as sent, to decode again.
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        let UnresolvedRow::Raw(raw) = row else { panic!("{row:?}") };
+        let raw: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(raw["format"], "pgoutput-tuple/1");
+        assert_eq!(raw["op"], "c");
+        assert_eq!(raw["columns"][0]["type_oid"], 20);
+        assert_eq!(raw["new"], serde_json::json!([{"k": "b", "v": "AQI="}, {"k": "b", "v": "eA=="}]));
+        assert_eq!(raw["old"], serde_json::Value::Null);
         // An unchanged TOAST value without the old row is marked, not nulled.
         let SourceItem::Change(e) = &items[1] else { panic!("{items:?}") };
         assert_eq!(e.after.as_deref(), Some(&[Value::Int(1), Value::Unchanged][..]));
@@ -915,5 +1001,29 @@ mod tests {
             ]
         );
         assert!(got.iter().all(|g| !g.contains("Bad Name")), "no values in reasons");
+    }
+
+    #[test]
+    fn unroutable_rows_keep_the_whole_change_for_redrive() {
+        let mut d = column_decoder();
+        d.put_relation(shared_relation(b'f', [true; 3]), &["id".to_owned()]).unwrap();
+        d.push(&Msg::new(b'B').u64(0x600).u64(0).u32(9).0, 0x590).unwrap();
+        d.push(&tuple(Msg::new(b'I').u32(9).u8(b'N'), 2, Some("Bad Name"), Some("a")).0, 0x591).unwrap();
+        d.push(&Msg::new(b'T').u32(1).u8(0).u32(9).0, 0x592).unwrap();
+        let items = drain(&mut d);
+        let SourceItem::Unresolved(u) = &items[0] else { panic!("{items:?}") };
+        assert_eq!(u.tenant, None);
+        let UnresolvedRow::Change(e) = &u.row else { panic!("{:?}", u.row) };
+        assert_eq!(&*e.table.tenant, "_unresolved");
+        assert_eq!(e.op, Op::Create);
+        assert_eq!(
+            e.after.as_deref(),
+            Some(&[Value::Int(2), Value::String("Bad Name".into()), Value::String("a".into())][..])
+        );
+        assert_eq!(e.source.position, u.position);
+        // A TRUNCATE of the shared table names no rows, no tenant: kept as the truncate.
+        let SourceItem::Unresolved(t) = &items[1] else { panic!("{items:?}") };
+        let UnresolvedRow::Change(e) = &t.row else { panic!("{:?}", t.row) };
+        assert_eq!((e.op, e.before.is_none(), e.after.is_none()), (Op::Truncate, true, true));
     }
 }

@@ -34,7 +34,7 @@ pub use ack::{AckReceiver, AckSender, ack_queue};
 pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES};
 pub use consumer::{ChangeConsumer, Record};
 pub use error::BusError;
-pub use producer::{ChangeProducer, DeadLetter, Oversized, RECORD_OVERHEAD, Sent, header};
+pub use producer::{ChangeProducer, DeadLetter, Oversized, RECORD_OVERHEAD, Sent, UnresolvedPayload, header};
 pub use rdkafka::producer::DeliveryFuture;
 
 /// Records per producer batch, at most (`batch.num.messages`). Consumers that

@@ -21,6 +21,23 @@ pub mod header {
     pub const ORIGIN_OFFSET: &str = "lablake.origin.offset";
     /// The stage that dead-lettered it (`source`, `curate`).
     pub const STAGE: &str = "lablake.stage";
+    /// What the value of a source dead letter is: `envelope` (a change
+    /// envelope, tenant `_unresolved`), `raw` (the source's undecodable
+    /// bytes as a JSON object, its `format` naming the layout) or
+    /// `description` (where and what, without the row).
+    pub const PAYLOAD: &str = "lablake.payload";
+}
+
+/// What a source keeps of a row that cannot become a tenant's change, for
+/// [`ChangeProducer::send_unresolved`].
+#[derive(Debug, Clone, Copy)]
+pub enum UnresolvedPayload<'a> {
+    /// Decoded, no tenant: the whole change.
+    Change(&'a ChangeEvent),
+    /// Undecodable: the source's bytes as a JSON object.
+    Raw(&'a str),
+    /// Nothing row-shaped.
+    Nothing,
 }
 
 /// Bytes librdkafka adds to a record's key and value when it checks the
@@ -351,6 +368,65 @@ impl ChangeProducer {
         }
         if let Some(p) = dl.payload {
             rec = rec.payload(p);
+        }
+        let fut = enqueue(&self.producer, rec).await?;
+        Ok((topic, fut))
+    }
+
+    /// Sends a source row that cannot become a tenant's change to the
+    /// dead-letter topic of `tenant` (`_unresolved` when none owns it), with
+    /// the row as [`UnresolvedPayload`] says (header [`header::PAYLOAD`]).
+    /// A row too large for `kafka.max_message_bytes` is replaced by its
+    /// description (table, position, size), and the reason says so: a dead
+    /// letter never fails for its size.
+    pub async fn send_unresolved(
+        &mut self,
+        tenant: &str,
+        table: &str,
+        position: &str,
+        reason: &str,
+        row: UnresolvedPayload<'_>,
+    ) -> Result<(Arc<str>, DeliveryFuture), BusError> {
+        let mut key = Vec::new();
+        let mut value = Vec::new();
+        let kind = match row {
+            UnresolvedPayload::Change(event) => {
+                envelope::encode(event, &mut value);
+                if event.op != lablake_model::Op::Truncate {
+                    envelope::encode_key(event, &mut key);
+                }
+                "envelope"
+            }
+            UnresolvedPayload::Raw(raw) => {
+                value.extend_from_slice(raw.as_bytes());
+                "raw"
+            }
+            UnresolvedPayload::Nothing => "description",
+        };
+        let fits = key.len() + value.len() + DEAD_LETTER_HEADER_ROOM + RECORD_OVERHEAD <= self.config.max_message_bytes;
+        let (kind, reason) = if kind == "description" || fits {
+            (kind, std::borrow::Cow::Borrowed(reason))
+        } else {
+            let size = key.len() + value.len();
+            key.clear();
+            value.clear();
+            let note =
+                format!("{reason}; the row ({size} bytes) is larger than kafka.max_message_bytes and is not kept");
+            ("description", std::borrow::Cow::Owned(note))
+        };
+        if kind == "description" {
+            let doc = serde_json::json!({"table": table, "position": position});
+            value = doc.to_string().into_bytes();
+        }
+        let topic: Arc<str> = topic::dead_letter_topic(&self.config.topic_prefix, tenant).into();
+        self.ensure_topic(&topic).await?;
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: header::ERROR, value: Some(reason.as_ref()) })
+            .insert(Header { key: header::STAGE, value: Some("source") })
+            .insert(Header { key: header::PAYLOAD, value: Some(kind) });
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers).payload(&value);
+        if !key.is_empty() {
+            rec = rec.key(&key);
         }
         let fut = enqueue(&self.producer, rec).await?;
         Ok((topic, fut))

@@ -166,13 +166,49 @@ impl RoutedChange {
     }
 }
 
+/// The tenant a row that no tenant owns is filed under (its dead-letter
+/// topic and the tenant of its envelope).
+pub const UNRESOLVED_TENANT: &str = "_unresolved";
+
+/// A row change (or the part of it) [`route`] found no tenant for: why (the
+/// reason names no values) and the images, kept so the row can be sent to
+/// the dead-letter topic whole and redriven once its tenant is fixed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unrouted {
+    pub reason: String,
+    pub op: Op,
+    pub before: Option<Vec<Value>>,
+    pub after: Option<Vec<Value>>,
+}
+
+impl Unrouted {
+    fn reason(reason: String, op: Op) -> Self {
+        Unrouted { reason, op, before: None, after: None }
+    }
+
+    /// The change event of `database.table` under the tenant
+    /// [`UNRESOLVED_TENANT`]: the whole change, for the dead-letter topic.
+    pub fn into_event(
+        self,
+        database: &Arc<str>,
+        table: &Arc<str>,
+        schema: &Arc<TableSchema>,
+        source: SourceInfo,
+        ts_ms: i64,
+    ) -> ChangeEvent {
+        let change =
+            RoutedChange { tenant: UNRESOLVED_TENANT.into(), op: self.op, before: self.before, after: self.after };
+        change.into_event(database, table, schema, source, ts_ms)
+    }
+}
+
 /// One output of [`route`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     /// A change for one tenant.
     Change(RoutedChange),
-    /// The row (or part of it) cannot be routed: why. Names no values.
-    Unresolved(String),
+    /// The row (or part of it) cannot be routed.
+    Unresolved(Unrouted),
 }
 
 /// What [`route`] made of one row change: up to two changes, then at most
@@ -181,7 +217,7 @@ pub enum Route {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Routed {
     changes: [Option<RoutedChange>; 2],
-    unresolved: Option<String>,
+    unresolved: Option<Unrouted>,
 }
 
 impl Routed {
@@ -189,8 +225,8 @@ impl Routed {
         Routed { changes: [Some(change), None], unresolved: None }
     }
 
-    fn unresolved(reason: String) -> Self {
-        Routed { changes: [None, None], unresolved: Some(reason) }
+    fn unresolved(unrouted: Unrouted) -> Self {
+        Routed { changes: [None, None], unresolved: Some(unrouted) }
     }
 
     /// Calls `f` with each output in order and a context: a clone of `ctx`
@@ -274,10 +310,15 @@ pub fn route(
         TenantRule::Column { column } => column,
     };
     if op == Op::Truncate {
-        return Routed::unresolved(TRUNCATE_SHARED.into());
+        return Routed::unresolved(Unrouted::reason(TRUNCATE_SHARED.into(), op));
     }
     let Some(idx) = schema.column_index(column) else {
-        return Routed::unresolved(format!("table has no tenant column `{column}`"));
+        return Routed::unresolved(Unrouted {
+            reason: format!("table has no tenant column `{column}`"),
+            op,
+            before,
+            after,
+        });
     };
     let mut tenant_of = |image: Option<&Vec<Value>>| {
         image.map(|row| match row.get(idx) {
@@ -299,16 +340,20 @@ pub fn route(
             unresolved: None,
         },
         (Op::Update, Some(Ok(b)), Some(Err(reason))) => {
-            Routed { changes: [Some(change(b, Op::Delete, before, None)), None], unresolved: Some(reason) }
+            // The delete half is the old tenant's; the create half has no tenant.
+            let create = Unrouted { reason, op: Op::Create, before: None, after };
+            Routed { changes: [Some(change(b, Op::Delete, before, None)), None], unresolved: Some(create) }
         }
         (Op::Update, Some(Err(_)), Some(Ok(a))) => Routed::one(change(a, Op::Create, None, after)),
         (Op::Delete, Some(Ok(b)), _) => Routed::one(change(b, Op::Delete, before, after)),
         (Op::Create | Op::Read, _, Some(Ok(a))) => Routed::one(change(a, op, before, after)),
-        (_, tb, ta) => Routed::unresolved(
-            ta.and_then(Result::err)
+        (_, tb, ta) => {
+            let reason = ta
+                .and_then(Result::err)
                 .or_else(|| tb.and_then(Result::err))
-                .unwrap_or_else(|| "tenant cannot be resolved".to_owned()),
-        ),
+                .unwrap_or_else(|| "tenant cannot be resolved".to_owned());
+            Routed::unresolved(Unrouted { reason, op, before, after })
+        }
     }
 }
 
@@ -448,7 +493,9 @@ mod tests {
         routed
             .map(|r| match r {
                 Route::Change(c) => format!("{} {} {} {}", c.op.code(), c.tenant, img(&c.before), img(&c.after)),
-                Route::Unresolved(reason) => format!("unresolved: {reason}"),
+                Route::Unresolved(u) => {
+                    format!("unresolved: {} ({} {} {})", u.reason, u.op.code(), img(&u.before), img(&u.after))
+                }
             })
             .collect()
     }
@@ -477,11 +524,11 @@ mod tests {
             ("column: insert, integer tenant", &column_rule, "db", Op::Create, None, row(1, Value::Int(42)),
                 vec!["c 42 - 1/Int(42)".into()]),
             ("column: insert, NULL tenant", &column_rule, "db", Op::Create, None, row(1, Value::Null),
-                vec![format!("unresolved: {null}")]),
+                vec![format!("unresolved: {null} (c - 1/Null)")]),
             ("column: insert, invalid tenant", &column_rule, "db", Op::Create, None, row(1, s("Bad Name")),
-                vec![format!("unresolved: {invalid}")]),
+                vec![format!("unresolved: {invalid} (c - 1/Bad Name)")]),
             ("column: insert, unsupported type", &column_rule, "db", Op::Create, None, row(1, Value::Double(1.0)),
-                vec!["unresolved: tenant column has an unsupported type".into()]),
+                vec!["unresolved: tenant column has an unsupported type (c - 1/Double(1.0))".into()]),
             ("column: update, same tenant", &column_rule, "db", Op::Update, row(1, s("acme")), row(1, s("acme")),
                 vec!["u acme 1/acme 1/acme".into()]),
             ("column: update without a before image", &column_rule, "db", Op::Update, None, row(1, s("acme")),
@@ -489,33 +536,33 @@ mod tests {
             ("column: update moving tenants", &column_rule, "db", Op::Update, row(1, s("acme")), row(1, s("globex")),
                 vec!["d acme 1/acme -".into(), "c globex - 1/globex".into()]),
             ("column: update to NULL", &column_rule, "db", Op::Update, row(1, s("acme")), row(1, Value::Null),
-                vec!["d acme 1/acme -".into(), format!("unresolved: {null}")]),
+                vec!["d acme 1/acme -".into(), format!("unresolved: {null} (c - 1/Null)")]),
             ("column: update to invalid", &column_rule, "db", Op::Update, row(1, s("acme")), row(1, s("../x")),
-                vec!["d acme 1/acme -".into(), format!("unresolved: {invalid}")]),
+                vec!["d acme 1/acme -".into(), format!("unresolved: {invalid} (c - 1/../x)")]),
             ("column: update from invalid", &column_rule, "db", Op::Update, row(1, s("Bad")), row(1, s("acme")),
                 vec!["c acme - 1/acme".into()]),
             ("column: update from NULL", &column_rule, "db", Op::Update, row(1, Value::Null), row(1, s("acme")),
                 vec!["c acme - 1/acme".into()]),
             ("column: update, both invalid", &column_rule, "db", Op::Update, row(1, Value::Null), row(1, s("Bad")),
-                vec![format!("unresolved: {invalid}")]),
+                vec![format!("unresolved: {invalid} (u 1/Null 1/Bad)")]),
             ("column: update, tenant value not sent (TOAST)", &column_rule, "db", Op::Update, row(1, s("acme")),
                 row(1, Value::Unchanged), vec!["u acme 1/acme 1/Unchanged".into()]),
             ("column: update, tenant not sent, no old row", &column_rule, "db", Op::Update, None,
                 row(1, Value::Unchanged),
-                vec!["unresolved: tenant column not sent (unchanged TOAST value) and no old row".into()]),
+                vec!["unresolved: tenant column not sent (unchanged TOAST value) and no old row (u - 1/Unchanged)".into()]),
             ("column: delete", &column_rule, "db", Op::Delete, row(1, s("acme")), None, vec!["d acme 1/acme -".into()]),
             ("column: delete, invalid tenant", &column_rule, "db", Op::Delete, row(1, s("Bad")), None,
-                vec![format!("unresolved: {invalid}")]),
+                vec![format!("unresolved: {invalid} (d 1/Bad -)")]),
             ("column: delete, NULL tenant", &column_rule, "db", Op::Delete, row(1, Value::Null), None,
-                vec![format!("unresolved: {null}")]),
+                vec![format!("unresolved: {null} (d 1/Null -)")]),
             ("column: delete without a before image", &column_rule, "db", Op::Delete, None, None,
-                vec!["unresolved: tenant cannot be resolved".into()]),
+                vec!["unresolved: tenant cannot be resolved (d - -)".into()]),
             ("column: short row", &column_rule, "db", Op::Create, None, Some(vec![Value::Int(1)]),
-                vec!["unresolved: tenant column missing from the row".into()]),
+                vec!["unresolved: tenant column missing from the row (c - [Int(1)])".into()]),
             ("column: missing tenant column", &other_column, "db", Op::Create, None, row(1, s("acme")),
-                vec!["unresolved: table has no tenant column `org`".into()]),
+                vec!["unresolved: table has no tenant column `org` (c - 1/acme)".into()]),
             ("column: truncate is not routed by rows", &column_rule, "db", Op::Truncate, None, None,
-                vec![format!("unresolved: {TRUNCATE_SHARED}")]),
+                vec![format!("unresolved: {TRUNCATE_SHARED} (t - -)")]),
         ];
         let schema = shared_schema();
         for (name, rule, database, op, before, after, want) in cases {

@@ -15,12 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lablake_bus::{BusConfig, ChangeProducer, DeadLetter, Sent, ack_queue};
+use lablake_bus::{BusConfig, ChangeProducer, Sent, UnresolvedPayload, ack_queue};
 use lablake_checkpoint::{CheckpointStore, LeaseName, SchemaStore, SchemaVersion, SourceCheckpoint};
+use lablake_model::tenant::UNRESOLVED_TENANT;
 use lablake_model::{ChangeEvent, Op, TableId, TableSchema};
 use lablake_mysql::MysqlSourceConfig;
 use lablake_postgres::PgSourceConfig;
-use lablake_source::{ChangeSource, Connector, SavedHook, SourceItem, Unresolved};
+use lablake_source::{ChangeSource, Connector, SavedHook, SourceItem, Unresolved, UnresolvedRow};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -406,28 +407,22 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                         acks.marker(Marker::Snapshot(progress)).await?;
                     }
                 }
-                SourceItem::Unresolved(Unresolved { table, reason, position }) => {
+                SourceItem::Unresolved(Unresolved { table, reason, position, tenant, row }) => {
+                    let tenant = tenant.as_deref().unwrap_or(UNRESOLVED_TENANT);
                     tracing::warn!(
                         source = name,
                         table,
+                        tenant,
                         reason,
                         "row that cannot become a change sent to the dead-letter topic"
                     );
-                    let payload = format!(
-                        "{{\"table\":{},\"position\":\"{}\"}}",
-                        serde_json::Value::String(table.clone()),
-                        position
-                    );
-                    let (topic, fut) = producer
-                        .send_dead_letter(DeadLetter {
-                            tenant: "_unresolved",
-                            key: None,
-                            payload: Some(payload.as_bytes()),
-                            reason: &reason,
-                            stage: "source",
-                            origin: None,
-                        })
-                        .await?;
+                    let payload = match &row {
+                        UnresolvedRow::Change(event) => UnresolvedPayload::Change(event),
+                        UnresolvedRow::Raw(raw) => UnresolvedPayload::Raw(raw),
+                        UnresolvedRow::Nothing => UnresolvedPayload::Nothing,
+                    };
+                    let (topic, fut) =
+                        producer.send_unresolved(tenant, &table, position.as_str(), &reason, payload).await?;
                     acks.delivery(topic, fut).await?;
                     dead_letters.inc();
                 }

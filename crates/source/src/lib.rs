@@ -46,18 +46,40 @@ pub enum SourceItem {
     /// A snapshot watermark written by [`Snapshotter::watermark`], in commit
     /// order among the changes.
     Watermark(Watermark),
-    /// A row of a captured table that cannot become a change (tenant not
-    /// resolvable, value not decodable). Carries no row values.
+    /// A row of a captured table that cannot become a tenant's change
+    /// (tenant not resolvable, value not decodable): the stage sends it to a
+    /// dead-letter topic with the row, and the stream goes on.
     Unresolved(Unresolved),
 }
 
-/// A row that cannot become a change: the table (`database.table`), why, and
-/// where. Never row values.
+/// A row that cannot become a change: the table (`database.table`), why
+/// (`reason` never holds row values: it is logged), where, whose when the
+/// source knows, and the row itself so it can be redriven.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unresolved {
     pub table: String,
     pub reason: String,
     pub position: SourcePosition,
+    /// The tenant whose dead-letter topic gets it (known under the schema
+    /// rule even when a value cannot be decoded); `None` → the
+    /// `_unresolved` dead-letter topic.
+    pub tenant: Option<Arc<str>>,
+    pub row: UnresolvedRow,
+}
+
+/// What an [`Unresolved`] keeps of its row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UnresolvedRow {
+    /// Decoded, but no tenant owns it: the whole change as an event of the
+    /// tenant `_unresolved` (the dead-letter record is its envelope).
+    Change(Box<ChangeEvent>),
+    /// Not decodable: the source's bytes as a JSON object whose `format`
+    /// field names the connector's layout (documented by each connector),
+    /// enough to decode it again with a fixed decoder.
+    Raw(String),
+    /// Nothing row-shaped to keep (a TRUNCATE of a table shared by tenants,
+    /// a message out of its context).
+    Nothing,
 }
 
 /// A snapshot watermark as the stream delivers it: its id and where the

@@ -20,7 +20,7 @@ mod temporal;
 pub use charset::Charset;
 pub use json::{JsonDiff, JsonDiffOp};
 pub(crate) use reader::Reader as ByteReader;
-pub use rows::{Cell, RowChange, RowImages, decode_row_images, decode_rows};
+pub use rows::{Cell, RowChange, RowImages, decode_row_images, decode_rows, decode_rows_each};
 pub(crate) use select::{chunkable, from_select, key_param, key_text};
 pub(crate) use table::Kind;
 pub use table::{CatalogColumn, CatalogNeed, CatalogTable, Flavor, TableInfo};

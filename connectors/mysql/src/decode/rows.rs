@@ -53,6 +53,29 @@ pub fn decode_rows(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<Vec<Ro
 /// Decodes every row of a rows event into its images as logged (absent
 /// columns and JSON diffs kept). Lower level than [`decode_rows`].
 pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<Vec<RowImages>, MysqlError> {
+    let mut out = Vec::new();
+    for_each_row_image(table, rows, |r| out.push(r))?;
+    Ok(out)
+}
+
+/// Decodes a rows event row by row without giving up at the first bad row:
+/// one result per row, in order. A row whose images cannot be completed is
+/// an `Err` and the next rows follow; a row whose bytes cannot be read ends
+/// the list with an `Err` standing for it and every row after it (rows are
+/// not length-prefixed, so nothing after an unreadable row can be found).
+pub fn decode_rows_each(table: &TableInfo, rows: &RowsEventData<'_>) -> Vec<Result<RowChange, MysqlError>> {
+    let mut out = Vec::new();
+    if let Err(e) = for_each_row_image(table, rows, |r| out.push(complete(table, r))) {
+        out.push(Err(e));
+    }
+    out
+}
+
+fn for_each_row_image(
+    table: &TableInfo,
+    rows: &RowsEventData<'_>,
+    mut f: impl FnMut(RowImages),
+) -> Result<(), MysqlError> {
     let ncols = table.kinds.len();
     if rows.num_columns() != ncols as u64 {
         return Err(MysqlError::decode(
@@ -70,7 +93,6 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
     let before_cols = rows.columns_before_image().map(|b| (0..ncols).map(|i| i < b.len() && b[i]).collect::<Vec<_>>());
     let after_cols = rows.columns_after_image().map(|b| (0..ncols).map(|i| i < b.len() && b[i]).collect::<Vec<_>>());
     let mut r = Reader::new(rows.rows_data());
-    let mut out = Vec::new();
     while !r.is_empty() {
         let left = r.len();
         let before = match &before_cols {
@@ -84,9 +106,9 @@ pub fn decode_row_images(table: &TableInfo, rows: &RowsEventData<'_>) -> Result<
         if r.len() == left {
             return Err(MysqlError::decode(&table.qualified_name(), "ROWS", "rows event with empty row images"));
         }
-        out.push(RowImages { op, before, after });
+        f(RowImages { op, before, after });
     }
-    Ok(out)
+    Ok(())
 }
 
 fn read_image(
