@@ -134,3 +134,101 @@ async fn mysql_unroutable_rows_keep_their_change() -> anyhow::Result<()> {
 async fn postgres_unroutable_rows_keep_their_change() -> anyhow::Result<()> {
     unroutable_rows_keep_their_change(Kind::Postgres).await
 }
+
+/// `lablake redrive --tenant T` sends what the curator dead-lettered back to
+/// its origin partition, once. The dead letter is written here as an earlier
+/// `lablake` would have (stage `curate`, origin headers, the original key and
+/// value): a valid change at a position below the partition's high-water
+/// mark, which the curator must still take because it was never curated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_sends_curator_dead_letters_back_once() -> anyhow::Result<()> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let mut w = World::new(1, &[DDL], "").await?;
+    let t = w.tenants[0].clone();
+    w.start()?;
+    let rows: Vec<String> = (1..=30).map(|i| format!("({i}, 'open', 'n{i}')")).collect();
+    w.exec(&t, &[&format!("INSERT INTO tasks VALUES {}", rows.join(", "))]).await?;
+    w.exec(&t, &["UPDATE tasks SET state = 'done' WHERE id > 20"]).await?;
+    let expected = w.source_state(&t, "tasks", COLS).await?;
+    w.await_curated_state(&t, "tasks", "id", &expected, Duration::from_secs(120)).await?;
+
+    // The first change of the topic, made into a change of id 100 that was never curated.
+    let topic = format!("{}.{t}.lab_{t}.tasks", w.prefix);
+    let (partition, value) = {
+        use rdkafka::Message;
+        use rdkafka::consumer::Consumer;
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", lablake_tests::kafka_brokers())
+            .set("group.id", format!("{topic}-first"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..2 {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)?;
+        }
+        c.assign(&tpl)?;
+        let m = c.poll(Duration::from_secs(10)).ok_or_else(|| anyhow::anyhow!("no record in {topic}"))??;
+        (m.partition(), m.payload().unwrap_or_default().to_vec())
+    };
+    let mut env: serde_json::Value = serde_json::from_slice(&value)?;
+    env["after"]["id"] = 100.into();
+    env["after"]["note"] = "redriven".into();
+    let dlq = format!("{}-dlq.{t}", w.prefix);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", lablake_tests::kafka_brokers()).create()?;
+    let new_topic = rdkafka::admin::NewTopic::new(&dlq, 1, rdkafka::admin::TopicReplication::Fixed(1));
+    admin.create_topics([&new_topic], &rdkafka::admin::AdminOptions::new()).await?;
+    let producer: rdkafka::producer::FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", lablake_tests::kafka_brokers()).create()?;
+    let (p, reason) = (partition.to_string(), "record does not decode: an older decoder".to_owned());
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "lablake.error", value: Some(&reason) })
+        .insert(Header { key: "lablake.stage", value: Some("curate") })
+        .insert(Header { key: "lablake.origin.topic", value: Some(&topic) })
+        .insert(Header { key: "lablake.origin.partition", value: Some(&p) })
+        .insert(Header { key: "lablake.origin.offset", value: Some("0") });
+    let payload = env.to_string();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&dlq).key("{\"id\":100}").payload(&payload).headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    // A source dead letter beside it is counted, not sent.
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "lablake.error", value: Some("row cannot be decoded") })
+        .insert(Header { key: "lablake.stage", value: Some("source") })
+        .insert(Header { key: "lablake.payload", value: Some("raw") });
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), _>::to(&dlq).payload("{}").headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+
+    let out = w.run_cli(&["redrive", "--tenant", &t, "--quiet-secs", "3"])?;
+    anyhow::ensure!(out.status.success(), "redrive failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["read"], 2, "{report}");
+    assert_eq!(report["redriven"][&topic], 1, "{report}");
+    assert_eq!(report["left"]["source:raw"], 1, "{report}");
+
+    let mut expected = expected;
+    let mut row = expected["1"].clone();
+    row.insert("id".into(), "100".into());
+    row.insert("note".into(), "redriven".into());
+    expected.insert("100".into(), row);
+    w.await_curated_state(&t, "tasks", "id", &expected, Duration::from_secs(120)).await?;
+
+    // Once: a second redrive finds nothing new.
+    let out = w.run_cli(&["redrive", "--tenant", &t, "--quiet-secs", "3"])?;
+    anyhow::ensure!(out.status.success(), "second redrive failed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["read"], 0, "{report}");
+    let rows = w.curated_rows(&t, "tasks").await?;
+    assert_eq!(lablake_tests::duplicated_changes(&rows, "id"), 0);
+    let _ = w.stop();
+    Ok(())
+}

@@ -29,6 +29,7 @@ mod config;
 mod consumer;
 mod error;
 mod producer;
+pub mod redrive;
 
 pub use ack::{AckReceiver, AckSender, ack_queue};
 pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES};

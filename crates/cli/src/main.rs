@@ -91,6 +91,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sends the records a tenant's curators dead-lettered back to the topic
+    /// they came from (after a fix), once: the redrive's own consumer group
+    /// remembers how far it got. Source dead letters are counted, not sent.
+    Redrive {
+        #[arg(long)]
+        tenant: String,
+        /// Seconds without a new dead letter after which the topic counts as read.
+        #[arg(long, default_value_t = 5)]
+        quiet_secs: u64,
+    },
     /// Validates the configuration and exits.
     CheckConfig,
 }
@@ -146,6 +156,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Status { tenant, json, lake } => status(&cfg, tenant.as_deref(), json, lake).await,
         Command::Schema { tenant, table, json } => schema(&cfg, &tenant, &table, json).await,
+        Command::Redrive { tenant, quiet_secs } => redrive(&cfg, &tenant, quiet_secs).await,
         Command::Snapshot { tenant, table, source, no_wait } => {
             request_snapshots(&cfg, &tenant, table.as_deref(), source.as_deref(), no_wait).await
         }
@@ -214,6 +225,17 @@ async fn schema(cfg: &Config, tenant: &str, table: &str, json: bool) -> anyhow::
         println!("v{} first at {}: {}", v.version, v.first_position, v.changes.join("; "));
         println!("    columns: {}; key: {}", cols.join(", "), v.primary_key.join(", "));
     }
+    Ok(())
+}
+
+async fn redrive(cfg: &Config, tenant: &str, quiet_secs: u64) -> anyhow::Result<()> {
+    let (bus, tenant) = (cfg.kafka.clone(), tenant.to_owned());
+    let group = format!("{}-redrive", cfg.curate.group);
+    let report = tokio::task::spawn_blocking(move || {
+        lablake_bus::redrive::redrive_dead_letters(&bus, &tenant, &group, std::time::Duration::from_secs(quiet_secs))
+    })
+    .await??;
+    println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }
 
