@@ -28,6 +28,12 @@ async fn mysql_rows_that_cannot_be_decoded_go_to_their_tenants_dead_letters() ->
         let rows: Vec<String> = (1..=50).map(|i| format!("({i}, 'open', 'n{i}')")).collect();
         w.exec(t, &[&format!("INSERT INTO tasks VALUES {}", rows.join(", "))]).await?;
     }
+    // The new tables' snapshots are done and every insert is curated, so the
+    // update below reaches the lake only through the binlog.
+    for t in [&a, &b] {
+        let expected = w.source_state(t, "tasks", COLS).await?;
+        w.await_curated_state(t, "tasks", "id", &expected, Duration::from_secs(120)).await?;
+    }
     // One session logs MINIMAL row images: before = key only, after = the
     // changed column only. Such updates cannot become full changes.
     let mut c = w.pool.get_conn().await?;
