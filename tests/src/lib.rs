@@ -18,6 +18,7 @@ use mysql_async::prelude::Queryable;
 use rand::Rng;
 
 pub mod broker;
+pub mod http_fault;
 pub mod proxy;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -328,6 +329,25 @@ start = {{ file = "{file}", pos = {pos} }}
         let line = config.lines().find(|l| l.starts_with("brokers =")).context("config without kafka.brokers")?;
         let config = config.replacen(line, &format!("brokers = \"{brokers}\""), 1);
         std::fs::write(&self.config_path, config)?;
+        Ok(())
+    }
+
+    /// Points the world's S3 and DynamoDB clients (`lake.endpoint`,
+    /// `checkpoint.endpoint`) at `url` (e.g. an [`http_fault::HttpFaultProxy`]);
+    /// call before [`World::start`]. The test's own reads keep the service's address.
+    pub fn set_aws_endpoint(&self, url: &str) -> anyhow::Result<()> {
+        let config = std::fs::read_to_string(&self.config_path)?;
+        let mut out = String::with_capacity(config.len());
+        for line in config.lines() {
+            if line.starts_with("endpoint = ") && (line.contains(&s3_endpoint()) || line.contains(&dynamodb_endpoint()))
+            {
+                out.push_str(&format!("endpoint = \"{url}\""));
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        std::fs::write(&self.config_path, out)?;
         Ok(())
     }
 

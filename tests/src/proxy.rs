@@ -1,12 +1,17 @@
 //! A TCP fault proxy between `lablake` and one service, for fault tests:
 //! forwards connections to the target until [`FaultProxy::cut`] resets every
 //! open one and refuses new ones; [`FaultProxy::heal`] lets them through
-//! again. Listens on 127.0.0.1 only, on a free port.
+//! again. [`FaultProxy::blackhole`] keeps connections open but delivers no
+//! byte either way (a link gone silent: no reset, no error, until a timeout
+//! notices); [`FaultProxy::set_latency`] delays every forwarded chunk.
+//! Listens on 127.0.0.1 only, on a free port.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -14,6 +19,8 @@ use tokio::sync::watch;
 pub struct FaultProxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
+    latency_ms: Arc<AtomicU64>,
     /// Bumped on every cut: open connections end when it changes.
     epoch: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -25,26 +32,33 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
+        let silent = Arc::new(AtomicBool::new(false));
+        let latency_ms = Arc::new(AtomicU64::new(0));
         let (epoch, _) = watch::channel(0u64);
         let (target, refuse, epochs) = (target.to_owned(), cut.clone(), epoch.clone());
+        let (quiet, delay) = (silent.clone(), latency_ms.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if refuse.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let (target, mut ended) = (target.clone(), epochs.subscribe());
+                let (quiet, delay) = (quiet.clone(), delay.clone());
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = TcpStream::connect(&target).await else { return };
+                    let Ok(upstream) = TcpStream::connect(&target).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = pump(cr, uw, quiet.clone(), delay.clone()) => {}
+                        _ = pump(ur, cw, quiet, delay) => {}
                         _ = ended.changed() => {}
                     }
                     // Dropping both sockets resets the connection for both peers.
                 });
             }
         });
-        Ok(FaultProxy { addr, cut, epoch, task })
+        Ok(FaultProxy { addr, cut, silent, latency_ms, epoch, task })
     }
 
     /// The proxy's `127.0.0.1:port`.
@@ -58,9 +72,51 @@ impl FaultProxy {
         self.epoch.send_modify(|e| *e += 1);
     }
 
-    /// Lets connections through again.
+    /// Lets connections through again (and ends a blackhole).
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.silent.store(false, Ordering::SeqCst);
+    }
+
+    /// From now on no byte is delivered either way, on open and new
+    /// connections alike, and nothing is reset: the link is silent. What was
+    /// sent meanwhile arrives after [`Self::heal`], as TCP would deliver it.
+    pub fn blackhole(&self) {
+        self.silent.store(true, Ordering::SeqCst);
+    }
+
+    /// Delays every forwarded chunk by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms.store(u64::try_from(latency.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding back what arrives while `silent` and
+/// delaying each chunk by `latency_ms`; ends when either side does.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+    latency_ms: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let delay = latency_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        // Like packets a dead link drops: TCP would send them again once it
+        // heals, so they are held back, not lost.
+        while silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -2,6 +2,11 @@
 //! on both sources:
 //! - a TCP fault proxy between `lablake` and its source database resets every
 //!   connection and refuses new ones for a while;
+//! - the same link goes silent for 30 s (a blackhole: no reset, no error),
+//!   then slow (200 ms per chunk);
+//! - S3 and DynamoDB (moto) answer 8 % of requests with `503 SlowDown` /
+//!   `ThrottlingException`, and apply 5 % then reset the connection before
+//!   the answer (an HTTP fault proxy; the seed is printed to replay a run);
 //! - the Kafka API broker is killed (SIGKILL) and started again on its
 //!   durable storage, three times, while the source keeps changing.
 //!
@@ -12,6 +17,7 @@
 use std::time::Duration;
 
 use lablake_tests::broker::PrivateBroker;
+use lablake_tests::http_fault::{HttpFaultProxy, Rates};
 use lablake_tests::proxy::{FaultProxy, host_port, via};
 use lablake_tests::{Kind, World, duplicated_changes};
 
@@ -127,4 +133,90 @@ async fn a_crashed_broker_loses_nothing_mysql() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_broker_loses_nothing_postgres() -> anyhow::Result<()> {
     a_crashed_broker_loses_nothing(Kind::Postgres).await
+}
+
+/// The source link goes silent for 30 s while the source keeps changing,
+/// then slow: the stage notices by its own timeouts, retries, and the lake
+/// ends exact once the link is back.
+async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Result<()> {
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    let proxy = FaultProxy::start(&host_port(&w.source_url())).await?;
+    w.set_source_url(&via(&w.source_url(), proxy.addr()))?;
+    w.start()?;
+    write(&w, 0).await?;
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
+    }
+    proxy.blackhole();
+    for round in 1..=6 {
+        write(&w, round).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    w.assert_running()?;
+    proxy.heal();
+    proxy.set_latency(Duration::from_millis(200));
+    write(&w, 7).await?;
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(180)).await?;
+        let rows = w.curated_rows(&t, "orders").await?;
+        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
+    }
+    w.assert_running()?;
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited:\n{}", w.log_tail());
+    let _ = w.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_mysql_link_is_noticed_and_survived() -> anyhow::Result<()> {
+    a_silent_source_link_is_noticed_and_survived(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_postgres_link_is_noticed_and_survived() -> anyhow::Result<()> {
+    a_silent_source_link_is_noticed_and_survived(Kind::Postgres).await
+}
+
+/// S3 and DynamoDB fail, throttle and reset after applying while the
+/// pipeline runs: retried, the lake exact, each change once.
+async fn failing_and_throttling_aws_services_lose_nothing(kind: Kind) -> anyhow::Result<()> {
+    let seed = std::env::var("LABLAKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("fault seed {seed} (LABLAKE_FAULT_SEED={seed} replays it)");
+    let target = lablake_tests::proxy::host_port(&lablake_tests::s3_endpoint());
+    let proxy = HttpFaultProxy::start(&target, Rates { error: 0.08, reset_after: 0.05 }, seed).await?;
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    w.set_aws_endpoint(&proxy.url())?;
+    w.start()?;
+    for round in 0..20 {
+        write(&w, round).await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(240)).await?;
+        let rows = w.curated_rows(&t, "orders").await?;
+        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files (seed {seed})");
+    }
+    let (requests, errors, resets) = proxy.counts();
+    eprintln!("injected over {requests} requests: {errors} errors/throttles, {resets} resets after applying");
+    assert!(requests > 100 && errors * 100 >= requests, "≥ 1 % injected: {requests} {errors} (seed {seed})");
+    assert!(resets > 0, "some resets after applying (seed {seed})");
+    w.assert_running()?;
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited (seed {seed}):\n{}", w.log_tail());
+    let _ = w.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_throttling_aws_services_lose_nothing_mysql() -> anyhow::Result<()> {
+    failing_and_throttling_aws_services_lose_nothing(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_throttling_aws_services_lose_nothing_postgres() -> anyhow::Result<()> {
+    failing_and_throttling_aws_services_lose_nothing(Kind::Postgres).await
 }

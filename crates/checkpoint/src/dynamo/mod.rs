@@ -251,6 +251,28 @@ impl DynamoStore {
             .build()
     }
 
+    /// After a failed condition on the partition item: whether the item now
+    /// is exactly the one this write sets. Then the write was applied and
+    /// only its answer lost (a connection reset after DynamoDB applied it,
+    /// and the client's retry found its own write): a success, not a fence.
+    /// Only this lease holder writes this generation, and the transaction is
+    /// atomic, so the rest of it was applied too.
+    async fn already_applied(&self, partition: &PartitionRef, label: &str, next: &PartitionCheckpoint) -> bool {
+        match self.get_partition(partition, label).await {
+            Ok(Some(current)) if current == *next => {
+                tracing::info!(
+                    group = partition.group.as_str(),
+                    topic = partition.topic.as_str(),
+                    partition = partition.partition,
+                    version = next.version,
+                    "checkpoint write was applied although its answer was lost"
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// After a failed condition on the partition item: re-read it and let the
     /// shared rules say why; `fallback` when the read does not explain it.
     async fn diagnose(
@@ -405,6 +427,9 @@ impl BatchStore for DynamoStore {
                 Ok(next)
             }
             Err(TxError::Condition(1, _)) => {
+                if self.already_applied(partition, &label, &next).await {
+                    return Ok(next);
+                }
                 // Say what changed, from a fresh read (diagnosis only).
                 Err(self
                     .diagnose(partition, &label, partition_err(), |cur| {
@@ -495,6 +520,7 @@ impl BatchStore for DynamoStore {
                 );
                 Ok(next)
             }
+            Err(TxError::Condition(1, _)) if self.already_applied(partition, &label, &next).await => Ok(next),
             Err(TxError::Condition(1, _)) => Err(self
                 .diagnose(partition, &label, partition_err(), |cur| {
                     rules::plan_commit(&label, cur, expected_version, generation, commit).err()
