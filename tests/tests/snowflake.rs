@@ -564,3 +564,42 @@ async fn wrong_credentials_are_named_retried_and_nothing_is_lost() -> anyhow::Re
     let _ = w.stop();
     Ok(())
 }
+
+/// Snowflake answers 10 % of requests with 503 and applies 5 % (a COPY, a
+/// MERGE, a ledger insert) then resets the connection before the answer, while
+/// three tenants load: retried, and Snowflake ends exact (guarded MERGE, load
+/// history, ledger). The seed is printed to replay a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_and_resetting_snowflake_ends_exact() -> anyhow::Result<()> {
+    use lablake_tests::http_fault::{HttpFaultProxy, Rates};
+    let seed = std::env::var("LABLAKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("fault seed {seed} (LABLAKE_FAULT_SEED={seed} replays it)");
+    let target = lablake_tests::proxy::host_port(&snowflake_url());
+    let proxy = HttpFaultProxy::start(&target, Rates { error: 0.10, reset_after: 0.05 }, seed).await?;
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    let mut w = World::new(3, &[ORDERS_DDL], &sink_config_at(&prefix, &proxy.url())).await?;
+    w.start()?;
+    let mut conn = w.pool.get_conn().await?;
+    for round in 0..4 {
+        for (n, t) in w.tenants.clone().iter().enumerate() {
+            conn.query_drop(format!("USE lab_{t}")).await?;
+            let rows: Vec<String> = (0..100)
+                .map(|i| format!("({}, 'p{n}-{i}', 'new', {i}.25, NOW(6), 'r{round}')", round * 1000 + i))
+                .collect();
+            conn.query_drop(format!("INSERT INTO orders VALUES {}", rows.join(", "))).await?;
+            conn.query_drop(format!("UPDATE orders SET status = 'collected' WHERE id % 7 = {round}")).await?;
+            conn.query_drop(format!("DELETE FROM orders WHERE id % 13 = {round}")).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut c = client().await?;
+    for t in w.tenants.clone() {
+        let db = format!("{prefix}{}", t.to_uppercase());
+        await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(240)).await?;
+    }
+    let (requests, errors, resets) = proxy.counts();
+    eprintln!("injected over {requests} requests: {errors} errors, {resets} resets after applying");
+    assert!(requests > 50 && errors > 0 && resets > 0, "faults injected: {requests} {errors} {resets} (seed {seed})");
+    let _ = w.stop();
+    Ok(())
+}
