@@ -63,6 +63,16 @@ impl LeaseStore for MemoryStore {
         *generation += 1;
         Ok(*generation)
     }
+
+    async fn reacquire_lease(&self, lease: &LeaseName, held: u64) -> Result<u64, CheckpointError> {
+        let mut state = self.lock();
+        let generation = state.leases.entry(lease.clone()).or_insert(0);
+        if *generation != held {
+            return Err(crate::rules::taken_over(lease, held, *generation));
+        }
+        *generation += 1;
+        Ok(*generation)
+    }
 }
 
 impl SourceStore for MemoryStore {

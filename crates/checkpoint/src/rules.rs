@@ -26,6 +26,14 @@ pub(crate) fn lease_fenced(fence: &Fence) -> CheckpointError {
     CheckpointError::Fenced(format!("lease `{}` is no longer held at generation {}", fence.lease, fence.generation))
 }
 
+/// Why a holder may not take `lease` back after a restart.
+pub(crate) fn taken_over(lease: &LeaseName, held: u64, now: u64) -> CheckpointError {
+    CheckpointError::Fenced(format!(
+        "lease `{lease}` was taken over (generation {now}, this holder had {held}) while this stage was starting \
+         again; it is not taken back"
+    ))
+}
+
 /// What guards the writes of a source (its checkpoint and its snapshot
 /// progress): the source's lease.
 pub(crate) fn source_fence(source: &str, generation: u64) -> Fence {

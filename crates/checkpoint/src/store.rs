@@ -35,6 +35,19 @@ pub trait LeaseStore: Send + Sync {
     /// every write guarded by `lease` with an older generation is
     /// [`CheckpointError::Fenced`].
     fn acquire_lease(&self, lease: &LeaseName) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
+
+    /// For a holder starting again after a failure in the same process: the
+    /// next generation, like [`Self::acquire_lease`], but only while `lease`
+    /// still has `held`, the holder's own. When another holder took it over
+    /// meanwhile, [`CheckpointError::Fenced`]: the caller was superseded and
+    /// must not take the lease back (two holders restarting after each
+    /// other's takeover would otherwise fence each other forever). A retried
+    /// request whose first attempt was applied is recognised as the caller's.
+    fn reacquire_lease(
+        &self,
+        lease: &LeaseName,
+        held: u64,
+    ) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
 }
 
 /// Source checkpoints: where each source resumes.

@@ -11,7 +11,7 @@ use lablake_checkpoint::{DynamoStore, SchemaStore, SinkStore, SnapshotState, Sna
 use lablake_lake::Lake;
 use lablake_model::TableId;
 use lablake_pipeline::source::SourceStage;
-use lablake_pipeline::supervise::supervise;
+use lablake_pipeline::supervise::{LeaseHeld, supervise};
 use lablake_pipeline::{Curator, SourceConfig, metrics, snapshot};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -276,12 +276,14 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
         for source in sources {
             let (lanes, bus, store, stop) = (lanes.clone(), cfg.kafka.clone(), store.clone(), shutdown.clone());
             let name = format!("source `{}`", source.name());
+            let lease = LeaseHeld::default();
             tasks.spawn(supervise(name, shutdown.clone(), move || {
                 let stage = SourceStage {
                     lanes: lanes.clone(),
                     bus: bus.clone(),
                     store: store.clone(),
                     shutdown: stop.clone(),
+                    lease: lease.clone(),
                 };
                 source.clone().run(stage)
             }));
@@ -292,6 +294,7 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
             let (bus, lake, store, shard, stop) =
                 (cfg.kafka.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shard.clone(), shutdown.clone());
             let name = format!("curator `{}` ({} lane)", curate.group, lane.name());
+            let lease = LeaseHeld::default();
             tasks.spawn(supervise(name, shutdown.clone(), move || {
                 let curator = Curator {
                     bus: bus.clone(),
@@ -301,6 +304,7 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
                     shard: shard.clone(),
                     lane: lane.clone(),
                     inherit_group: inherit_group.clone(),
+                    lease: lease.clone(),
                 };
                 curator.run(stop.clone())
             }));
@@ -309,8 +313,10 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
     if let (Some(sf), true) = (&cfg.snowflake, stages.sink) {
         let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
         let (sf, lake, store, stop) = (sf.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shutdown.clone());
+        let lease = LeaseHeld::default();
         tasks.spawn(supervise("snowflake sink".into(), shutdown.clone(), move || {
-            lablake_pipeline::sink::run_sink(sf.clone(), lake.clone(), bucket.clone(), store.clone(), stop.clone())
+            let (sf, lake, bucket, store) = (sf.clone(), lake.clone(), bucket.clone(), store.clone());
+            lablake_pipeline::sink::run_sink(sf, lake, bucket, store, stop.clone(), lease.clone())
         }));
     }
     while let Some(res) = tasks.join_next().await {

@@ -165,6 +165,8 @@ pub struct Curator<S> {
     /// none (the core group, when the user-defined lane is enabled on a
     /// running deployment: its topics are not curated again from offset 0).
     pub inherit_group: Option<String>,
+    /// The curation lease across in-process restarts.
+    pub lease: crate::supervise::LeaseHeld,
 }
 
 struct Open {
@@ -201,7 +203,8 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
         let group = self.curate.group.clone();
         let lease = LeaseName::curator(&group, &self.shard);
-        let generation = self.store.acquire_lease(&lease).await.context("acquiring the curation lease")?;
+        let generation =
+            self.lease.acquire(self.store.as_ref(), &lease).await.context("acquiring the curation lease")?;
         let fence = Fence { lease, generation };
         tracing::info!(group, shard = self.shard, generation, lane = self.lane.name(), "curator started");
         let mut consumer = ChangeConsumer::new(&self.bus, &format!("lablake-{group}"))?;

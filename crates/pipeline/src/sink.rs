@@ -166,8 +166,9 @@ pub async fn run_sink<S: SinkStores + 'static>(
     bucket: String,
     store: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
+    lease: crate::supervise::LeaseHeld,
 ) -> Result<(), PipelineError> {
-    let generation = store.acquire_lease(&LeaseName::sink(SINK)).await.context("acquiring the sink lease")?;
+    let generation = lease.acquire(store.as_ref(), &LeaseName::sink(SINK)).await.context("acquiring the sink lease")?;
     let client = Client::new(cfg.connection.clone())?;
     let endpoint = client.endpoint().to_owned();
     tracing::info!(endpoint, generation, "snowflake sink started");

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::supervise::LeaseHeld;
 use lablake_bus::{BusConfig, ChangeProducer, Sent, UnresolvedPayload, ack_queue};
 use lablake_checkpoint::{CheckpointStore, LeaseName, SchemaStore, SchemaVersion, SourceCheckpoint};
 use lablake_model::tenant::UNRESOLVED_TENANT;
@@ -142,6 +143,8 @@ pub struct SourceStage<S> {
     pub bus: BusConfig,
     pub store: Arc<S>,
     pub shutdown: watch::Receiver<bool>,
+    /// The source lease across in-process restarts.
+    pub lease: LeaseHeld,
 }
 
 /// What the checkpoint saver saves once Kafka acknowledged everything before it.
@@ -200,7 +203,8 @@ pub async fn run_source<C: Connector, S: CheckpointStore + 'static>(
 ) -> Result<(), PipelineError> {
     let name = connector.name().to_owned();
     let store = stage.store.clone();
-    let generation = store.acquire_lease(&LeaseName::source(&name)).await.context("acquiring the source lease")?;
+    let generation =
+        stage.lease.acquire(store.as_ref(), &LeaseName::source(&name)).await.context("acquiring the source lease")?;
     let checkpoint = store.load_source(&name).await.context("reading the source checkpoint")?;
     match &checkpoint {
         Some(c) => tracing::info!(source = name, resume = %c.resume, generation, "resuming source"),

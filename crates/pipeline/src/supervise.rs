@@ -10,12 +10,37 @@
 //! with it the process, naming what happened.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lablake_checkpoint::{CheckpointError, LeaseName, LeaseStore};
 use tokio::sync::watch;
 
 use crate::PipelineError;
 use crate::metrics;
+
+/// The generation a stage holds, kept across its in-process restarts (share
+/// one between the attempts of [`supervise`]). The first start takes the
+/// lease ([`LeaseStore::acquire_lease`]: a newcomer takes over); a restart
+/// takes it again only while it is still the stage's own
+/// ([`LeaseStore::reacquire_lease`]): a stage superseded while it was
+/// failing is fenced and ends, instead of taking the lease back from its
+/// successor, which would then do the same to it, forever.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseHeld(Arc<AtomicU64>);
+
+impl LeaseHeld {
+    /// The lease for this start of the stage.
+    pub async fn acquire<S: LeaseStore>(&self, store: &S, lease: &LeaseName) -> Result<u64, CheckpointError> {
+        let generation = match self.0.load(Ordering::SeqCst) {
+            0 => store.acquire_lease(lease).await?,
+            held => store.reacquire_lease(lease, held).await?,
+        };
+        self.0.store(generation, Ordering::SeqCst);
+        Ok(generation)
+    }
+}
 
 /// First wait after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);

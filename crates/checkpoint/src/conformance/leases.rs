@@ -7,6 +7,23 @@ use crate::{LeaseName, LeaseStore};
 /// Runs every lease check.
 pub async fn run<S: LeaseStore>(store: &S, prefix: &str) {
     generations_increase_per_lease(store, prefix).await;
+    a_superseded_holder_cannot_take_the_lease_back(store, prefix).await;
+}
+
+/// A holder starting again takes the next generation while the lease is
+/// still its own, and is fenced once someone else took it over.
+pub async fn a_superseded_holder_cannot_take_the_lease_back<S: LeaseStore>(store: &S, prefix: &str) {
+    let lease = LeaseName::source(&format!("{prefix}-retake"));
+    let g1 = store.acquire_lease(&lease).await.expect("acquire");
+    let g2 = store.reacquire_lease(&lease, g1).await.expect("take it again while still held");
+    assert!(g2 > g1, "a re-acquisition returns a greater generation: {g1} then {g2}");
+    let other = store.acquire_lease(&lease).await.expect("another holder takes over");
+    match store.reacquire_lease(&lease, g2).await {
+        Err(crate::CheckpointError::Fenced(reason)) => assert!(reason.contains("taken over"), "{reason}"),
+        other => panic!("a superseded holder must be fenced, got {other:?}"),
+    }
+    let back = store.reacquire_lease(&lease, other).await.expect("the new holder may restart");
+    assert!(back > other);
 }
 
 /// The first generation is at least 1 and each acquisition returns a

@@ -38,6 +38,18 @@ pub struct DynamoStore {
     table: String,
 }
 
+/// A unique id for one write, stored with the item it writes (attribute
+/// `write_id`): when a retried request finds its condition failed, the item
+/// carrying this id is the proof its first attempt was applied (a connection
+/// reset after DynamoDB applied it), as opposed to another writer's change.
+fn write_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+const WRITE_ID: &str = "write_id";
+
 /// Attempts of a transaction cancelled only by `TransactionConflict` (another
 /// transaction on the same item, e.g. the shared database status row), and of
 /// the read-then-create loops of snapshot requests and schema registration.
@@ -252,14 +264,28 @@ impl DynamoStore {
     }
 
     /// After a failed condition on the partition item: whether the item now
-    /// is exactly the one this write sets. Then the write was applied and
-    /// only its answer lost (a connection reset after DynamoDB applied it,
-    /// and the client's retry found its own write): a success, not a fence.
-    /// Only this lease holder writes this generation, and the transaction is
-    /// atomic, so the rest of it was applied too.
-    async fn already_applied(&self, partition: &PartitionRef, label: &str, next: &PartitionCheckpoint) -> bool {
-        match self.get_partition(partition, label).await {
-            Ok(Some(current)) if current == *next => {
+    /// is the one this write (`id`, see [`write_id`]) set. Then the write was
+    /// applied and only its answer lost (a connection reset after DynamoDB
+    /// applied it, and the client's retry found its own write): a success,
+    /// not a fence. The transaction is atomic, so the rest of it was applied too.
+    async fn already_applied(
+        &self,
+        partition: &PartitionRef,
+        label: &str,
+        next: &PartitionCheckpoint,
+        id: &str,
+    ) -> bool {
+        let item = self
+            .get(
+                items::partition_pk(&partition.group),
+                items::partition_sk(&partition.topic, partition.partition),
+                label,
+            )
+            .await;
+        let Ok(Some(item)) = item else { return false };
+        let ours = items::get_s(&item, WRITE_ID, label).is_ok_and(|w| w == id);
+        match items::parse_partition(&item, label) {
+            Ok(current) if ours && current == *next => {
                 tracing::info!(
                     group = partition.group.as_str(),
                     topic = partition.topic.as_str(),
@@ -340,6 +366,45 @@ impl LeaseStore for DynamoStore {
         let attrs = out.attributes.unwrap_or_default();
         get_n(&attrs, "generation", &what)
     }
+
+    async fn reacquire_lease(&self, lease: &LeaseName, held: u64) -> Result<u64, CheckpointError> {
+        let what = format!("lease `{lease}`");
+        let id = write_id();
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(items::lease_pk(lease.as_str())))
+            .key("sk", s(LEASE_SK))
+            .update_expression("ADD #generation :one SET #owner = :owner, #updated = :now")
+            .condition_expression("#generation = :held AND #fmt <= :fmt")
+            .expression_attribute_names("#generation", "generation")
+            .expression_attribute_names("#owner", WRITE_ID)
+            .expression_attribute_names("#updated", "updated_at_ms")
+            .expression_attribute_names("#fmt", "fmt")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":held", n(held))
+            .expression_attribute_values(":owner", s(&id))
+            .expression_attribute_values(":now", n(rules::now_ms()))
+            .expression_attribute_values(":fmt", n(FORMAT))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => get_n(&out.attributes.unwrap_or_default(), "generation", &what),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
+                let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
+                let written = items::get_s(&item, WRITE_ID, &what).unwrap_or_default();
+                if now == held + 1 && written == id {
+                    // Our own update, applied on an attempt whose answer was lost.
+                    return Ok(now);
+                }
+                Err(rules::taken_over(lease, held, now))
+            }
+            Err(e) => Err(sdk_error(format!("taking back {what}"), e)),
+        }
+    }
 }
 
 impl SourceStore for DynamoStore {
@@ -390,11 +455,10 @@ impl BatchStore for DynamoStore {
         };
         let next = rules::plan_begin(&label, current.as_ref(), expected_version, generation, intent)?;
 
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(items::partition_item(
-            partition,
-            &next,
-            rules::now_ms(),
-        )));
+        let id = write_id();
+        let mut item = items::partition_item(partition, &next, rules::now_ms());
+        item.insert(WRITE_ID.into(), s(&id));
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
         put = match expected_version {
             None => put.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", "pk"),
             Some(v) => put
@@ -427,7 +491,7 @@ impl BatchStore for DynamoStore {
                 Ok(next)
             }
             Err(TxError::Condition(1, _)) => {
-                if self.already_applied(partition, &label, &next).await {
+                if self.already_applied(partition, &label, &next, &id).await {
                     return Ok(next);
                 }
                 // Say what changed, from a fresh read (diagnosis only).
@@ -463,9 +527,12 @@ impl BatchStore for DynamoStore {
         let b = |e: BuildError| backend(&label, e);
 
         // 1. The partition checkpoint: version and pending intent must match.
+        let id = write_id();
+        let mut item = items::partition_item(partition, &next, now);
+        item.insert(WRITE_ID.into(), s(&id));
         let partition_put = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(items::partition_item(partition, &next, now)))
+            .set_item(Some(item))
             .condition_expression("#version = :expected AND #pfirst = :pfirst AND #plast = :plast AND #pkey = :pkey")
             .expression_attribute_names("#version", "version")
             .expression_attribute_names("#pfirst", "pending_first")
@@ -520,7 +587,7 @@ impl BatchStore for DynamoStore {
                 );
                 Ok(next)
             }
-            Err(TxError::Condition(1, _)) if self.already_applied(partition, &label, &next).await => Ok(next),
+            Err(TxError::Condition(1, _)) if self.already_applied(partition, &label, &next, &id).await => Ok(next),
             Err(TxError::Condition(1, _)) => Err(self
                 .diagnose(partition, &label, partition_err(), |cur| {
                     rules::plan_commit(&label, cur, expected_version, generation, commit).err()
