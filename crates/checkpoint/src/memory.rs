@@ -163,6 +163,22 @@ impl BatchStore for MemoryStore {
         Ok(next)
     }
 
+    async fn move_partition(
+        &self,
+        partition: &PartitionRef,
+        fence: &Fence,
+        expected_version: u64,
+        next_offset: i64,
+    ) -> Result<PartitionCheckpoint, CheckpointError> {
+        let label = rules::partition_label(partition);
+        let mut state = self.lock();
+        state.check_fence(fence)?;
+        let next =
+            rules::plan_move(&label, state.partitions.get(partition), expected_version, fence.generation, next_offset)?;
+        state.partitions.insert(partition.clone(), next.clone());
+        Ok(next)
+    }
+
     async fn manifest(&self, table: &TableId) -> Result<Vec<ManifestEntry>, CheckpointError> {
         Ok(self.lock().manifests.get(table).map(|m| m.values().cloned().collect()).unwrap_or_default())
     }

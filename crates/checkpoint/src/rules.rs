@@ -168,6 +168,44 @@ pub(crate) fn plan_commit(
     }
 }
 
+/// The checkpoint `move_partition` writes, given the current one; or why not.
+pub(crate) fn plan_move(
+    label: &str,
+    current: Option<&PartitionCheckpoint>,
+    expected_version: u64,
+    generation: u64,
+    next_offset: i64,
+) -> Result<PartitionCheckpoint, CheckpointError> {
+    let Some(cur) = current else {
+        return Err(CheckpointError::Fenced(format!("{label}: no checkpoint to move")));
+    };
+    if cur.version != expected_version {
+        return Err(CheckpointError::Fenced(format!(
+            "{label}: expected version {expected_version}, found version {}",
+            cur.version
+        )));
+    }
+    if let Some(p) = &cur.pending {
+        return Err(CheckpointError::Fenced(format!(
+            "{label}: a batch is pending ({}..={}); start the curator once so it commits it, or recover the records",
+            p.first_offset, p.last_offset
+        )));
+    }
+    if next_offset <= cur.next_offset {
+        return Err(CheckpointError::Fenced(format!(
+            "{label}: moves only forward: next offset is {}, asked for {next_offset}",
+            cur.next_offset
+        )));
+    }
+    Ok(PartitionCheckpoint {
+        next_offset,
+        pending: None,
+        generation,
+        version: cur.version + 1,
+        high_water: cur.high_water.clone(),
+    })
+}
+
 /// Applies a committed batch to a status row, exactly as the DynamoDB update
 /// expression does: counters are added, `max_commit_ts_ms`, `max_position` and
 /// `updated_at_ms` are set to the batch's values (see the crate README).

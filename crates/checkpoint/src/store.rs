@@ -125,6 +125,27 @@ pub trait BatchStore: Send + Sync {
         commit: &BatchCommit,
     ) -> impl Future<Output = Result<PartitionCheckpoint, CheckpointError>> + Send;
 
+    /// The operator's recovery of a partition whose log lost records (the
+    /// curator stopped it): moves its `next_offset` forward to `next_offset`,
+    /// version one higher, `generation = fence.generation`, the high-water
+    /// mark kept. Returns the new checkpoint. The records in between are
+    /// never curated: take a snapshot of the affected tables first.
+    ///
+    /// Written only if all of these hold, else [`CheckpointError::Fenced`]
+    /// and nothing is written:
+    /// * the lease `fence.lease` still has `fence.generation` (the operator
+    ///   took it, so a running curator of that lease is fenced);
+    /// * the checkpoint exists and is at `expected_version`, with no batch
+    ///   pending;
+    /// * `next_offset` is greater than the checkpoint's (forward only).
+    fn move_partition(
+        &self,
+        partition: &PartitionRef,
+        fence: &Fence,
+        expected_version: u64,
+        next_offset: i64,
+    ) -> impl Future<Output = Result<PartitionCheckpoint, CheckpointError>> + Send;
+
     /// Manifest of a table's curated files, ordered by (topic, partition,
     /// first_offset), every page read.
     fn manifest(&self, table: &TableId) -> impl Future<Output = Result<Vec<ManifestEntry>, CheckpointError>> + Send;

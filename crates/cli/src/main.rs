@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lablake::config::{Config, LogFormat};
 use lablake::status;
-use lablake_checkpoint::{DynamoStore, SchemaStore, SinkStore, SnapshotState, SnapshotStore};
+use lablake_checkpoint::{
+    BatchStore, DynamoStore, Fence, LeaseName, LeaseStore, PartitionRef, SchemaStore, SinkStore, SnapshotState,
+    SnapshotStore,
+};
 use lablake_lake::Lake;
 use lablake_model::TableId;
 use lablake_pipeline::source::SourceStage;
@@ -101,6 +104,24 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         quiet_secs: u64,
     },
+    /// Moves a stopped partition of a curator past the records its log lost
+    /// (take a snapshot of its tables first: the records in between are never
+    /// curated). Takes the curator's lease, so a running curator of that
+    /// group and shard stops, fenced; start it again afterwards.
+    MovePartition {
+        /// Consumer group (default: `curate.group`).
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value = "0")]
+        shard: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new next offset (forward only).
+        #[arg(long)]
+        to: i64,
+    },
     /// Validates the configuration and exits.
     CheckConfig,
 }
@@ -157,6 +178,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Status { tenant, json, lake } => status(&cfg, tenant.as_deref(), json, lake).await,
         Command::Schema { tenant, table, json } => schema(&cfg, &tenant, &table, json).await,
         Command::Redrive { tenant, quiet_secs } => redrive(&cfg, &tenant, quiet_secs).await,
+        Command::MovePartition { group, shard, topic, partition, to } => {
+            let group = group.unwrap_or_else(|| cfg.curate.group.clone());
+            move_partition(&cfg, &group, &shard, &topic, partition, to).await
+        }
         Command::Snapshot { tenant, table, source, no_wait } => {
             request_snapshots(&cfg, &tenant, table.as_deref(), source.as_deref(), no_wait).await
         }
@@ -225,6 +250,25 @@ async fn schema(cfg: &Config, tenant: &str, table: &str, json: bool) -> anyhow::
         println!("v{} first at {}: {}", v.version, v.first_position, v.changes.join("; "));
         println!("    columns: {}; key: {}", cols.join(", "), v.primary_key.join(", "));
     }
+    Ok(())
+}
+
+async fn move_partition(
+    cfg: &Config,
+    group: &str,
+    shard: &str,
+    topic: &str,
+    partition: i32,
+    to: i64,
+) -> anyhow::Result<()> {
+    let store = store(cfg).await?;
+    let at = PartitionRef::new(group, topic, partition);
+    let current = store.load_partition(&at).await?.with_context(|| format!("no checkpoint for {at}"))?;
+    let lease = LeaseName::curator(group, shard);
+    let generation = store.acquire_lease(&lease).await?;
+    let moved = store.move_partition(&at, &Fence::new(lease, generation), current.version, to).await?;
+    tracing::warn!(partition = %at, from = current.next_offset, to = moved.next_offset, "partition moved past a gap");
+    println!("{at}: next offset {} -> {} (version {})", current.next_offset, moved.next_offset, moved.version);
     Ok(())
 }
 

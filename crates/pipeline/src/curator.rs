@@ -309,7 +309,8 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             tracing::error!(group, topic = %rec.topic, partition = rec.partition, tenant = part.tenant, reason,
                                 "partition stopped: its log no longer holds what the checkpoint says was there; the other \
                                  partitions go on. Nothing after the gap is curated until an operator recovers it (take a \
-                                 snapshot of the table with `lablake snapshot`, then move the partition past the gap)");
+                                 snapshot of the table with `lablake snapshot`, then `lablake move-partition --topic T --partition P --to \
+                                 <first offset after the gap>` and restart)");
                             metrics::CURATE_PARTITION_STOPPED
                                 .with_label_values(&[part.tenant.as_str(), &rec.topic, &rec.partition.to_string()])
                                 .set(1.0);

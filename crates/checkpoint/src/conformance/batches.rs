@@ -17,6 +17,7 @@ pub async fn run<S: LeaseStore + BatchStore>(store: &S, prefix: &str) {
     invalid_batches_are_rejected(store, &format!("{prefix}-invalid")).await;
     racing_writers_with_one_generation(store, &format!("{prefix}-race")).await;
     high_water_follows_the_commits(store, &format!("{prefix}-high")).await;
+    a_partition_moves_forward_only_when_idle(store, &format!("{prefix}-move")).await;
     status_is_filtered_by_tenant(store, &format!("{prefix}-status")).await;
     manifest_is_ordered_and_per_table(store, &format!("{prefix}-manifest")).await;
 }
@@ -430,4 +431,36 @@ pub async fn high_water_follows_the_commits<S: LeaseStore + BatchStore>(store: &
     let done = store.commit_batch(&p, &f, begun.version, &c).await.expect("commit");
     assert_eq!(done.high_water.as_ref(), Some(&newer));
     assert_eq!(store.load_partition(&p).await.expect("load").and_then(|c| c.high_water), Some(newer));
+}
+
+/// The operator's move past a gap: forward only, not while a batch is
+/// pending, fenced for an old generation or version; the mark is kept and
+/// the next batch starts at the new offset.
+pub async fn a_partition_moves_forward_only_when_idle<S: LeaseStore + BatchStore>(store: &S, prefix: &str) {
+    let n = Names::new(prefix, ".mv");
+    let t = n.table("shop", "orders");
+    let f = n.acquire(store).await;
+    let p = n.at(0);
+    let a = intent(0, 9, &n.key("orders/mv-a.parquet"));
+    let begun = store.begin_batch(&p, &f, None, &a).await.expect("begin");
+    let pending = store.move_partition(&p, &f, begun.version, 50).await;
+    assert!(matches!(pending, Err(CheckpointError::Fenced(_))), "not while a batch is pending: {pending:?}");
+    let done = store.commit_batch(&p, &f, begun.version, &batch_commit(&a, &t, &n.source, 10)).await.expect("commit");
+    let back = store.move_partition(&p, &f, done.version, 5).await;
+    assert!(matches!(back, Err(CheckpointError::Fenced(_))), "never backwards: {back:?}");
+    let stale = store.move_partition(&p, &f, done.version + 7, 50).await;
+    assert!(matches!(stale, Err(CheckpointError::Fenced(_))), "stale version: {stale:?}");
+    let moved = store.move_partition(&p, &f, done.version, 50).await.expect("move");
+    assert_eq!((moved.next_offset, moved.version, moved.pending.is_none()), (50, done.version + 1, true));
+    assert_eq!(moved.high_water, done.high_water);
+    assert_eq!(store.load_partition(&p).await.expect("load"), Some(moved.clone()));
+    let early = store.begin_batch(&p, &f, Some(moved.version), &intent(10, 19, &n.key("orders/mv-b.parquet"))).await;
+    assert!(matches!(early, Err(CheckpointError::Fenced(_))), "nothing before the new offset: {early:?}");
+    store
+        .begin_batch(&p, &f, Some(moved.version), &intent(50, 59, &n.key("orders/mv-c.parquet")))
+        .await
+        .expect("the next batch starts at the new offset");
+    let newer = n.acquire(store).await;
+    let fenced = store.move_partition(&p, &f, moved.version + 1, 80).await;
+    assert!(matches!(fenced, Err(CheckpointError::Fenced(_))), "an old generation is fenced: {fenced:?} ({newer:?})");
 }

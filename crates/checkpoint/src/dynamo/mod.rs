@@ -597,6 +597,40 @@ impl BatchStore for DynamoStore {
         }
     }
 
+    async fn move_partition(
+        &self,
+        partition: &PartitionRef,
+        fence: &Fence,
+        expected_version: u64,
+        next_offset: i64,
+    ) -> Result<PartitionCheckpoint, CheckpointError> {
+        let label = rules::partition_label(partition);
+        rules::check_partition_arg(&label, partition.partition)?;
+        let current = self.get_partition(partition, &label).await?;
+        let next = rules::plan_move(&label, current.as_ref(), expected_version, fence.generation, next_offset)?;
+        let id = write_id();
+        let mut item = items::partition_item(partition, &next, rules::now_ms());
+        item.insert(WRITE_ID.into(), s(&id));
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("#version = :expected AND attribute_not_exists(#pfirst)")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_names("#pfirst", "pending_first")
+            .expression_attribute_values(":expected", n(expected_version))
+            .build()
+            .map_err(|e| backend(&label, e))?;
+        let items = vec![self.lease_check(fence)?, TransactWriteItem::builder().put(put).build()];
+        let lease_err = || rules::lease_fenced(fence);
+        let partition_err =
+            || CheckpointError::Fenced(format!("{label}: expected version {expected_version}, but it was changed"));
+        match self.transact(&format!("moving {label}"), items, &[Some(&lease_err), Some(&partition_err)]).await {
+            Ok(()) => Ok(next),
+            Err(TxError::Condition(1, _)) if self.already_applied(partition, &label, &next, &id).await => Ok(next),
+            Err(e) => Err(e.into_error(&label)),
+        }
+    }
+
     async fn manifest(&self, table: &TableId) -> Result<Vec<ManifestEntry>, CheckpointError> {
         let what = format!("manifest of {table}");
         let mut entries = self
