@@ -723,6 +723,45 @@ pub fn duplicated_changes(rows: &[BTreeMap<String, String>], pk: &str) -> usize 
     rows.iter().filter(|r| !seen.insert((r.get(pk).cloned().unwrap_or_default(), r["_position"].clone()))).count()
 }
 
+/// The change-by-change oracle: checks every curated change of every key
+/// against a version column (`version`) the workload increments on each
+/// update (an insert starts at 1). Per key, in source-position order (each
+/// (key, position) once), a create carries 1, an update the previous version
+/// plus one, a delete the previous version, a snapshot read (`r`, a state at
+/// its watermark) any version not below the previous; so no change is
+/// missing, repeated or out of order. Returns the first `limit` violations.
+pub fn version_violations(rows: &[BTreeMap<String, String>], pk: &str, version: &str, limit: usize) -> Vec<String> {
+    let mut by_key: BTreeMap<&str, BTreeMap<&str, &BTreeMap<String, String>>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r["_op"] != "t") {
+        let key = r.get(pk).map_or("", String::as_str);
+        by_key.entry(key).or_default().insert(r["_position"].as_str(), r);
+    }
+    let mut out = Vec::new();
+    for (key, changes) in by_key {
+        let mut prev: Option<i64> = None;
+        for (position, r) in changes {
+            let v: Option<i64> = r.get(version).and_then(|v| v.parse().ok());
+            let op = r["_op"].as_str();
+            let ok = match (op, v) {
+                ("c", Some(v)) => v == 1,
+                ("u", Some(v)) => prev.is_some_and(|p| v == p + 1),
+                ("d", Some(v)) => prev.is_none_or(|p| v == p),
+                ("d", None) => true,
+                ("r", Some(v)) => prev.is_none_or(|p| v >= p),
+                _ => false,
+            };
+            if !ok {
+                out.push(format!("key {key} at {position}: {op} with version {v:?} after {prev:?}"));
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+            prev = if op == "d" { None } else { v };
+        }
+    }
+    out
+}
+
 /// Latest state per primary key (`pk` column) from curated rows:
 /// deduplicated by (pk, _position), newest position wins, deletes removed,
 /// rows older than the newest truncate (`_op = t`) removed, metadata columns
@@ -896,4 +935,36 @@ pub async fn source_rows(
         out.insert(k, m);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod oracle_tests {
+    use super::*;
+
+    fn row(id: &str, pos: &str, op: &str, version: &str) -> BTreeMap<String, String> {
+        [("id", id), ("_position", pos), ("_op", op), ("version", version)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_version_oracle_finds_missing_repeated_and_reordered_changes() {
+        let good = vec![
+            row("1", "01", "c", "1"),
+            row("1", "02", "u", "2"),
+            row("1", "03", "d", "2"),
+            row("1", "04", "c", "1"),
+        ];
+        assert!(version_violations(&good, "id", "version", 10).is_empty());
+        // A re-delivery at the same position counts once.
+        let redelivered = [good.clone(), vec![row("1", "02", "u", "2")]].concat();
+        assert!(version_violations(&redelivered, "id", "version", 10).is_empty());
+        let missing = vec![row("2", "01", "c", "1"), row("2", "03", "u", "3")];
+        assert_eq!(version_violations(&missing, "id", "version", 10).len(), 1);
+        let reordered = vec![row("3", "01", "c", "1"), row("3", "02", "u", "3"), row("3", "03", "u", "2")];
+        assert_eq!(version_violations(&reordered, "id", "version", 10).len(), 2);
+        let snapshot = vec![row("4", "01", "r", "5"), row("4", "02", "u", "6"), row("4", "00", "u", "4")];
+        assert_eq!(version_violations(&snapshot, "id", "version", 10).len(), 1, "an update without its predecessor");
+    }
 }

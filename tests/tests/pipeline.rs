@@ -134,7 +134,9 @@ const ORDERS_COLUMNS: &[(&str, &str)] = &[
 /// source exactly, and no two files overlap in offsets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::Result<()> {
-    let mut w = World::new(3, &[ORDERS_DDL], "").await?;
+    // `version`: 1 on insert, +1 on each update, for the change-by-change oracle.
+    let mut w =
+        World::new(3, &[ORDERS_DDL, "ALTER TABLE orders ADD COLUMN version INT NOT NULL DEFAULT 1"], "").await?;
     w.start()?;
     let pool = w.pool.clone();
     let tenants = w.tenants.clone();
@@ -156,11 +158,15 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
                     ));
                 }
                 for chunk in values.chunks(500) {
-                    conn.query_drop(format!("INSERT INTO orders VALUES {}", chunk.join(","))).await?;
+                    conn.query_drop(format!(
+                        "INSERT INTO orders (id, patient, status, amount, updated, note) VALUES {}",
+                        chunk.join(",")
+                    ))
+                    .await?;
                 }
                 changes += 2500;
                 conn.query_drop(format!(
-                    "UPDATE orders SET status = 'collected', amount = amount + 1, updated = NOW(6) WHERE id >= {base} AND id < {} AND id % 3 = 0",
+                    "UPDATE orders SET status = 'collected', amount = amount + 1, updated = NOW(6), version = version + 1 WHERE id >= {base} AND id < {} AND id % 3 = 0",
                     base + 2500
                 ))
                 .await?;
@@ -172,7 +178,7 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
                 .await?;
                 changes += 358;
                 conn.query_drop(format!(
-                    "UPDATE orders SET note = NULL, status = 'resulted' WHERE id >= {base} AND id < {} AND id % 5 = 1",
+                    "UPDATE orders SET note = NULL, status = 'resulted', version = version + 1 WHERE id >= {base} AND id < {} AND id % 5 = 1",
                     base + 2500
                 ))
                 .await?;
@@ -186,8 +192,9 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
     assert!(changes >= 100_000, "only {changes} changes");
     assert!(kills >= 4);
 
+    let columns: Vec<(&str, &str)> = ORDERS_COLUMNS.iter().copied().chain([("version", "version")]).collect();
     for t in w.tenants.clone() {
-        let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
+        let expected = source_rows(&w.pool, &t, "orders", &columns).await?;
         w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
         // No two files overlap in offsets (per topic-partition).
         let lake = w.lake()?;
@@ -211,6 +218,9 @@ async fn sigkill_during_100k_changes_loses_and_duplicates_nothing() -> anyhow::R
         // delivered again (same key and position), so no (key, position)
         // appears twice in the curated files, whatever the kills did.
         let rows = w.curated_rows(&t, "orders").await?;
+        // Every change, in order, none missing: the version column's story per key.
+        let wrong = lablake_tests::version_violations(&rows, "id", "version", 10);
+        assert!(wrong.is_empty(), "{t}: changes missing, repeated or out of order after {kills} kills: {wrong:#?}");
         let twice = lablake_tests::duplicated_changes(&rows, "id");
         assert_eq!(
             twice,
