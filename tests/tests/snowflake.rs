@@ -603,3 +603,60 @@ async fn a_failing_and_resetting_snowflake_ends_exact() -> anyhow::Result<()> {
     let _ = w.stop();
     Ok(())
 }
+
+/// A paused sink (SIGSTOP) whose lease a new sink took wakes up (SIGCONT)
+/// with its in-flight work: its next checkpoint write is fenced and it
+/// exits; Snowflake stays exact (position-guarded MERGE). Three rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_sink_zombie_never_writes_after_its_successor() -> anyhow::Result<()> {
+    let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
+    let mut w = World::new(1, &[ORDERS_DDL], &sink_config(&prefix)).await?;
+    let t = w.tenants[0].clone();
+    let db = format!("{prefix}{}", t.to_uppercase());
+    let mut others = vec![w.spawn(&["source"])?, w.spawn(&["curate"])?];
+    let mut sink = w.spawn(&["sink"])?;
+    let mut conn = w.pool.get_conn().await?;
+    let mut c = client().await?;
+    let signal = |child: &std::process::Child, sig: &str| {
+        std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().map(|s| s.success())
+    };
+    for round in 0..4u32 {
+        for i in 0..60 {
+            let id = round * 100 + i;
+            conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({id}, 'p{id}', 'new', 1.25, NOW(6), NULL)"))
+                .await?;
+        }
+        conn.query_drop(format!("UPDATE lab_{t}.orders SET status = 'collected' WHERE id % 4 = {round}")).await?;
+        await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(120)).await?;
+        if round == 3 {
+            break;
+        }
+        anyhow::ensure!(signal(&sink, "-STOP")?, "SIGSTOP");
+        let next = w.spawn(&["sink"])?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        conn.query_drop(format!("DELETE FROM lab_{t}.orders WHERE id % 9 = {round}")).await?;
+        await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(120)).await?;
+        anyhow::ensure!(signal(&sink, "-CONT")?, "SIGCONT");
+        conn.query_drop(format!("UPDATE lab_{t}.orders SET note = 'woken {round}' WHERE id % 5 = 0")).await?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(s) = sink.try_wait()? {
+                break s;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the woken sink kept running:\n{}", w.log_tail());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        anyhow::ensure!(!status.success(), "the woken sink exited successfully");
+        sink = next;
+    }
+    let log = std::fs::read_to_string(&w.log_path)?;
+    let fenced = log.lines().filter(|l| l.contains("lablake failed") && l.contains("fenced")).count();
+    assert_eq!(fenced, 3, "each woken sink exited fenced:\n{}", w.log_tail());
+    anyhow::ensure!(sink.try_wait()?.is_none(), "the live sink exited:\n{}", w.log_tail());
+    others.push(sink);
+    for mut p in others {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    Ok(())
+}
