@@ -127,6 +127,30 @@ pub fn services(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test
+/// leaves no `lablake` behind.
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A short random lowercase id.
 pub fn rand_id(len: usize) -> String {
     let mut r = rand::rng();

@@ -613,11 +613,11 @@ async fn a_woken_sink_zombie_never_writes_after_its_successor() -> anyhow::Resul
     let mut w = World::new(1, &[ORDERS_DDL], &sink_config(&prefix)).await?;
     let t = w.tenants[0].clone();
     let db = format!("{prefix}{}", t.to_uppercase());
-    let mut others = vec![w.spawn(&["source"])?, w.spawn(&["curate"])?];
-    let mut sink = w.spawn(&["sink"])?;
+    let _others = [lablake_tests::Reaped(w.spawn(&["source"])?), lablake_tests::Reaped(w.spawn(&["curate"])?)];
+    let mut sink = lablake_tests::Reaped(w.spawn(&["sink"])?);
     let mut conn = w.pool.get_conn().await?;
     let mut c = client().await?;
-    let signal = |child: &std::process::Child, sig: &str| {
+    let signal = |child: &lablake_tests::Reaped, sig: &str| {
         std::process::Command::new("kill").args([sig, &child.id().to_string()]).status().map(|s| s.success())
     };
     for round in 0..4u32 {
@@ -632,7 +632,7 @@ async fn a_woken_sink_zombie_never_writes_after_its_successor() -> anyhow::Resul
             break;
         }
         anyhow::ensure!(signal(&sink, "-STOP")?, "SIGSTOP");
-        let next = w.spawn(&["sink"])?;
+        let next = lablake_tests::Reaped(w.spawn(&["sink"])?);
         tokio::time::sleep(Duration::from_secs(2)).await;
         conn.query_drop(format!("DELETE FROM lab_{t}.orders WHERE id % 9 = {round}")).await?;
         await_equal(&mut w, &mut c, &db, &t, MY_COLUMNS, Duration::from_secs(120)).await?;
@@ -653,10 +653,5 @@ async fn a_woken_sink_zombie_never_writes_after_its_successor() -> anyhow::Resul
     let fenced = log.lines().filter(|l| l.contains("lablake failed") && l.contains("fenced")).count();
     assert_eq!(fenced, 3, "each woken sink exited fenced:\n{}", w.log_tail());
     anyhow::ensure!(sink.try_wait()?.is_none(), "the live sink exited:\n{}", w.log_tail());
-    others.push(sink);
-    for mut p in others {
-        let _ = p.kill();
-        let _ = p.wait();
-    }
     Ok(())
 }

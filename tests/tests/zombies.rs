@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lablake_tests::{World, duplicated_changes};
+use lablake_tests::{Reaped, World, duplicated_changes};
 
 const DDL: &str = "CREATE TABLE cases (id BIGINT NOT NULL PRIMARY KEY, state VARCHAR(20), n INT)";
 const COLS: &[&str] = &["id", "state", "n"];
@@ -68,14 +68,14 @@ async fn await_fenced_exit(w: &World, zombie: &mut Child) -> anyhow::Result<()> 
 async fn zombie_rounds(stage: &str) -> anyhow::Result<()> {
     let mut w = World::new(2, &[DDL], "").await?;
     let other = if stage == "source" { "curate" } else { "source" };
-    let mut steady = w.spawn(&[other])?;
-    let mut current = w.spawn(&[stage])?;
+    let mut steady = Reaped(w.spawn(&[other])?);
+    let mut current = Reaped(w.spawn(&[stage])?);
     write(&w, 0).await?;
     await_exact(&mut w).await?;
     for round in 1..=3u32 {
         signal(&current, "-STOP")?;
         // The new owner takes the lease (a higher generation) while the old one sleeps.
-        let next = w.spawn(&[stage])?;
+        let next = Reaped(w.spawn(&[stage])?);
         tokio::time::sleep(Duration::from_secs(2)).await;
         write(&w, round).await?;
         await_exact(&mut w).await.with_context(|| format!("round {round}: with the new {stage}"))?;
@@ -91,8 +91,6 @@ async fn zombie_rounds(stage: &str) -> anyhow::Result<()> {
     assert_eq!(fenced, 3, "each zombie exited fenced:\n{}", w.log_tail());
     for c in [&mut current, &mut steady] {
         anyhow::ensure!(c.try_wait()?.is_none(), "a live owner exited; log:\n{}", w.log_tail());
-        let _ = c.kill();
-        let _ = c.wait();
     }
     Ok(())
 }
