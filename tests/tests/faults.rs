@@ -25,6 +25,26 @@ const DDL: &str = "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, status V
                    note TEXT)";
 const COLS: &[&str] = &["id", "status", "amount", "note"];
 
+/// Every tenant's curated orders equal the source's within `timeout`, each
+/// change once (no (key, position) twice).
+async fn await_exact(w: &mut World, timeout: Duration) -> anyhow::Result<()> {
+    for t in w.tenants.clone() {
+        let expected = w.source_state(&t, "orders", COLS).await?;
+        w.await_curated_state(&t, "orders", "id", &expected, timeout).await?;
+        let rows = w.curated_rows(&t, "orders").await?;
+        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
+    }
+    Ok(())
+}
+
+/// The pipeline is up and never exited (stages retried in-process only).
+fn assert_never_exited(w: &mut World) -> anyhow::Result<()> {
+    w.assert_running()?;
+    let log = std::fs::read_to_string(&w.log_path)?;
+    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited:\n{}", w.log_tail());
+    Ok(())
+}
+
 /// 200 inserts and some updates per tenant, each statement a transaction.
 async fn write(w: &World, round: u32) -> anyhow::Result<()> {
     for t in &w.tenants {
@@ -56,12 +76,7 @@ async fn a_cut_source_link_is_retried_in_process(kind: Kind) -> anyhow::Result<(
         proxy.heal();
         write(&w, 50 + cut).await?;
     }
-    for t in w.tenants.clone() {
-        let expected = w.source_state(&t, "orders", COLS).await?;
-        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
-        let rows = w.curated_rows(&t, "orders").await?;
-        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
-    }
+    await_exact(&mut w, Duration::from_secs(120)).await?;
     let log = std::fs::read_to_string(&w.log_path)?;
     assert!(
         log.lines().any(|l| l.contains("stage failed; starting it again") && l.contains("source")),
@@ -99,10 +114,7 @@ async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for crash in 0..3u32 {
-        for t in w.tenants.clone() {
-            let expected = w.source_state(&t, "orders", COLS).await?;
-            w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(180)).await?;
-        }
+        await_exact(&mut w, Duration::from_secs(180)).await?;
         broker.crash();
         for round in 0..2 {
             write(&w, 10 + crash * 10 + round).await?;
@@ -112,15 +124,8 @@ async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
         broker.restart()?;
         write(&w, 60 + crash).await?;
     }
-    for t in w.tenants.clone() {
-        let expected = w.source_state(&t, "orders", COLS).await?;
-        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(180)).await?;
-        let rows = w.curated_rows(&t, "orders").await?;
-        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
-    }
-    w.assert_running()?;
-    let log = std::fs::read_to_string(&w.log_path)?;
-    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited:\n{}", w.log_tail());
+    await_exact(&mut w, Duration::from_secs(180)).await?;
+    assert_never_exited(&mut w)?;
     let _ = w.stop();
     Ok(())
 }
@@ -144,10 +149,7 @@ async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Res
     w.set_source_url(&via(&w.source_url(), proxy.addr()))?;
     w.start()?;
     write(&w, 0).await?;
-    for t in w.tenants.clone() {
-        let expected = w.source_state(&t, "orders", COLS).await?;
-        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(120)).await?;
-    }
+    await_exact(&mut w, Duration::from_secs(120)).await?;
     proxy.blackhole();
     for round in 1..=6 {
         write(&w, round).await?;
@@ -157,15 +159,8 @@ async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Res
     proxy.heal();
     proxy.set_latency(Duration::from_millis(200));
     write(&w, 7).await?;
-    for t in w.tenants.clone() {
-        let expected = w.source_state(&t, "orders", COLS).await?;
-        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(180)).await?;
-        let rows = w.curated_rows(&t, "orders").await?;
-        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
-    }
-    w.assert_running()?;
-    let log = std::fs::read_to_string(&w.log_path)?;
-    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited:\n{}", w.log_tail());
+    await_exact(&mut w, Duration::from_secs(180)).await?;
+    assert_never_exited(&mut w)?;
     let _ = w.stop();
     Ok(())
 }
@@ -194,19 +189,12 @@ async fn failing_and_throttling_aws_services_lose_nothing(kind: Kind) -> anyhow:
         write(&w, round).await?;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    for t in w.tenants.clone() {
-        let expected = w.source_state(&t, "orders", COLS).await?;
-        w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(240)).await?;
-        let rows = w.curated_rows(&t, "orders").await?;
-        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files (seed {seed})");
-    }
+    await_exact(&mut w, Duration::from_secs(240)).await?;
     let (requests, errors, resets) = proxy.counts();
     eprintln!("injected over {requests} requests: {errors} errors/throttles, {resets} resets after applying");
     assert!(requests > 100 && errors * 100 >= requests, "≥ 1 % injected: {requests} {errors} (seed {seed})");
     assert!(resets > 0, "some resets after applying (seed {seed})");
-    w.assert_running()?;
-    let log = std::fs::read_to_string(&w.log_path)?;
-    assert_eq!(log.matches("lablake failed").count(), 0, "the process never exited (seed {seed}):\n{}", w.log_tail());
+    assert_never_exited(&mut w)?;
     let _ = w.stop();
     Ok(())
 }

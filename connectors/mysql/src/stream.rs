@@ -402,18 +402,13 @@ impl BinlogDecoder {
         routed.each_with(source, |route, source| {
             pending.push_back(match route {
                 Route::Change(c) => SourceItem::Change(c.into_event(&database, &name, &schema, source, now)),
-                Route::Unresolved(mut u) => {
-                    let reason = std::mem::take(&mut u.reason);
-                    let position = source.position.clone();
-                    let event = u.into_event(&database, &name, &schema, source, now);
-                    SourceItem::Unresolved(Unresolved {
-                        table: format!("{db}.{table}"),
-                        reason,
-                        position,
-                        tenant: None,
-                        row: UnresolvedRow::Change(Box::new(event)),
-                    })
-                }
+                Route::Unresolved(u) => SourceItem::Unresolved(Unresolved::unrouted(
+                    format!("{db}.{table}"),
+                    u,
+                    (&database, &name, &schema),
+                    source,
+                    now,
+                )),
             })
         });
     }
@@ -781,10 +776,8 @@ impl BinlogDecoder {
             "rows_event": b64.encode(event.data()),
             "columns": columns,
         });
-        let tenant = match &self.cfg.tenant {
-            TenantRule::SchemaPattern { .. } => self.names.tenants.of_database(&self.cfg.tenant, &info.database),
-            TenantRule::Column { .. } => None,
-        };
+        // Known under the schema rule (None under the column rule: the row is unreadable).
+        let tenant = self.names.tenants.of_database(&self.cfg.tenant, &info.database);
         if self.warned.insert(format!("undecodable:{}", info.qualified_name())) {
             warn!(source = %self.cfg.source_name, table = %info.qualified_name(), error = %error,
                 "row that cannot be decoded: sent to the dead-letter topic, the stream goes on");
@@ -811,18 +804,13 @@ impl BinlogDecoder {
                 Route::Change(c) => {
                     SourceItem::Change(c.into_event(&info.database, &info.table, &info.schema, source, now))
                 }
-                Route::Unresolved(mut u) => {
-                    let reason = std::mem::take(&mut u.reason);
-                    let position = source.position.clone();
-                    let event = u.into_event(&info.database, &info.table, &info.schema, source, now);
-                    SourceItem::Unresolved(Unresolved {
-                        table: info.qualified_name(),
-                        reason,
-                        position,
-                        tenant: None,
-                        row: UnresolvedRow::Change(Box::new(event)),
-                    })
-                }
+                Route::Unresolved(u) => SourceItem::Unresolved(Unresolved::unrouted(
+                    info.qualified_name(),
+                    u,
+                    (&info.database, &info.table, &info.schema),
+                    source,
+                    now,
+                )),
             })
         });
     }

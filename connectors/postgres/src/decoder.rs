@@ -466,11 +466,9 @@ impl PgDecoder {
         if !rel.selected {
             return;
         }
-        let tenant = match &self.cfg.tenant {
-            TenantRule::SchemaPattern { .. } => self.tenants.of_database(&self.cfg.tenant, &rel.namespace),
-            TenantRule::Column { .. } => None,
-        };
         let mut unresolved = |reason: String| {
+            // Known under the schema rule (None under the column rule: the row is unreadable).
+            let tenant = self.tenants.of_database(&self.cfg.tenant, &rel.namespace);
             if self.warned.insert(format!("undecodable:{}", rel.qualified())) {
                 warn!(table = %rel.qualified(), reason = %reason,
                     "row that cannot be decoded: sent to the dead-letter topic, the stream goes on");
@@ -479,7 +477,7 @@ impl PgDecoder {
                 table: rel.qualified(),
                 reason,
                 position: position.clone(),
-                tenant: tenant.clone(),
+                tenant,
                 row: UnresolvedRow::Raw(raw_tuples(&rel, lsn, op, old.as_ref(), new.as_deref())),
             })
         };
@@ -510,18 +508,13 @@ impl PgDecoder {
                 Route::Change(c) => {
                     SourceItem::Change(c.into_event(&rel.namespace, &rel.table, &rel.schema, source, now))
                 }
-                Route::Unresolved(mut u) => {
-                    let reason = std::mem::take(&mut u.reason);
-                    let position = source.position.clone();
-                    let event = u.into_event(&rel.namespace, &rel.table, &rel.schema, source, now);
-                    SourceItem::Unresolved(Unresolved {
-                        table: rel.qualified(),
-                        reason,
-                        position,
-                        tenant: None,
-                        row: UnresolvedRow::Change(Box::new(event)),
-                    })
-                }
+                Route::Unresolved(u) => SourceItem::Unresolved(Unresolved::unrouted(
+                    rel.qualified(),
+                    u,
+                    (&rel.namespace, &rel.table, &rel.schema),
+                    source,
+                    now,
+                )),
             })
         });
     }

@@ -450,11 +450,10 @@ impl<S: BatchStore> Ctx<'_, S> {
         };
         let topic = rec.topic.clone();
         let key = rec.key.as_deref().unwrap_or_default();
-        // A redriven dead letter was never curated: never a re-delivery.
-        let redriven = rec.headers.iter().any(|(k, _)| k == lablake_bus::redrive::REDRIVEN);
         if let Ok(ev) = &decoded
-            && !redriven
             && part.high.as_ref().is_some_and(|h| h.covers(ev.source.position.as_str(), key))
+            // A redriven dead letter was never curated: never a re-delivery.
+            && !rec.headers.iter().any(|(k, _)| k == lablake_bus::redrive::REDRIVEN)
         {
             // A source's re-delivery of what this partition already curated
             // (same position, same key): dropped, its offset still counted.

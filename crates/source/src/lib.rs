@@ -67,6 +67,24 @@ pub struct Unresolved {
     pub row: UnresolvedRow,
 }
 
+impl Unresolved {
+    /// A row change [`lablake_model::tenant::route`] found no tenant for, of
+    /// `database.name` (shown as `table`), kept whole as an event of tenant
+    /// `_unresolved` at `source`.
+    pub fn unrouted(
+        table: String,
+        mut unrouted: lablake_model::tenant::Unrouted,
+        (database, name, schema): (&Arc<str>, &Arc<str>, &Arc<TableSchema>),
+        source: SourceInfo,
+        ts_ms: i64,
+    ) -> Self {
+        let reason = std::mem::take(&mut unrouted.reason);
+        let position = source.position.clone();
+        let event = unrouted.into_event(database, name, schema, source, ts_ms);
+        Unresolved { table, reason, position, tenant: None, row: UnresolvedRow::Change(Box::new(event)) }
+    }
+}
+
 /// What an [`Unresolved`] keeps of its row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UnresolvedRow {
