@@ -73,6 +73,14 @@ impl LeaseStore for MemoryStore {
         *generation += 1;
         Ok(*generation)
     }
+
+    async fn check_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
+        let now = self.lock().leases.get(lease).copied().unwrap_or(0);
+        if now != held {
+            return Err(crate::rules::superseded(lease, held, now));
+        }
+        Ok(())
+    }
 }
 
 impl SourceStore for MemoryStore {

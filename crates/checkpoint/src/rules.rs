@@ -34,6 +34,13 @@ pub(crate) fn taken_over(lease: &LeaseName, held: u64, now: u64) -> CheckpointEr
     ))
 }
 
+/// The answer of [`crate::LeaseStore::check_lease`] to a superseded holder.
+pub(crate) fn superseded(lease: &LeaseName, held: u64, now: u64) -> CheckpointError {
+    CheckpointError::Fenced(format!(
+        "lease `{lease}` was taken over (generation {now}, this holder has {held}); this holder stops"
+    ))
+}
+
 /// What guards the writes of a source (its checkpoint and its snapshot
 /// progress): the source's lease.
 pub(crate) fn source_fence(source: &str, generation: u64) -> Fence {

@@ -48,6 +48,14 @@ pub trait LeaseStore: Send + Sync {
         lease: &LeaseName,
         held: u64,
     ) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
+
+    /// Whether `lease` still has `held`: `Ok(())` if so,
+    /// [`CheckpointError::Fenced`] once another holder took it over. A
+    /// strongly consistent read that writes nothing: a holder with nothing
+    /// to write (an idle sink, a curator whose partitions are quiet) asks it
+    /// now and then to learn it was superseded, instead of running on until
+    /// its next guarded write.
+    fn check_lease(&self, lease: &LeaseName, held: u64) -> impl Future<Output = Result<(), CheckpointError>> + Send;
 }
 
 /// Source checkpoints: where each source resumes.

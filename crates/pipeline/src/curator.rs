@@ -214,12 +214,18 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         let prefix = format!("{}.", self.bus.topic_prefix);
         let mut discovery = tokio::time::interval(self.curate.discovery_interval);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut lease_check = tokio::time::interval(crate::supervise::LEASE_CHECK);
+        lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, fence: &fence };
         let mut since_budget_check = 0u32;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                _ = lease_check.tick() => {
+                    // Quiet partitions write nothing that would meet the fence.
+                    crate::supervise::still_held(self.store.as_ref(), &fence.lease, fence.generation).await?;
+                }
                 _ = discovery.tick() => {
                     for (t, n) in consumer.topics(&prefix).await? {
                         let Some(tenant) = topic::tenant_of_topic(&self.bus.topic_prefix, &t) else { continue };

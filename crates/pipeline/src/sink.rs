@@ -224,6 +224,9 @@ async fn load_new_batches<S: SinkStores>(
     endpoint: &str,
     held: &mut HashMap<TableId, (u32, Instant)>,
 ) -> Result<(), PipelineError> {
+    // A sink woken after a successor took over may find nothing left to
+    // load, and so never meet its fence in a checkpoint write.
+    crate::supervise::still_held(store, &LeaseName::sink(SINK), generation).await?;
     for row in store.status(None).await? {
         if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
             continue;

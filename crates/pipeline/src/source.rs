@@ -249,9 +249,19 @@ pub async fn run_source<C: Connector, S: CheckpointStore + 'static>(
     let result = {
         let drive = drive(&name, source, windows, generation, &stage);
         tokio::pin!(drive);
+        let lease = LeaseName::source(&name);
+        let mut lease_check = tokio::time::interval(crate::supervise::LEASE_CHECK);
+        lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = &mut drive => break r,
+                // A quiet source writes no checkpoint that would meet its
+                // fence, and would hold the replication slot its successor needs.
+                _ = lease_check.tick() => {
+                    if let Err(e) = crate::supervise::still_held(store.as_ref(), &lease, generation).await {
+                        break Err(e.within_context(format!("source `{name}`")));
+                    }
+                }
                 Some(w) = workers.join_next() => match w {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Err(e.within_context(format!("snapshot worker of `{name}`"))),

@@ -42,6 +42,26 @@ impl LeaseHeld {
     }
 }
 
+/// How often a stage asks whether it still holds its lease
+/// ([`still_held`]), so that a superseded stage with nothing to write (a
+/// paused process woken after a successor took over) ends within this long.
+pub const LEASE_CHECK: Duration = Duration::from_secs(5);
+
+/// `Err` (fenced) once `lease` no longer has `generation`. A check that
+/// fails for another reason (the store briefly unreachable) is only logged:
+/// the stage's guarded writes fence it anyway, this check only ends an idle
+/// one sooner.
+pub async fn still_held<S: LeaseStore>(store: &S, lease: &LeaseName, generation: u64) -> Result<(), PipelineError> {
+    match store.check_lease(lease, generation).await {
+        Ok(()) => Ok(()),
+        Err(e @ CheckpointError::Fenced(_)) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(lease = %lease, error = %chain(&e), "cannot check the lease; checking again later");
+            Ok(())
+        }
+    }
+}
+
 /// First wait after a failure; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -8,6 +8,30 @@ use crate::{LeaseName, LeaseStore};
 pub async fn run<S: LeaseStore>(store: &S, prefix: &str) {
     generations_increase_per_lease(store, prefix).await;
     a_superseded_holder_cannot_take_the_lease_back(store, prefix).await;
+    a_holder_learns_it_was_superseded_without_writing(store, prefix).await;
+}
+
+/// [`LeaseStore::check_lease`] holds for the current generation only, for
+/// the holder that took the lease and for one that took it back, and a
+/// lease never taken has no holder.
+pub async fn a_holder_learns_it_was_superseded_without_writing<S: LeaseStore>(store: &S, prefix: &str) {
+    let lease = LeaseName::sink(&format!("{prefix}-check"));
+    assert!(
+        matches!(store.check_lease(&lease, 1).await, Err(crate::CheckpointError::Fenced(_))),
+        "a lease never taken has no holder"
+    );
+    let g1 = store.acquire_lease(&lease).await.expect("acquire");
+    store.check_lease(&lease, g1).await.expect("the holder still holds it");
+    store.check_lease(&lease, g1).await.expect("checking writes nothing: still held");
+    let g2 = store.acquire_lease(&lease).await.expect("another holder takes over");
+    match store.check_lease(&lease, g1).await {
+        Err(crate::CheckpointError::Fenced(reason)) => assert!(reason.contains("taken over"), "{reason}"),
+        other => panic!("a superseded holder must learn it, got {other:?}"),
+    }
+    store.check_lease(&lease, g2).await.expect("the new holder holds it");
+    let g3 = store.reacquire_lease(&lease, g2).await.expect("the new holder restarts");
+    store.check_lease(&lease, g3).await.expect("held after a restart");
+    assert!(store.check_lease(&lease, g2).await.is_err(), "the generation before the restart is gone");
 }
 
 /// A holder starting again takes the next generation while the lease is

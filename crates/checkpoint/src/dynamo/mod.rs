@@ -405,6 +405,16 @@ impl LeaseStore for DynamoStore {
             Err(e) => Err(sdk_error(format!("taking back {what}"), e)),
         }
     }
+
+    async fn check_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
+        let what = format!("lease `{lease}`");
+        let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
+        let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
+        if now != held {
+            return Err(rules::superseded(lease, held, now));
+        }
+        Ok(())
+    }
 }
 
 impl SourceStore for DynamoStore {
