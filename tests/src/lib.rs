@@ -547,7 +547,14 @@ heartbeat_interval = "1s"
     }
 
     fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Child> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        self.spawn_instance(args, env, &self.log_path)
+    }
+
+    /// Spawns `lablake <args>` with this world's config and extra
+    /// environment variables, logging to `log` (one file per instance when
+    /// several run side by side).
+    pub fn spawn_instance(&self, args: &[&str], env: &[(&str, &str)], log: &Path) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         Command::new(lablake_bin())
             .arg("--config")
             .arg(&self.config_path)

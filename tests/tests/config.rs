@@ -142,3 +142,22 @@ fn user_table_settings_are_validated_with_named_keys() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("paterns"), "{err}");
 }
+
+#[test]
+fn several_instance_settings_are_validated_with_named_keys() {
+    let ok = format!("{GOOD}\n[leases]\nstandby = true\nttl = \"20s\"\n");
+    let (code, err) = check(&ok, &[("LABLAKE__CURATE__ASSIGNMENT", "group")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = check(&format!("{GOOD}\n[leases]\nttl = \"5s\"\n"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("leases.ttl"), "{err}");
+    let (code, err) = check(GOOD, &[("LABLAKE__CURATE__SESSION_TIMEOUT", "1s")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("curate.session_timeout"), "{err}");
+    let (code, err) = check(GOOD, &[("LABLAKE__CURATE__ASSIGNMENT", "shards")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("assignment") || err.contains("shards"), "{err}");
+    let (code, err) = check(&format!("{GOOD}\n[leases]\nstandbi = true\n"), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("standbi"), "{err}");
+}

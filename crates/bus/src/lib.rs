@@ -11,6 +11,8 @@
 //!   an upstream position is never acknowledged before Kafka has the data.
 //! * [`ChangeConsumer`] reads tenant topics from explicit offsets (the
 //!   curation stage owns its offsets in DynamoDB, not in Kafka).
+//! * [`GroupMember`] takes part in a Kafka consumer group only to learn which
+//!   partitions are this instance's ([`Membership`]); it reads no records.
 //! * Dead-letter records go to `<prefix>-dlq.<tenant>` with the reason and
 //!   origin in headers ([`ChangeProducer::send_dead_letter`]).
 //! * A change whose record would exceed `kafka.max_message_bytes` (also
@@ -28,6 +30,7 @@ mod ack;
 mod config;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 pub mod redrive;
 
@@ -35,6 +38,7 @@ pub use ack::{AckReceiver, AckSender, ack_queue};
 pub use config::{BusConfig, DEFAULT_MAX_MESSAGE_BYTES, MAX_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES};
 pub use consumer::{ChangeConsumer, Record};
 pub use error::BusError;
+pub use group::{GroupMember, Membership, topic_pattern};
 pub use producer::{ChangeProducer, DeadLetter, Oversized, RECORD_OVERHEAD, Sent, UnresolvedPayload, header};
 pub use rdkafka::producer::DeliveryFuture;
 

@@ -100,6 +100,14 @@ impl LeaseName {
         LeaseName(format!("curate#{group}#{shard}"))
     }
 
+    /// The lease of one partition of a consumer group, for curators that
+    /// share the group's partitions through Kafka's group assignment:
+    /// `curate#<group>#<topic>#<partition>`. It guards that partition's
+    /// checkpoint; the member Kafka assigned the partition to takes it.
+    pub fn partition(group: &str, topic: &str, partition: i32) -> Self {
+        LeaseName(format!("curate#{group}#{topic}#{partition}"))
+    }
+
     /// The lease of a warehouse sink (e.g. `snowflake`): `sink#<sink>`. It
     /// guards the sink's checkpoints.
     pub fn sink(sink: &str) -> Self {
@@ -116,6 +124,15 @@ impl fmt::Display for LeaseName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// A lease as a standby sees it ([`LeaseStore::lease_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The current holder's generation.
+    pub generation: u64,
+    /// When the holder last took or renewed it (ms since the epoch, its clock).
+    pub renewed_ms: i64,
 }
 
 /// What a guarded write is conditional on: the lease the writer holds and the

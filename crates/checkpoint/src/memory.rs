@@ -29,6 +29,8 @@ type StatusKey = (String, String, String, String);
 #[derive(Debug, Default)]
 struct State {
     leases: HashMap<LeaseName, u64>,
+    /// When each lease was last taken or renewed (ms).
+    renewed: HashMap<LeaseName, i64>,
     sources: HashMap<String, SourceCheckpoint>,
     partitions: HashMap<PartitionRef, PartitionCheckpoint>,
     manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
@@ -61,7 +63,9 @@ impl LeaseStore for MemoryStore {
         let mut state = self.lock();
         let generation = state.leases.entry(lease.clone()).or_insert(0);
         *generation += 1;
-        Ok(*generation)
+        let generation = *generation;
+        state.renewed.insert(lease.clone(), rules::now_ms());
+        Ok(generation)
     }
 
     async fn reacquire_lease(&self, lease: &LeaseName, held: u64) -> Result<u64, CheckpointError> {
@@ -71,15 +75,27 @@ impl LeaseStore for MemoryStore {
             return Err(crate::rules::taken_over(lease, held, *generation));
         }
         *generation += 1;
-        Ok(*generation)
+        let generation = *generation;
+        state.renewed.insert(lease.clone(), rules::now_ms());
+        Ok(generation)
     }
 
-    async fn check_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
-        let now = self.lock().leases.get(lease).copied().unwrap_or(0);
+    async fn renew_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
+        let mut state = self.lock();
+        let now = state.leases.get(lease).copied().unwrap_or(0);
         if now != held {
             return Err(crate::rules::superseded(lease, held, now));
         }
+        state.renewed.insert(lease.clone(), rules::now_ms());
         Ok(())
+    }
+
+    async fn lease_state(&self, lease: &LeaseName) -> Result<Option<crate::LeaseState>, CheckpointError> {
+        let state = self.lock();
+        Ok(state.leases.get(lease).map(|&generation| crate::LeaseState {
+            generation,
+            renewed_ms: state.renewed.get(lease).copied().unwrap_or(0),
+        }))
     }
 }
 

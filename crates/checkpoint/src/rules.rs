@@ -34,7 +34,7 @@ pub(crate) fn taken_over(lease: &LeaseName, held: u64, now: u64) -> CheckpointEr
     ))
 }
 
-/// The answer of [`crate::LeaseStore::check_lease`] to a superseded holder.
+/// The answer of [`crate::LeaseStore::renew_lease`] to a superseded holder.
 pub(crate) fn superseded(lease: &LeaseName, held: u64, now: u64) -> CheckpointError {
     CheckpointError::Fenced(format!(
         "lease `{lease}` was taken over (generation {now}, this holder has {held}); this holder stops"

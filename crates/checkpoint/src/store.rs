@@ -43,19 +43,31 @@ pub trait LeaseStore: Send + Sync {
     /// must not take the lease back (two holders restarting after each
     /// other's takeover would otherwise fence each other forever). A retried
     /// request whose first attempt was applied is recognised as the caller's.
+    /// `held` 0 takes a lease nobody ever took, and is fenced if someone did
+    /// (of several standbys finding no lease, exactly one takes it).
     fn reacquire_lease(
         &self,
         lease: &LeaseName,
         held: u64,
     ) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
 
-    /// Whether `lease` still has `held`: `Ok(())` if so,
-    /// [`CheckpointError::Fenced`] once another holder took it over. A
-    /// strongly consistent read that writes nothing: a holder with nothing
-    /// to write (an idle sink, a curator whose partitions are quiet) asks it
-    /// now and then to learn it was superseded, instead of running on until
-    /// its next guarded write.
-    fn check_lease(&self, lease: &LeaseName, held: u64) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+    /// Confirms that the holder of `held` is alive and still holds `lease`:
+    /// records the time as the lease's renewal (what a standby watches, see
+    /// [`Self::lease_state`]), only while `lease` still has `held`; once
+    /// another holder took it over, [`CheckpointError::Fenced`] and nothing
+    /// is written. Holders renew every few seconds, which also tells one with
+    /// nothing else to write (an idle sink, quiet partitions) that it was
+    /// superseded. Repeating it is harmless (a retried request whose answer
+    /// was lost succeeds again).
+    fn renew_lease(&self, lease: &LeaseName, held: u64) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+
+    /// The generation of `lease` and when its holder last took or renewed
+    /// it, by the holder's clock (`None`: never taken). A strongly
+    /// consistent read.
+    fn lease_state(
+        &self,
+        lease: &LeaseName,
+    ) -> impl Future<Output = Result<Option<crate::LeaseState>, CheckpointError>> + Send;
 }
 
 /// Source checkpoints: where each source resumes.

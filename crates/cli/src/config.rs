@@ -48,6 +48,36 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Sharing the source and sink leases between instances.
+    #[serde(default)]
+    pub leases: LeasesConfig,
+}
+
+/// `[leases]`: how the source and sink stages of several instances share
+/// their leases (curators share partitions with `curate.assignment = "group"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// `false` (one instance): a starting stage takes its lease at once,
+    /// fencing the previous holder. `true` (several instances): a stage
+    /// waits while another instance keeps the lease renewed and takes over
+    /// when that instance has been silent for `ttl`; fenced, it waits again.
+    #[serde(default)]
+    pub standby: bool,
+    /// A holder that has not renewed its lease for this long is taken for
+    /// dead by a standby (holders renew every 5 s), e.g. `"15s"`.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub ttl: std::time::Duration,
+}
+
+fn default_lease_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        LeasesConfig { standby: false, ttl: default_lease_ttl() }
+    }
 }
 
 /// Metrics endpoint.
@@ -151,6 +181,10 @@ impl Config {
             url::Url::parse(e).map_err(|err| invalid("checkpoint.endpoint", &format!("not a URL: {err}")))?;
         }
         self.curate.validate().map_err(named)?;
+        if self.leases.ttl < std::time::Duration::from_secs(12) {
+            // Three renewals (every 5 s) must fit in, or a busy holder loses its lease.
+            return Err(invalid("leases.ttl", "must be at least 12s (holders renew every 5s)"));
+        }
         self.snapshot.validate("snapshot").map_err(named)?;
         self.user_tables.validate().map_err(named)?;
         if let Some(sf) = &self.snowflake {

@@ -264,7 +264,13 @@ async fn move_partition(
     let store = store(cfg).await?;
     let at = PartitionRef::new(group, topic, partition);
     let current = store.load_partition(&at).await?.with_context(|| format!("no checkpoint for {at}"))?;
-    let lease = LeaseName::curator(group, shard);
+    // The lease that guards the partition: its own with group assignment
+    // (its current member stops writing it, fenced, and Kafka's group hands
+    // it on), else the shard's (whose curator stops).
+    let lease = match cfg.curate.assignment {
+        lablake_pipeline::curator::Assignment::Group => LeaseName::partition(group, topic, partition),
+        lablake_pipeline::curator::Assignment::All => LeaseName::curator(group, shard),
+    };
     let generation = store.acquire_lease(&lease).await?;
     let moved = store.move_partition(&at, &Fence::new(lease, generation), current.version, to).await?;
     tracing::warn!(partition = %at, from = current.next_offset, to = moved.next_offset, "partition moved past a gap");
@@ -320,8 +326,8 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
         for source in sources {
             let (lanes, bus, store, stop) = (lanes.clone(), cfg.kafka.clone(), store.clone(), shutdown.clone());
             let name = format!("source `{}`", source.name());
-            let lease = LeaseHeld::default();
-            tasks.spawn(supervise(name, shutdown.clone(), move || {
+            let lease = lease_held(cfg, &shutdown);
+            tasks.spawn(supervise(name, shutdown.clone(), lease.is_standby(), move || {
                 let stage = SourceStage {
                     lanes: lanes.clone(),
                     bus: bus.clone(),
@@ -339,7 +345,7 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
                 (cfg.kafka.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shard.clone(), shutdown.clone());
             let name = format!("curator `{}` ({} lane)", curate.group, lane.name());
             let lease = LeaseHeld::default();
-            tasks.spawn(supervise(name, shutdown.clone(), move || {
+            tasks.spawn(supervise(name, shutdown.clone(), false, move || {
                 let curator = Curator {
                     bus: bus.clone(),
                     curate: curate.clone(),
@@ -357,8 +363,8 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
     if let (Some(sf), true) = (&cfg.snowflake, stages.sink) {
         let bucket = cfg.lake.bucket_per_tenant.clone().unwrap_or_else(|| cfg.lake.bucket.clone());
         let (sf, lake, store, stop) = (sf.clone(), Lake::new(cfg.lake.clone())?, store.clone(), shutdown.clone());
-        let lease = LeaseHeld::default();
-        tasks.spawn(supervise("snowflake sink".into(), shutdown.clone(), move || {
+        let lease = lease_held(cfg, &shutdown);
+        tasks.spawn(supervise("snowflake sink".into(), shutdown.clone(), lease.is_standby(), move || {
             let (sf, lake, bucket, store) = (sf.clone(), lake.clone(), bucket.clone(), store.clone());
             lablake_pipeline::sink::run_sink(sf, lake, bucket, store, stop.clone(), lease.clone())
         }));
@@ -367,6 +373,12 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
         res.context("task panicked")??;
     }
     Ok(())
+}
+
+/// How a source or sink stage holds its lease: taken at once, or as a
+/// standby (`[leases] standby = true`).
+fn lease_held(cfg: &Config, shutdown: &watch::Receiver<bool>) -> LeaseHeld {
+    if cfg.leases.standby { LeaseHeld::standby(cfg.leases.ttl, shutdown.clone()) } else { LeaseHeld::default() }
 }
 
 /// A receiver that turns true on SIGTERM or Ctrl-C.

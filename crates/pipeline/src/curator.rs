@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
@@ -114,6 +115,31 @@ pub struct CurateConfig {
     /// with the number of partitions.
     #[serde(default = "default_open_bytes")]
     pub max_open_bytes: usize,
+    /// How the partitions of the group are shared: `all` (one curator per
+    /// group and shard takes every partition) or `group` (Kafka's consumer
+    /// group spreads them over every instance; each partition is fenced by
+    /// a lease of its own, see ADR 0011).
+    #[serde(default)]
+    pub assignment: Assignment,
+    /// With `assignment = "group"`: a member silent this long loses its
+    /// partitions to the others (Kafka's `session.timeout.ms`), e.g. `"10s"`.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+}
+
+/// `curate.assignment`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Every partition of every matching topic, fenced by the shard's lease.
+    #[default]
+    All,
+    /// The partitions Kafka's group assignment gives this instance.
+    Group,
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_open_bytes() -> usize {
@@ -134,6 +160,8 @@ impl Default for CurateConfig {
             discovery_interval: default_discovery(),
             tenants: Vec::new(),
             max_open_bytes: default_open_bytes(),
+            assignment: Assignment::All,
+            session_timeout: default_session_timeout(),
         }
     }
 }
@@ -146,6 +174,9 @@ impl CurateConfig {
         }
         if self.batch.max_rows == 0 {
             return Err(("curate.batch.max_rows".into(), "must be at least 1".into()));
+        }
+        if !(Duration::from_secs(3)..=Duration::from_secs(300)).contains(&self.session_timeout) {
+            return Err(("curate.session_timeout".into(), "must be between 3s and 5m".into()));
         }
         Ok(())
     }
@@ -195,6 +226,12 @@ struct Partition {
     /// What this partition curated up to, committed or in the open batch: a
     /// record it covers is a source's re-delivery and is dropped.
     high: Option<Mark>,
+    /// What guards this partition's checkpoint: the shard's lease, or with
+    /// group assignment the partition's own.
+    fence: Fence,
+    /// With group assignment: a write was fenced, another member owns the
+    /// partition now; it is dropped here.
+    lost: bool,
 }
 
 impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
@@ -202,12 +239,35 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
     /// occurs (then stops without committing anything partial).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
         let group = self.curate.group.clone();
-        let lease = LeaseName::curator(&group, &self.shard);
-        let generation =
-            self.lease.acquire(self.store.as_ref(), &lease).await.context("acquiring the curation lease")?;
-        let fence = Fence { lease, generation };
-        tracing::info!(group, shard = self.shard, generation, lane = self.lane.name(), "curator started");
+        let group_mode = self.curate.assignment == Assignment::Group;
+        // With group assignment each partition has a lease of its own, taken
+        // when Kafka assigns it; otherwise the shard's lease guards them all.
+        let shard_fence = if group_mode {
+            None
+        } else {
+            let lease = LeaseName::curator(&group, &self.shard);
+            let Some(generation) =
+                self.lease.acquire(self.store.as_ref(), &lease).await.context("acquiring the curation lease")?
+            else {
+                return Ok(());
+            };
+            Some(Fence { lease, generation })
+        };
+        tracing::info!(group, shard = self.shard, generation = shard_fence.as_ref().map(|f| f.generation),
+            assignment = ?self.curate.assignment, lane = self.lane.name(), "curator started");
         let mut consumer = ChangeConsumer::new(&self.bus, &format!("lablake-{group}"))?;
+        let mut member = if group_mode {
+            let pattern = lablake_bus::topic_pattern(&self.bus.topic_prefix, &self.curate.tenants);
+            Some(lablake_bus::GroupMember::join(
+                &self.bus,
+                &format!("lablake-{group}-members"),
+                &pattern,
+                self.curate.session_timeout,
+                self.curate.discovery_interval,
+            )?)
+        } else {
+            None
+        };
         let mut dlq = ChangeProducer::new(&self.bus)?;
         let mut parts: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
         let mut decoder = Decoder::new();
@@ -216,66 +276,72 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut lease_check = tokio::time::interval(crate::supervise::LEASE_CHECK);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, fence: &fence };
+        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, group_mode, lost: AtomicU32::new(0) };
         let mut since_budget_check = 0u32;
         loop {
+            if ctx.lost.swap(0, Ordering::Relaxed) > 0 {
+                let lost: Vec<_> = parts.iter().filter(|(_, p)| p.lost).map(|(k, _)| k.clone()).collect();
+                for (t, p) in lost {
+                    tracing::info!(group, topic = %t, partition = p, "partition taken over by another member; dropped here");
+                    metrics::CURATE_PARTITIONS_LOST.with_label_values(&[&group]).inc();
+                    parts.remove(&(t.clone(), p));
+                    consumer.unassign(&t, p)?;
+                }
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                _ = lease_check.tick() => {
+                _ = lease_check.tick(), if shard_fence.is_some() => {
                     // Quiet partitions write nothing that would meet the fence.
-                    crate::supervise::still_held(self.store.as_ref(), &fence.lease, fence.generation).await?;
+                    if let Some(f) = &shard_fence {
+                        crate::supervise::still_held(self.store.as_ref(), &f.lease, f.generation).await?;
+                    }
                 }
-                _ = discovery.tick() => {
+                change = next_membership(member.as_mut()) => match change {
+                    Ok(lablake_bus::Membership::Assigned(list)) => {
+                        for (t, p) in list {
+                            let key: (Arc<str>, i32) = (t.as_str().into(), p);
+                            let Some(tenant) = self.wanted(&t) else { continue };
+                            if parts.contains_key(&key) {
+                                continue;
+                            }
+                            let lease = LeaseName::partition(&group, &t, p);
+                            let generation = self.store.acquire_lease(&lease).await.context("taking a partition lease")?;
+                            let part = self.open_partition(&mut consumer, &group, &t, p, tenant, Fence { lease, generation }).await?;
+                            parts.insert(key, part);
+                        }
+                        metrics::CURATE_PARTITIONS_OWNED.with_label_values(&[&group]).set(parts.len() as f64);
+                    }
+                    Ok(lablake_bus::Membership::Revoked(list)) => {
+                        // Whatever is open is read again by the next owner from
+                        // the committed checkpoint.
+                        for (t, p) in list {
+                            let key: (Arc<str>, i32) = (t.as_str().into(), p);
+                            if parts.remove(&key).is_some() {
+                                consumer.unassign(&t, p)?;
+                            }
+                        }
+                        metrics::CURATE_PARTITIONS_OWNED.with_label_values(&[&group]).set(parts.len() as f64);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka group membership error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = discovery.tick(), if !group_mode => {
+                    let Some(fence) = &shard_fence else { continue };
                     for (t, n) in consumer.topics(&prefix).await? {
-                        let Some(tenant) = topic::tenant_of_topic(&self.bus.topic_prefix, &t) else { continue };
-                        if !self.curate.tenants.is_empty() && !self.curate.tenants.iter().any(|x| x == tenant) {
-                            continue;
-                        }
-                        if !topic::table_of_topic(&self.bus.topic_prefix, &t).is_some_and(|n| self.lane.owns(n)) {
-                            continue;
-                        }
+                        let Some(tenant) = self.wanted(&t) else { continue };
                         for p in 0..n {
                             let key: (Arc<str>, i32) = (t.as_str().into(), p);
                             if parts.contains_key(&key) {
                                 continue;
                             }
-                            let cp = self.store.load_partition(&partition_ref(&group, &t, p)).await?;
-                            let (start, version, replay, high) = match cp {
-                                Some(cp) => match cp.pending {
-                                    Some(i) => (i.first_offset, Some(cp.version), Some(i), cp.high_water),
-                                    None => (cp.next_offset, Some(cp.version), None, cp.high_water),
-                                },
-                                None => match &self.inherit_group {
-                                    // Everything the other group committed is curated already; a batch it
-                                    // has pending is rebuilt here from its first offset (same object key).
-                                    Some(g) => match self.store.load_partition(&partition_ref(g, &t, p)).await? {
-                                        Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None, cp.high_water),
-                                        None => (0, None, None, None),
-                                    },
-                                    None => (0, None, None, None),
-                                },
-                            };
-                            tracing::info!(group, topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
-                            // Fetch from a little before `start` (records before it are skipped):
-                            // tansu 0.6 answers a fetch from inside a record batch with the *next*
-                            // batch, which at the end of the log means nothing at all until more
-                            // records arrive. Producer batches hold at most 1,000 records.
-                            let fetched_from = start.saturating_sub(ASSIGN_LOOKBACK).max(0);
-                            consumer.assign(&t, p, fetched_from)?;
-                            let high = match high.as_ref().map(|h| (h, Mark::from_stored(h))) {
-                                Some((_, Some(m))) => Some(m),
-                                Some((h, None)) => {
-                                    return Err(PipelineError::Invariant(format!(
-                                        "the high-water mark of {t}/{p} has a key that is not hex ({})",
-                                        h.position
-                                    )));
-                                }
-                                None => None,
-                            };
-                            parts.insert(key, Partition { tenant: tenant.to_owned(), version, next: start, open: None, replay, rewind: 0, fetched_from, stopped: false, high });
+                            let part = self.open_partition(&mut consumer, &group, &t, p, tenant, fence.clone()).await?;
+                            parts.insert(key, part);
                         }
                     }
+                    metrics::CURATE_PARTITIONS_OWNED.with_label_values(&[&group]).set(parts.len() as f64);
                 }
                 _ = tick.tick() => {
                     for ((t, p), part) in parts.iter_mut() {
@@ -298,7 +364,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                     };
                     let key = (rec.topic.clone(), rec.partition);
                     let Some(part) = parts.get_mut(&key) else { continue };
-                    if part.stopped {
+                    if part.stopped || part.lost {
                         continue;
                     }
                     match arrival(rec.offset, part.next, part.fetched_from, part.rewind) {
@@ -347,6 +413,84 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         }
         tracing::info!(group, "curator stopped");
         Ok(())
+    }
+
+    /// The tenant of `topic` when this curator curates it (its prefix, its
+    /// lane, its tenant filter).
+    fn wanted<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let tenant = topic::tenant_of_topic(&self.bus.topic_prefix, topic)?;
+        if !self.curate.tenants.is_empty() && !self.curate.tenants.iter().any(|x| x == tenant) {
+            return None;
+        }
+        topic::table_of_topic(&self.bus.topic_prefix, topic).is_some_and(|n| self.lane.owns(n)).then_some(tenant)
+    }
+
+    /// Starts reading a partition from its checkpoint.
+    async fn open_partition(
+        &self,
+        consumer: &mut ChangeConsumer,
+        group: &str,
+        t: &str,
+        p: i32,
+        tenant: &str,
+        fence: Fence,
+    ) -> Result<Partition, PipelineError> {
+        let cp = self.store.load_partition(&partition_ref(group, t, p)).await?;
+        let (start, version, replay, high) = match cp {
+            Some(cp) => match cp.pending {
+                Some(i) => (i.first_offset, Some(cp.version), Some(i), cp.high_water),
+                None => (cp.next_offset, Some(cp.version), None, cp.high_water),
+            },
+            None => match &self.inherit_group {
+                // Everything the other group committed is curated already; a batch it
+                // has pending is rebuilt here from its first offset (same object key).
+                Some(g) => match self.store.load_partition(&partition_ref(g, t, p)).await? {
+                    Some(cp) => (cp.pending.map_or(cp.next_offset, |i| i.first_offset), None, None, cp.high_water),
+                    None => (0, None, None, None),
+                },
+                None => (0, None, None, None),
+            },
+        };
+        tracing::info!(group, topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
+        // Fetch from a little before `start` (records before it are skipped):
+        // tansu 0.6 answers a fetch from inside a record batch with the *next*
+        // batch, which at the end of the log means nothing at all until more
+        // records arrive. Producer batches hold at most 1,000 records.
+        let fetched_from = start.saturating_sub(ASSIGN_LOOKBACK).max(0);
+        consumer.assign(t, p, fetched_from)?;
+        let high = match high.as_ref().map(|h| (h, Mark::from_stored(h))) {
+            Some((_, Some(m))) => Some(m),
+            Some((h, None)) => {
+                return Err(PipelineError::Invariant(format!(
+                    "the high-water mark of {t}/{p} has a key that is not hex ({})",
+                    h.position
+                )));
+            }
+            None => None,
+        };
+        Ok(Partition {
+            tenant: tenant.to_owned(),
+            version,
+            next: start,
+            open: None,
+            replay,
+            rewind: 0,
+            fetched_from,
+            stopped: false,
+            high,
+            fence,
+            lost: false,
+        })
+    }
+}
+
+/// The next change of the group membership; never, without one.
+async fn next_membership(
+    member: Option<&mut lablake_bus::GroupMember>,
+) -> Result<lablake_bus::Membership, lablake_bus::BusError> {
+    match member {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -407,7 +551,11 @@ struct Ctx<'a, S> {
     store: &'a Arc<S>,
     lake: &'a Lake,
     group: &'a str,
-    fence: &'a Fence,
+    /// Group assignment: a fenced partition write means the partition moved
+    /// to another member (it is marked lost and counted in `lost`), not that
+    /// this process was superseded.
+    group_mode: bool,
+    lost: AtomicU32,
 }
 
 impl<S: BatchStore> Ctx<'_, S> {
@@ -595,6 +743,15 @@ impl<S: BatchStore> Ctx<'_, S> {
         Ok(r.finish()?)
     }
 
+    /// Marks a partition another member took over: nothing more of it is
+    /// written here, and the loop drops it.
+    fn lose(&self, part: &mut Partition) {
+        part.lost = true;
+        part.open = None;
+        part.replay = None;
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Makes the open batch durable and commits its offsets.
     async fn close(
         &self,
@@ -643,11 +800,14 @@ impl<S: BatchStore> Ctx<'_, S> {
         };
         let at = partition_ref(self.group, topic, partition);
         if !replayed {
-            let cp = self
-                .store
-                .begin_batch(&at, self.fence, part.version, &intent)
-                .await
-                .with_context(|| format!("recording the batch intent of {topic}/{partition}"))?;
+            let begun = self.store.begin_batch(&at, &part.fence, part.version, &intent).await;
+            let cp = match begun {
+                Err(e) if self.group_mode && matches!(e, lablake_checkpoint::CheckpointError::Fenced(_)) => {
+                    self.lose(part);
+                    return Ok(());
+                }
+                r => r.with_context(|| format!("recording the batch intent of {topic}/{partition}"))?,
+            };
             part.version = Some(cp.version);
         }
         for (t, fut) in open.dead_letters.drain(..) {
@@ -689,11 +849,15 @@ impl<S: BatchStore> Ctx<'_, S> {
         let version = part.version.ok_or_else(|| {
             PipelineError::Invariant(format!("commit of {topic}/{partition} without a recorded intent"))
         })?;
-        let cp = self
-            .store
-            .commit_batch(&at, self.fence, version, &commit)
-            .await
-            .with_context(|| format!("committing the batch of {topic}/{partition}"))?;
+        let committed = self.store.commit_batch(&at, &part.fence, version, &commit).await;
+        let cp = match committed {
+            // The next owner rebuilds the pending batch into the same object key.
+            Err(e) if self.group_mode && matches!(e, lablake_checkpoint::CheckpointError::Fenced(_)) => {
+                self.lose(part);
+                return Ok(());
+            }
+            r => r.with_context(|| format!("committing the batch of {topic}/{partition}"))?,
+        };
         part.version = Some(cp.version);
         metrics::CURATE_BATCHES.with_label_values(&[&table.tenant, reason.as_str()]).inc();
         metrics::CURATE_BATCH_ROWS.with_label_values(&[&table.tenant]).observe(rows as f64);

@@ -99,6 +99,23 @@ pub static CURATE_PARTITION_STOPPED: LazyLock<GaugeVec> = LazyLock::new(|| {
         &["tenant", "topic", "partition"],
     )
 });
+pub static STANDBY: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_standby",
+        "1 while this instance waits as a standby for the lease another instance holds",
+        &["lease"],
+    )
+});
+pub static CURATE_PARTITIONS_OWNED: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge("lablake_curate_partitions_owned", "Partitions this instance curates, per consumer group", &["group"])
+});
+pub static CURATE_PARTITIONS_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_curate_partitions_lost_total",
+        "Partitions whose write was fenced because another member of the group took them over",
+        &["group"],
+    )
+});
 pub static CURATE_UNCHANGED_FILES_READ: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "lablake_curate_unchanged_files_read_total",

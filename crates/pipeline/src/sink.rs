@@ -168,7 +168,11 @@ pub async fn run_sink<S: SinkStores + 'static>(
     mut shutdown: watch::Receiver<bool>,
     lease: crate::supervise::LeaseHeld,
 ) -> Result<(), PipelineError> {
-    let generation = lease.acquire(store.as_ref(), &LeaseName::sink(SINK)).await.context("acquiring the sink lease")?;
+    let Some(generation) =
+        lease.acquire(store.as_ref(), &LeaseName::sink(SINK)).await.context("acquiring the sink lease")?
+    else {
+        return Ok(());
+    };
     let client = Client::new(cfg.connection.clone())?;
     let endpoint = client.endpoint().to_owned();
     tracing::info!(endpoint, generation, "snowflake sink started");
@@ -183,11 +187,30 @@ pub async fn run_sink<S: SinkStores + 'static>(
     );
     let mut failures = 0u32;
     let mut held = HashMap::new();
-    loop {
+    let lease = LeaseName::sink(SINK);
+    let mut renew = tokio::time::interval(crate::supervise::LEASE_CHECK);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'passes: loop {
         let pass = load_new_batches(&cfg, &lake, store.as_ref(), generation, &mut loader, &endpoint, &mut held);
-        let wait = tokio::select! {
-            _ = shutdown.changed() => break,
-            r = pass => match r {
+        tokio::pin!(pass);
+        // The lease is renewed while a pass runs (one can take minutes): a
+        // standby takes over a lease not renewed for its ttl, and a sink woken
+        // after a successor took over may find nothing left to load, and so
+        // never meet its fence in a checkpoint write.
+        let outcome = loop {
+            tokio::select! {
+                _ = shutdown.changed() => break None,
+                r = &mut pass => break Some(r),
+                _ = renew.tick() => {
+                    if let Err(e) = crate::supervise::still_held(store.as_ref(), &lease, generation).await {
+                        break Some(Err(e));
+                    }
+                }
+            }
+        };
+        let Some(outcome) = outcome else { break };
+        let wait = {
+            match outcome {
                 Ok(()) => {
                     failures = 0;
                     cfg.interval
@@ -202,11 +225,20 @@ pub async fn run_sink<S: SinkStores + 'static>(
                     metrics::SINK_FAILURES.inc();
                     wait
                 }
-            },
+            }
         };
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(wait) => {}
+        let until = tokio::time::sleep(wait);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break 'passes,
+                _ = &mut until => break,
+                _ = renew.tick() => {
+                    if let Err(e) = crate::supervise::still_held(store.as_ref(), &lease, generation).await {
+                        return Err(e.within_context("another sink took over".into()));
+                    }
+                }
+            }
         }
     }
     tracing::info!("snowflake sink stopped");
@@ -224,9 +256,6 @@ async fn load_new_batches<S: SinkStores>(
     endpoint: &str,
     held: &mut HashMap<TableId, (u32, Instant)>,
 ) -> Result<(), PipelineError> {
-    // A sink woken after a successor took over may find nothing left to
-    // load, and so never meet its fence in a checkpoint write.
-    crate::supervise::still_held(store, &LeaseName::sink(SINK), generation).await?;
     for row in store.status(None).await? {
         if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
             continue;

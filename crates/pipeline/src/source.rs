@@ -203,8 +203,11 @@ pub async fn run_source<C: Connector, S: CheckpointStore + 'static>(
 ) -> Result<(), PipelineError> {
     let name = connector.name().to_owned();
     let store = stage.store.clone();
-    let generation =
-        stage.lease.acquire(store.as_ref(), &LeaseName::source(&name)).await.context("acquiring the source lease")?;
+    let Some(generation) =
+        stage.lease.acquire(store.as_ref(), &LeaseName::source(&name)).await.context("acquiring the source lease")?
+    else {
+        return Ok(());
+    };
     let checkpoint = store.load_source(&name).await.context("reading the source checkpoint")?;
     match &checkpoint {
         Some(c) => tracing::info!(source = name, resume = %c.resume, generation, "resuming source"),

@@ -27,36 +27,135 @@ use crate::metrics;
 /// ([`LeaseStore::reacquire_lease`]): a stage superseded while it was
 /// failing is fenced and ends, instead of taking the lease back from its
 /// successor, which would then do the same to it, forever.
+///
+/// A standby ([`LeaseHeld::standby`]) instead waits while another holder
+/// keeps the lease renewed, takes it over once the holder has been silent
+/// for the standby's `ttl` (conditional on the generation it saw, so of two
+/// standbys one wins), and when superseded goes back to waiting.
 #[derive(Debug, Clone, Default)]
-pub struct LeaseHeld(Arc<AtomicU64>);
+pub struct LeaseHeld {
+    held: Arc<AtomicU64>,
+    standby: Option<Standby>,
+}
+
+/// How a standby waits for a lease.
+#[derive(Debug, Clone)]
+pub struct Standby {
+    /// A holder silent this long (no renewal) is taken for dead.
+    pub ttl: Duration,
+    /// Waiting ends when it turns true.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How often a standby looks at the lease it waits for.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 impl LeaseHeld {
-    /// The lease for this start of the stage.
-    pub async fn acquire<S: LeaseStore>(&self, store: &S, lease: &LeaseName) -> Result<u64, CheckpointError> {
-        let generation = match self.0.load(Ordering::SeqCst) {
-            0 => store.acquire_lease(lease).await?,
-            held => store.reacquire_lease(lease, held).await?,
+    /// A lease holder that waits for the current holder to fall silent.
+    pub fn standby(ttl: Duration, shutdown: watch::Receiver<bool>) -> Self {
+        LeaseHeld { held: Arc::default(), standby: Some(Standby { ttl, shutdown }) }
+    }
+
+    /// Whether this holder waits as a standby (a fenced stage restarts and waits).
+    pub fn is_standby(&self) -> bool {
+        self.standby.is_some()
+    }
+
+    /// The lease for this start of the stage; `None` when shutdown came
+    /// while a standby waited (the stage then ends at once).
+    pub async fn acquire<S: LeaseStore>(&self, store: &S, lease: &LeaseName) -> Result<Option<u64>, CheckpointError> {
+        let held = self.held.load(Ordering::SeqCst);
+        let generation = match (&self.standby, held) {
+            (None, 0) => store.acquire_lease(lease).await?,
+            (None, held) => store.reacquire_lease(lease, held).await?,
+            (Some(standby), held) => {
+                let again = match held {
+                    0 => None,
+                    held => match store.reacquire_lease(lease, held).await {
+                        Ok(g) => Some(g),
+                        Err(CheckpointError::Fenced(_)) => None,
+                        Err(e) => return Err(e),
+                    },
+                };
+                match again {
+                    Some(g) => g,
+                    None => match wait_for(store, lease, standby).await? {
+                        Some(g) => g,
+                        None => return Ok(None),
+                    },
+                }
+            }
         };
-        self.0.store(generation, Ordering::SeqCst);
-        Ok(generation)
+        self.held.store(generation, Ordering::SeqCst);
+        Ok(Some(generation))
     }
 }
 
-/// How often a stage asks whether it still holds its lease
-/// ([`still_held`]), so that a superseded stage with nothing to write (a
-/// paused process woken after a successor took over) ends within this long.
+/// A standby's wait: until the lease is free or its holder silent for the
+/// ttl, then takes it (`None`: shutdown came first).
+async fn wait_for<S: LeaseStore>(
+    store: &S,
+    lease: &LeaseName,
+    standby: &Standby,
+) -> Result<Option<u64>, CheckpointError> {
+    let mut shutdown = standby.shutdown.clone();
+    let ttl_ms = i64::try_from(standby.ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut announced = false;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        let taken = match store.lease_state(lease).await? {
+            // Of several standbys finding no lease, exactly one takes it.
+            None => match store.reacquire_lease(lease, 0).await {
+                Ok(g) => Some(g),
+                Err(CheckpointError::Fenced(_)) => None,
+                Err(e) => return Err(e),
+            },
+            Some(s) if metrics::now_ms() - s.renewed_ms >= ttl_ms => {
+                match store.reacquire_lease(lease, s.generation).await {
+                    Ok(g) => Some(g),
+                    // Another standby was faster.
+                    Err(CheckpointError::Fenced(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(s) => {
+                if !announced {
+                    tracing::info!(lease = %lease, generation = s.generation, ttl_s = standby.ttl.as_secs(),
+                        "standby: another instance holds the lease; taking over when it falls silent");
+                    announced = true;
+                }
+                None
+            }
+        };
+        metrics::STANDBY.with_label_values(&[lease.as_str()]).set(if taken.is_some() { 0.0 } else { 1.0 });
+        if let Some(g) = taken {
+            tracing::info!(lease = %lease, generation = g, "standby: lease taken over");
+            return Ok(Some(g));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// How often a stage renews its lease ([`still_held`]): a standby takes over
+/// a lease not renewed for its ttl, and a superseded stage with nothing
+/// else to write (a paused process woken after a successor took over) ends
+/// within this long.
 pub const LEASE_CHECK: Duration = Duration::from_secs(5);
 
-/// `Err` (fenced) once `lease` no longer has `generation`. A check that
-/// fails for another reason (the store briefly unreachable) is only logged:
-/// the stage's guarded writes fence it anyway, this check only ends an idle
-/// one sooner.
+/// Renews `lease` at `generation`; `Err` (fenced) once another holder took
+/// it. A renewal that fails for another reason (the store briefly
+/// unreachable) is only logged: the stage's guarded writes fence it anyway.
 pub async fn still_held<S: LeaseStore>(store: &S, lease: &LeaseName, generation: u64) -> Result<(), PipelineError> {
-    match store.check_lease(lease, generation).await {
+    match store.renew_lease(lease, generation).await {
         Ok(()) => Ok(()),
         Err(e @ CheckpointError::Fenced(_)) => Err(e.into()),
         Err(e) => {
-            tracing::warn!(lease = %lease, error = %chain(&e), "cannot check the lease; checking again later");
+            tracing::warn!(lease = %lease, error = %chain(&e), "cannot renew the lease; trying again later");
             Ok(())
         }
     }
@@ -75,10 +174,13 @@ pub fn backoff(failures: u32) -> Duration {
 
 /// Runs `start()` until it succeeds, fails with an error that retrying
 /// cannot fix, or `shutdown` turns true. `stage` names it in logs and in
-/// `lablake_stage_restarts_total{stage}`.
+/// `lablake_stage_restarts_total{stage}`. A `standby` stage that was fenced
+/// (another instance took its lease over) starts again too, and waits for
+/// the lease ([`LeaseHeld::standby`]).
 pub async fn supervise<F, Fut>(
     stage: String,
     mut shutdown: watch::Receiver<bool>,
+    standby: bool,
     mut start: F,
 ) -> Result<(), PipelineError>
 where
@@ -90,6 +192,12 @@ where
         let started = Instant::now();
         let error = match start().await {
             Ok(()) => return Ok(()),
+            Err(e) if standby && e.is_fenced() => {
+                tracing::warn!(stage, error = %chain(&e), "superseded by another instance; back to standby");
+                metrics::STAGE_RESTARTS.with_label_values(&[&stage]).inc();
+                failures = 0;
+                continue;
+            }
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => e,
         };
@@ -143,7 +251,7 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
-        let result = supervise("test".into(), rx.clone(), move || {
+        let result = supervise("test".into(), rx.clone(), false, move || {
             let n = r.fetch_add(1, Ordering::SeqCst);
             async move {
                 match n {
@@ -158,7 +266,7 @@ mod tests {
 
         let runs = Arc::new(AtomicU32::new(0));
         let r = runs.clone();
-        let result = supervise("test".into(), rx, move || {
+        let result = supervise("test".into(), rx, false, move || {
             r.fetch_add(1, Ordering::SeqCst);
             async { Err(CheckpointError::Fenced("lease moved".into()).into()) }
         })
@@ -171,5 +279,44 @@ mod tests {
     fn chains_name_every_source() {
         let e: PipelineError = CheckpointError::Backend { message: "timeout".into(), source: None }.into();
         assert_eq!(chain(&e), "checkpoint store: checkpoint backend error: timeout");
+    }
+
+    #[tokio::test]
+    async fn a_standby_takes_over_a_silent_lease_and_shutdown_ends_its_wait() {
+        use lablake_checkpoint::MemoryStore;
+        let store = MemoryStore::new();
+        let lease = LeaseName::sink("snowflake");
+        let (tx, rx) = watch::channel(false);
+        let holder = LeaseHeld::standby(Duration::from_millis(300), rx.clone());
+        let g1 = holder.acquire(&store, &lease).await.unwrap().unwrap();
+        // Silent for longer than the ttl (no renewal): a standby takes it over,
+        // conditionally on the generation it saw.
+        let standby = LeaseHeld::standby(Duration::from_millis(300), rx.clone());
+        let g2 = standby.acquire(&store, &lease).await.unwrap().unwrap();
+        assert!(g2 > g1);
+        assert!(store.renew_lease(&lease, g1).await.is_err(), "the silent holder is fenced");
+        // The superseded holder, restarted, waits again instead of taking the lease back.
+        let renewer = tokio::spawn({
+            let (store, lease) = (store.clone(), lease.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if store.renew_lease(&lease, g2).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let waiting = tokio::spawn({
+            let (holder, store, lease) = (holder.clone(), store.clone(), lease.clone());
+            async move { holder.acquire(&store, &lease).await }
+        });
+        // It looks every second: without the renewals it would take the lease at its second look.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!waiting.is_finished(), "a renewed lease is not taken back");
+        tx.send(true).unwrap();
+        let out = waiting.await.unwrap().unwrap();
+        assert_eq!(out, None, "shutdown ends a standby's wait");
+        renewer.abort();
     }
 }

@@ -8,30 +8,46 @@ use crate::{LeaseName, LeaseStore};
 pub async fn run<S: LeaseStore>(store: &S, prefix: &str) {
     generations_increase_per_lease(store, prefix).await;
     a_superseded_holder_cannot_take_the_lease_back(store, prefix).await;
-    a_holder_learns_it_was_superseded_without_writing(store, prefix).await;
+    a_holder_renews_and_learns_it_was_superseded(store, prefix).await;
 }
 
-/// [`LeaseStore::check_lease`] holds for the current generation only, for
-/// the holder that took the lease and for one that took it back, and a
-/// lease never taken has no holder.
-pub async fn a_holder_learns_it_was_superseded_without_writing<S: LeaseStore>(store: &S, prefix: &str) {
-    let lease = LeaseName::sink(&format!("{prefix}-check"));
+/// [`LeaseStore::renew_lease`] holds for the current generation only (for
+/// the holder that took the lease and for one that took it back), writes
+/// nothing for a superseded holder, and moves the renewal time
+/// [`LeaseStore::lease_state`] shows; a lease never taken has no state.
+pub async fn a_holder_renews_and_learns_it_was_superseded<S: LeaseStore>(store: &S, prefix: &str) {
+    let lease = LeaseName::sink(&format!("{prefix}-renew"));
+    assert_eq!(store.lease_state(&lease).await.expect("state"), None, "a lease never taken has no state");
     assert!(
-        matches!(store.check_lease(&lease, 1).await, Err(crate::CheckpointError::Fenced(_))),
+        matches!(store.renew_lease(&lease, 1).await, Err(crate::CheckpointError::Fenced(_))),
         "a lease never taken has no holder"
     );
+    let before = crate::rules::now_ms();
     let g1 = store.acquire_lease(&lease).await.expect("acquire");
-    store.check_lease(&lease, g1).await.expect("the holder still holds it");
-    store.check_lease(&lease, g1).await.expect("checking writes nothing: still held");
+    let taken = store.lease_state(&lease).await.expect("state").expect("taken");
+    assert_eq!(taken.generation, g1);
+    assert!(taken.renewed_ms >= before, "taking a lease renews it: {} < {before}", taken.renewed_ms);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.renew_lease(&lease, g1).await.expect("the holder renews");
+    store.renew_lease(&lease, g1).await.expect("renewing twice is harmless");
+    let renewed = store.lease_state(&lease).await.expect("state").expect("taken");
+    assert!(renewed.renewed_ms > taken.renewed_ms, "renewal moves the time");
+    assert_eq!(renewed.generation, g1, "renewal keeps the generation");
     let g2 = store.acquire_lease(&lease).await.expect("another holder takes over");
-    match store.check_lease(&lease, g1).await {
+    let after_takeover = store.lease_state(&lease).await.expect("state").expect("taken");
+    match store.renew_lease(&lease, g1).await {
         Err(crate::CheckpointError::Fenced(reason)) => assert!(reason.contains("taken over"), "{reason}"),
         other => panic!("a superseded holder must learn it, got {other:?}"),
     }
-    store.check_lease(&lease, g2).await.expect("the new holder holds it");
+    assert_eq!(
+        store.lease_state(&lease).await.expect("state").expect("taken"),
+        after_takeover,
+        "a superseded holder's renewal writes nothing"
+    );
+    store.renew_lease(&lease, g2).await.expect("the new holder renews");
     let g3 = store.reacquire_lease(&lease, g2).await.expect("the new holder restarts");
-    store.check_lease(&lease, g3).await.expect("held after a restart");
-    assert!(store.check_lease(&lease, g2).await.is_err(), "the generation before the restart is gone");
+    store.renew_lease(&lease, g3).await.expect("renewed after a restart");
+    assert!(store.renew_lease(&lease, g2).await.is_err(), "the generation before the restart is gone");
 }
 
 /// A holder starting again takes the next generation while the lease is
@@ -48,6 +64,15 @@ pub async fn a_superseded_holder_cannot_take_the_lease_back<S: LeaseStore>(store
     }
     let back = store.reacquire_lease(&lease, other).await.expect("the new holder may restart");
     assert!(back > other);
+
+    // `held` 0: only a lease nobody took yet; of two such takers one wins.
+    let fresh = LeaseName::sink(&format!("{prefix}-fresh"));
+    let first = store.reacquire_lease(&fresh, 0).await.expect("a lease nobody took");
+    assert!(first >= 1);
+    assert!(
+        matches!(store.reacquire_lease(&fresh, 0).await, Err(crate::CheckpointError::Fenced(_))),
+        "a lease someone took is not taken as new"
+    );
 }
 
 /// The first generation is at least 1 and each acquisition returns a

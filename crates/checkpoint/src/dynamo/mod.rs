@@ -376,8 +376,15 @@ impl LeaseStore for DynamoStore {
             .table_name(&self.table)
             .key("pk", s(items::lease_pk(lease.as_str())))
             .key("sk", s(LEASE_SK))
-            .update_expression("ADD #generation :one SET #owner = :owner, #updated = :now")
-            .condition_expression("#generation = :held AND #fmt <= :fmt")
+            .update_expression(
+                "ADD #generation :one SET #owner = :owner, #updated = :now, #fmt = :fmt, #kind = :kind, #name = :name",
+            )
+            // `held` 0: only a lease nobody ever took.
+            .condition_expression(if held == 0 {
+                "attribute_not_exists(#generation) OR (#generation = :held AND #fmt <= :fmt)"
+            } else {
+                "#generation = :held AND #fmt <= :fmt"
+            })
             .expression_attribute_names("#generation", "generation")
             .expression_attribute_names("#owner", WRITE_ID)
             .expression_attribute_names("#updated", "updated_at_ms")
@@ -386,6 +393,10 @@ impl LeaseStore for DynamoStore {
             .expression_attribute_values(":held", n(held))
             .expression_attribute_values(":owner", s(&id))
             .expression_attribute_values(":now", n(rules::now_ms()))
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#name", "name")
+            .expression_attribute_values(":kind", s("lease"))
+            .expression_attribute_values(":name", s(lease.as_str()))
             .expression_attribute_values(":fmt", n(FORMAT))
             .return_values(ReturnValue::UpdatedNew)
             .send()
@@ -406,14 +417,42 @@ impl LeaseStore for DynamoStore {
         }
     }
 
-    async fn check_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
+    async fn renew_lease(&self, lease: &LeaseName, held: u64) -> Result<(), CheckpointError> {
         let what = format!("lease `{lease}`");
-        let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
-        let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
-        if now != held {
-            return Err(rules::superseded(lease, held, now));
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(items::lease_pk(lease.as_str())))
+            .key("sk", s(LEASE_SK))
+            .update_expression("SET #updated = :now")
+            .condition_expression("#generation = :held")
+            .expression_attribute_names("#generation", "generation")
+            .expression_attribute_names("#updated", "updated_at_ms")
+            .expression_attribute_values(":held", n(held))
+            .expression_attribute_values(":now", n(rules::now_ms()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
+                let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
+                Err(rules::superseded(lease, held, now))
+            }
+            Err(e) => Err(sdk_error(format!("renewing {what}"), e)),
         }
-        Ok(())
+    }
+
+    async fn lease_state(&self, lease: &LeaseName) -> Result<Option<crate::LeaseState>, CheckpointError> {
+        let what = format!("lease `{lease}`");
+        let Some(item) = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await? else {
+            return Ok(None);
+        };
+        Ok(Some(crate::LeaseState {
+            generation: get_n(&item, "generation", &what)?,
+            renewed_ms: get_n(&item, "updated_at_ms", &what).unwrap_or(0),
+        }))
     }
 }
 
