@@ -18,6 +18,8 @@ use crate::{env_or, rand_id, s3_endpoint};
 pub struct PrivateBroker {
     bin: PathBuf,
     port: u16,
+    /// The address it tells clients to connect to (its own, or a proxy's).
+    advertised: String,
     cluster: String,
     log: PathBuf,
     child: Option<Child>,
@@ -32,18 +34,31 @@ impl PrivateBroker {
 
     /// Starts a broker on a free 127.0.0.1 port and waits until it answers.
     pub fn start() -> anyhow::Result<PrivateBroker> {
+        let port = Self::free_port()?;
+        Self::start_on(port, &format!("127.0.0.1:{port}"))
+    }
+
+    /// A free 127.0.0.1 port.
+    pub fn free_port() -> anyhow::Result<u16> {
+        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    }
+
+    /// Starts a broker listening on `port` that tells clients to connect to
+    /// `advertised` (`host:port`, e.g. a fault proxy in front of it: then
+    /// every connection of every client goes through the proxy, not only the
+    /// bootstrap one).
+    pub fn start_on(port: u16, advertised: &str) -> anyhow::Result<PrivateBroker> {
         let bin = Self::binary().context("LABLAKE_TANSU_BIN is not set (run `eval \"$(dev/services env)\"`)")?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let cluster = format!("fault-{}", rand_id(8));
         let log = std::env::temp_dir().join(format!("lablake-broker-{cluster}.log"));
-        let mut b = PrivateBroker { bin, port, cluster, log, child: None };
+        let mut b = PrivateBroker { bin, port, advertised: advertised.to_owned(), cluster, log, child: None };
         b.spawn()?;
         Ok(b)
     }
 
-    /// `host:port` for clients.
+    /// `host:port` for clients (the advertised address).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.advertised.clone()
     }
 
     /// Where the broker's output goes.
@@ -53,9 +68,11 @@ impl PrivateBroker {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://{}", self.advertised);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(&self.bin)
-            .args(["broker", "--cluster-id", &self.cluster, "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--cluster-id", &self.cluster, "--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .arg("--storage-engine")
             .arg(format!("s3://{}/", env_or("LABLAKE_KAFKA_BUCKET", "lablake-kafka")))
             .env_remove("SCHEMA_REGISTRY")

@@ -47,6 +47,8 @@ impl FaultProxy {
                 let (quiet, delay) = (quiet.clone(), delay.clone());
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(&target).await else { return };
+                    // Forward each chunk at once (Nagle's delay would add ~200 ms per request).
+                    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
                     let (cr, cw) = client.into_split();
                     let (ur, uw) = upstream.into_split();
                     tokio::select! {

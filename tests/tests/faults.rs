@@ -8,7 +8,8 @@
 //!   `ThrottlingException`, and apply 5 % then reset the connection before
 //!   the answer (an HTTP fault proxy; the seed is printed to replay a run);
 //! - the Kafka API broker is killed (SIGKILL) and started again on its
-//!   durable storage, three times, while the source keeps changing.
+//!   durable storage, three times, while the source keeps changing;
+//! - the link to the broker goes silent for 30 s, then slow.
 //!
 //! The stages retry in-process (the process must not exit), resume from their
 //! checkpoints when the service is back, and the lake ends exact with every
@@ -173,6 +174,52 @@ async fn a_silent_mysql_link_is_noticed_and_survived() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_postgres_link_is_noticed_and_survived() -> anyhow::Result<()> {
     a_silent_source_link_is_noticed_and_survived(Kind::Postgres).await
+}
+
+/// The link between `lablake` and the Kafka broker goes silent for 30 s
+/// (every connection, not only the bootstrap one: the broker advertises the
+/// proxy's address; bytes held, nothing reset), then slow: producer and
+/// consumer wait it out, the process never exits, the lake ends exact with
+/// each change once.
+async fn a_silent_then_slow_broker_link_is_survived(kind: Kind) -> anyhow::Result<()> {
+    if PrivateBroker::binary().is_none() {
+        eprintln!("skipped: no local tansu (LABLAKE_TANSU_BIN) to put a proxy in front of");
+        return Ok(());
+    }
+    let port = PrivateBroker::free_port()?;
+    let proxy = FaultProxy::start(&format!("127.0.0.1:{port}")).await?;
+    let broker = PrivateBroker::start_on(port, &proxy.addr().to_string())?;
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    w.set_kafka_brokers(&broker.brokers())?;
+    w.start()?;
+    write(&w, 0).await?;
+    await_exact(&mut w, Duration::from_secs(120)).await?;
+    proxy.blackhole();
+    for round in 1..=6 {
+        write(&w, round).await?;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    w.assert_running()?;
+    proxy.heal();
+    // 50 ms per chunk each way; with 200 ms the curator's consumer, created
+    // again during the blackhole, sent no fetch for minutes (docs/reliability.md).
+    proxy.set_latency(Duration::from_millis(50));
+    write(&w, 7).await?;
+    await_exact(&mut w, Duration::from_secs(180)).await?;
+    assert_never_exited(&mut w)?;
+    let _ = w.stop();
+    drop(broker);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_then_slow_broker_link_is_survived_mysql() -> anyhow::Result<()> {
+    a_silent_then_slow_broker_link_is_survived(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_then_slow_broker_link_is_survived_postgres() -> anyhow::Result<()> {
+    a_silent_then_slow_broker_link_is_survived(Kind::Postgres).await
 }
 
 /// S3 and DynamoDB fail, throttle and reset after applying while the

@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lablake_tests::{Reaped, World, duplicated_changes};
+use lablake_tests::{Kind, Reaped, World, duplicated_changes};
 
 const DDL: &str = "CREATE TABLE cases (id BIGINT NOT NULL PRIMARY KEY, state VARCHAR(20), n INT)";
 const COLS: &[&str] = &["id", "state", "n"];
@@ -65,8 +65,8 @@ async fn await_fenced_exit(w: &World, zombie: &mut Child) -> anyhow::Result<()> 
 }
 
 /// `stage` is `source` or `curate`; the other stage runs throughout.
-async fn zombie_rounds(stage: &str) -> anyhow::Result<()> {
-    let mut w = World::new(2, &[DDL], "").await?;
+async fn zombie_rounds(kind: Kind, stage: &str) -> anyhow::Result<()> {
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
     let other = if stage == "source" { "curate" } else { "source" };
     let mut steady = Reaped(w.spawn(&[other])?);
     let mut current = Reaped(w.spawn(&[stage])?);
@@ -97,10 +97,18 @@ async fn zombie_rounds(stage: &str) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_source_zombie_never_writes_after_its_successor() -> anyhow::Result<()> {
-    zombie_rounds("source").await
+    zombie_rounds(Kind::Mysql, "source").await
+}
+
+/// The paused PostgreSQL source's walsender keeps the replication slot (one
+/// reader per slot): the new owner, holding the lease, ends it instead of
+/// waiting for `wal_sender_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_postgres_source_zombie_never_writes_after_its_successor() -> anyhow::Result<()> {
+    zombie_rounds(Kind::Postgres, "source").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_curator_zombie_never_writes_after_its_successor() -> anyhow::Result<()> {
-    zombie_rounds("curate").await
+    zombie_rounds(Kind::Mysql, "curate").await
 }

@@ -152,6 +152,41 @@ fn parse_lsn(s: &str) -> Option<u64> {
     Some((u64::from(u32::from_str_radix(hi, 16).ok()?) << 32) | u64::from(u32::from_str_radix(lo, 16).ok()?))
 }
 
+/// Ends another reader of `slot`, if one is attached. The pipeline starts a
+/// source only while it holds the source's lease, so another reader is a
+/// superseded instance: paused, or gone without the server noticing yet. It
+/// would keep the slot (PostgreSQL allows one reader) until
+/// `wal_sender_timeout`; its changes are re-read from this instance's
+/// checkpoint, and its own writes are fenced by the lease.
+async fn end_other_reader(catalog: &tokio_postgres::Client, slot: &str) -> Result<(), PgError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = catalog
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active \
+                 AND active_pid IS DISTINCT FROM pg_backend_pid()",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| connection(pg_reason(&e)))?;
+        let Some(pid) = row.and_then(|r| r.get::<_, Option<i32>>(0)) else { return Ok(()) };
+        if std::time::Instant::now() > deadline {
+            return Err(connection(format!(
+                "replication slot `{slot}` is still held by backend {pid} (another reader) after trying to end it"
+            )));
+        }
+        warn!(slot, pid, "the replication slot is held by another reader (a superseded instance); ending it");
+        if let Err(e) = catalog.execute("SELECT pg_terminate_backend($1)", &[&pid]).await {
+            // Without the right to signal it, wait for wal_sender_timeout (the stage retries).
+            return Err(connection(format!(
+                "replication slot `{slot}` is held by backend {pid} and it cannot be ended: {}",
+                pg_reason(&e)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl PgSource {
     /// Checks the server, creates the publication and slot when missing,
     /// and starts streaming from `resume` (an acked LSN) or, on first start,
@@ -229,6 +264,7 @@ impl PgSource {
         )
         .with_binary(true)
         .with_messages(true);
+        end_other_reader(&catalog, &cfg.slot).await?;
         let conninfo = replication_conninfo(cfg);
         let mut stream = LogicalReplicationStream::new(&conninfo, config).await.map_err(connection)?;
         stream.start(resume).await.map_err(connection)?;

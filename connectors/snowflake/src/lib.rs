@@ -13,7 +13,6 @@
 mod client;
 mod config;
 mod error;
-mod failpoint;
 pub mod jwt;
 pub mod load;
 mod rowset;
@@ -21,7 +20,6 @@ mod rowset;
 pub use client::{Binding, Client, QueryResult, backoff};
 pub use config::SnowflakeConfig;
 pub use error::SnowflakeError;
-pub use failpoint::failpoint;
 pub use jwt::KeyPair;
 pub use load::{Batch, BatchColumn, LoadOutcome, Loader, LoaderConfig, snowflake_type};
 pub use rowset::{ColumnMeta, Row};

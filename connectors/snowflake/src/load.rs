@@ -403,7 +403,7 @@ impl Loader {
                 &[],
             )
             .await?;
-        crate::failpoint("sink.after_copy");
+        lablake_failpoint::failpoint("sink.after_copy");
         let staged =
             copy.rows.iter().filter_map(|r| r.get(3).cloned().flatten()).filter_map(|v| v.parse::<u64>().ok()).sum();
 
@@ -693,12 +693,12 @@ impl Loader {
                     log("rebuilding column", &w.name, format!("{} -> {}", current.declared(), to.declared()));
                     let tmp = ident(&format!("{}{REBUILD_SUFFIX}", w.name));
                     self.client.query(&format!("ALTER TABLE {t} ADD COLUMN {tmp} {}", to.declared()), &[]).await?;
-                    crate::failpoint("sink.rebuild_after_add");
+                    lablake_failpoint::failpoint("sink.rebuild_after_add");
                     self.client
                         .query(&format!("UPDATE {t} SET {tmp} = {}", conversion(&col, &current, &to)), &[])
                         .await?;
                     self.client.query(&format!("ALTER TABLE {t} DROP COLUMN {col}"), &[]).await?;
-                    crate::failpoint("sink.rebuild_after_drop");
+                    lablake_failpoint::failpoint("sink.rebuild_after_drop");
                     self.client.query(&format!("ALTER TABLE {t} RENAME COLUMN {tmp} TO {col}"), &[]).await?;
                 }
             }

@@ -809,6 +809,7 @@ impl<S: BatchStore> Ctx<'_, S> {
                 r => r.with_context(|| format!("recording the batch intent of {topic}/{partition}"))?,
             };
             part.version = Some(cp.version);
+            lablake_failpoint::failpoint("curate.after_begin");
         }
         for (t, fut) in open.dead_letters.drain(..) {
             match fut.await {
@@ -835,6 +836,7 @@ impl<S: BatchStore> Ctx<'_, S> {
         if outcome == PutOutcome::AlreadyExists {
             tracing::info!(key = intent.object_key, "batch file already durable from an earlier attempt");
         }
+        lablake_failpoint::failpoint("curate.after_put");
         let commit = BatchCommit {
             intent: intent.clone(),
             table: table.clone(),
@@ -859,6 +861,7 @@ impl<S: BatchStore> Ctx<'_, S> {
             r => r.with_context(|| format!("committing the batch of {topic}/{partition}"))?,
         };
         part.version = Some(cp.version);
+        lablake_failpoint::failpoint("curate.after_commit");
         metrics::CURATE_BATCHES.with_label_values(&[&table.tenant, reason.as_str()]).inc();
         metrics::CURATE_BATCH_ROWS.with_label_values(&[&table.tenant]).observe(rows as f64);
         metrics::CURATE_BATCH_BYTES.with_label_values(&[&table.tenant]).observe(size as f64);

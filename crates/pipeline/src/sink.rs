@@ -326,7 +326,7 @@ async fn load_table<S: SinkStores>(
                 cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
             }
             cp.updated_ms = metrics::now_ms();
-            lablake_snowflake::failpoint("sink.after_merge");
+            lablake_failpoint::failpoint("sink.after_merge");
             // Only after the MERGE: a crash before this repeats the batch harmlessly.
             store.save_sink(SINK, generation, &cp).await?;
             let labels = [tenant, table_name];

@@ -330,6 +330,7 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                     }
                     Ok(Some(Marker::Snapshot(p))) => {
                         // Every row of the chunk is acknowledged: the snapshot may resume after it.
+                        lablake_failpoint::failpoint("snapshot.before_progress");
                         if store.save_snapshot(&name, generation, &p).await.context("saving snapshot progress")? {
                             snapshot::report(&name, &p);
                         }
@@ -348,7 +349,9 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                     && (done || last_save.elapsed() >= SAVE_INTERVAL)
                     && saved.as_ref() != Some(cp)
                 {
+                    lablake_failpoint::failpoint("source.before_save");
                     store.save_source(&name, generation, cp).await.context("saving the source checkpoint")?;
+                    lablake_failpoint::failpoint("source.after_save");
                     // Only now may the server release what came before.
                     hook.saved(&cp.resume);
                     metrics::SOURCE_CHECKPOINT_AGE.with_label_values(&[&name]).set(metrics::now_secs());
@@ -394,6 +397,7 @@ async fn drive<R: ChangeSource, S: CheckpointStore + 'static>(
                             w.observe(&event, &mut scratch);
                         }
                         let sent = producer.send(&event).await?;
+                        lablake_failpoint::failpoint("source.after_send");
                         let produced = !dead_lettered(name, &event, &sent, &dead_letters);
                         acks.delivery(sent.topic, sent.delivery).await?;
                         records.inc_by(u64::from(produced));

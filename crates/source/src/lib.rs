@@ -310,7 +310,10 @@ pub trait Connector: Clone + Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Connects and starts the change stream at `resume` (the last saved
-    /// position) or, without one, where the configuration says.
+    /// position) or, without one, where the configuration says. Called only
+    /// by the holder of the source's lease: another reader still attached
+    /// upstream (a superseded instance, e.g. a paused process holding a
+    /// PostgreSQL slot) may be ended to take its place.
     fn start(
         &self,
         resume: Option<Resume>,
