@@ -38,6 +38,15 @@ async fn await_exact(w: &mut World, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints how long the lake took to be exact again after a fault healed
+/// (recorded in docs/benchmarks.md; a measurement, not an assertion).
+fn recovered(fault: &str, kind: Kind, healed: std::time::Instant) {
+    eprintln!(
+        "recovery: {fault} ({kind:?}): lake exact {:.1} s after the fault healed",
+        healed.elapsed().as_secs_f64()
+    );
+}
+
 /// The pipeline is up and never exited (stages retried in-process only).
 fn assert_never_exited(w: &mut World) -> anyhow::Result<()> {
     w.assert_running()?;
@@ -77,7 +86,9 @@ async fn a_cut_source_link_is_retried_in_process(kind: Kind) -> anyhow::Result<(
         proxy.heal();
         write(&w, 50 + cut).await?;
     }
+    let healed = std::time::Instant::now();
     await_exact(&mut w, Duration::from_secs(120)).await?;
+    recovered("source link cut", kind, healed);
     let log = std::fs::read_to_string(&w.log_path)?;
     assert!(
         log.lines().any(|l| l.contains("stage failed; starting it again") && l.contains("source")),
@@ -114,8 +125,12 @@ async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
         write(&w, round).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let mut healed = None;
     for crash in 0..3u32 {
         await_exact(&mut w, Duration::from_secs(180)).await?;
+        if let Some(at) = healed.take() {
+            recovered("broker crash", kind, at);
+        }
         broker.crash();
         for round in 0..2 {
             write(&w, 10 + crash * 10 + round).await?;
@@ -123,9 +138,13 @@ async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
         }
         w.assert_running()?;
         broker.restart()?;
+        healed = Some(std::time::Instant::now());
         write(&w, 60 + crash).await?;
     }
     await_exact(&mut w, Duration::from_secs(180)).await?;
+    if let Some(at) = healed {
+        recovered("broker crash", kind, at);
+    }
     assert_never_exited(&mut w)?;
     let _ = w.stop();
     Ok(())
@@ -158,9 +177,11 @@ async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Res
     }
     w.assert_running()?;
     proxy.heal();
+    let healed = std::time::Instant::now();
     proxy.set_latency(Duration::from_millis(200));
     write(&w, 7).await?;
     await_exact(&mut w, Duration::from_secs(180)).await?;
+    recovered("source link silent 30 s, then 200 ms per chunk", kind, healed);
     assert_never_exited(&mut w)?;
     let _ = w.stop();
     Ok(())
@@ -204,8 +225,10 @@ async fn a_silent_then_slow_broker_link_is_survived(kind: Kind) -> anyhow::Resul
     // 50 ms per chunk each way; with 200 ms the curator's consumer, created
     // again during the blackhole, sent no fetch for minutes (docs/reliability.md).
     proxy.set_latency(Duration::from_millis(50));
+    let healed = std::time::Instant::now();
     write(&w, 7).await?;
     await_exact(&mut w, Duration::from_secs(180)).await?;
+    recovered("broker link silent 30 s, then 50 ms per chunk", kind, healed);
     assert_never_exited(&mut w)?;
     let _ = w.stop();
     drop(broker);
