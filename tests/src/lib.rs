@@ -675,6 +675,20 @@ heartbeat_interval = "1s"
     /// Waits until the curated state of a tenant's table (see [`curated_state`])
     /// equals `expected`, checking that the pipeline keeps running. After
     /// `timeout` the error lists the differing keys and the log tail.
+    /// Every tenant's curated `table` equals the source's (`cols`, keyed by
+    /// `pk`) within `timeout`, with each change once (no (key, position)
+    /// twice in the curated files).
+    pub async fn await_exact(&mut self, table: &str, pk: &str, cols: &[&str], timeout: Duration) -> anyhow::Result<()> {
+        for t in self.tenants.clone() {
+            let expected = self.source_state(&t, table, cols).await?;
+            self.await_curated_state(&t, table, pk, &expected, timeout).await?;
+            let rows = self.curated_rows(&t, table).await?;
+            let twice = duplicated_changes(&rows, pk);
+            anyhow::ensure!(twice == 0, "{twice} changes twice in {t}'s curated {table}");
+        }
+        Ok(())
+    }
+
     pub async fn await_curated_state(
         &mut self,
         tenant: &str,

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lablake_tests::{Reaped, World, duplicated_changes};
+use lablake_tests::{Reaped, World};
 
 const DDL: &str = "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(20), amount DECIMAL(12,2), \
                    note TEXT)";
@@ -82,18 +82,6 @@ async fn write(w: &World, round: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every tenant's curated orders equal the source's within `timeout`, each
-/// change once.
-async fn await_exact(w: &mut World, timeout: Duration) -> anyhow::Result<()> {
-    for t in &w.tenants.clone() {
-        let expected = w.source_state(t, "orders", COLS).await?;
-        w.await_curated_state(t, "orders", "id", &expected, timeout).await?;
-        let rows = w.curated_rows(t, "orders").await?;
-        assert_eq!(duplicated_changes(&rows, "id"), 0, "each change once in {t}'s curated files");
-    }
-    Ok(())
-}
-
 /// Three instances under load: the curators' six partitions spread over all
 /// three, one source runs and two wait. The instance running the source is
 /// SIGKILLed while changes keep coming: a standby takes the source over once
@@ -119,7 +107,7 @@ async fn three_instances_share_the_work_and_survive_losing_one() -> anyhow::Resu
         round += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    await_exact(&mut w, Duration::from_secs(90)).await?;
+    w.await_exact("orders", "id", COLS, Duration::from_secs(90)).await?;
     // Rebalances settle a few seconds after the last member joined.
     let deadline = Instant::now() + Duration::from_secs(60);
     while instances.iter().any(|i| i.assignments() == 0) {
@@ -164,7 +152,7 @@ async fn three_instances_share_the_work_and_survive_losing_one() -> anyhow::Resu
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     write(&w, round).await?;
-    await_exact(&mut w, Duration::from_secs(90)).await?;
+    w.await_exact("orders", "id", COLS, Duration::from_secs(90)).await?;
     eprintln!(
         "source taken over {:.1} s after the kill (lease ttl {LEASE_TTL_S} s); lake exact {:.1} s after an \
          instance was added back",

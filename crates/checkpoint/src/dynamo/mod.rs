@@ -90,6 +90,11 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// A lease's item as stored (empty when the lease was never taken).
+    async fn lease_item(&self, lease: &LeaseName, what: &str) -> Result<Item, CheckpointError> {
+        Ok(self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), what).await?.unwrap_or_default())
+    }
+
     async fn get_partition(
         &self,
         partition: &PartitionRef,
@@ -332,6 +337,11 @@ impl TxError {
     }
 }
 
+/// The generation a lease item holds (0: never taken).
+fn generation_of(item: &Item, what: &str) -> u64 {
+    get_n(item, "generation", what).unwrap_or(0)
+}
+
 impl LeaseStore for DynamoStore {
     async fn acquire_lease(&self, lease: &LeaseName) -> Result<u64, CheckpointError> {
         let what = format!("lease `{lease}`");
@@ -404,8 +414,8 @@ impl LeaseStore for DynamoStore {
         match out {
             Ok(out) => get_n(&out.attributes.unwrap_or_default(), "generation", &what),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
-                let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
+                let item = self.lease_item(lease, &what).await?;
+                let now = generation_of(&item, &what);
                 let written = items::get_s(&item, WRITE_ID, &what).unwrap_or_default();
                 if now == held + 1 && written == id {
                     // Our own update, applied on an attempt whose answer was lost.
@@ -436,8 +446,7 @@ impl LeaseStore for DynamoStore {
         match out {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                let item = self.get(items::lease_pk(lease.as_str()), LEASE_SK.into(), &what).await?.unwrap_or_default();
-                let now: u64 = get_n(&item, "generation", &what).unwrap_or(0);
+                let now = generation_of(&self.lease_item(lease, &what).await?, &what);
                 Err(rules::superseded(lease, held, now))
             }
             Err(e) => Err(sdk_error(format!("renewing {what}"), e)),
