@@ -127,6 +127,23 @@ pub fn services(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each crash window of the source, snapshot and curator stages as a
+/// failpoint (`LABLAKE_FAILPOINTS=<name>@<hit>`, crate `lablake-failpoint`)
+/// and the hit at which a test fires it: a record sent, not acknowledged; an
+/// acknowledgement not checkpointed; a checkpoint the server was not told
+/// of; a snapshot chunk without its progress; a batch intent without its
+/// file; a file without its commit; a commit. `snapshot.before_progress`
+/// needs a snapshot to run (a table with rows before the first start).
+pub const CRASH_WINDOWS: &[(&str, u32)] = &[
+    ("snapshot.before_progress", 1),
+    ("source.after_send", 150),
+    ("source.before_save", 2),
+    ("source.after_save", 2),
+    ("curate.after_begin", 2),
+    ("curate.after_put", 2),
+    ("curate.after_commit", 2),
+];
+
 /// A child process killed (and reaped) when dropped, so a failing test
 /// leaves no `lablake` behind.
 pub struct Reaped(pub Child);
@@ -602,6 +619,13 @@ heartbeat_interval = "1s"
     /// The pipeline's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Takes the running pipeline's process out of the world without
+    /// stopping it (e.g. a paused zombie to wake later); the world can start
+    /// another meanwhile.
+    pub fn detach(&mut self) -> Option<Child> {
+        self.child.take()
     }
 
     /// SIGKILLs the pipeline.

@@ -10,22 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use lablake_tests::{Kind, World, version_violations};
+use lablake_tests::{CRASH_WINDOWS, Kind, World, version_violations};
 
 const DDL: &str = "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(20), amount DECIMAL(12,2), \
                    note TEXT, version INT NOT NULL)";
 const COLS: &[&str] = &["id", "status", "amount", "note", "version"];
-
-/// Each crash window, and the hit at which it fires.
-const POINTS: &[(&str, u32)] = &[
-    ("snapshot.before_progress", 1),
-    ("source.after_send", 150),
-    ("source.before_save", 2),
-    ("source.after_save", 2),
-    ("curate.after_begin", 2),
-    ("curate.after_put", 2),
-    ("curate.after_commit", 2),
-];
 
 /// 100 inserts, an update of a third of the rows (version + 1) and a few
 /// deletes per tenant, each statement a transaction.
@@ -49,7 +38,7 @@ async fn every_crash_window_is_survived(kind: Kind) -> anyhow::Result<()> {
         w.exec(t, &[&format!("INSERT INTO orders VALUES {}", rows.join(", "))]).await?;
     }
     let mut round = 0;
-    for (point, hit) in POINTS {
+    for (point, hit) in CRASH_WINDOWS {
         w.start_with_env(&[("LABLAKE_FAILPOINTS", &format!("{point}@{hit}"))])?;
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {

@@ -379,6 +379,7 @@ impl PgDecoder {
             self.buffered_bytes = self.buffered_bytes.saturating_sub(b.mem.len());
             b.mem = Vec::new();
             b.file = Some((path, w));
+            tracing::debug!(xid = top, "streamed transaction over spill_memory_bytes: spilling it to disk");
         }
         match &mut b.file {
             Some((_, w)) => {
