@@ -42,6 +42,8 @@ pub struct Counts {
 pub struct HttpFaultProxy {
     addr: SocketAddr,
     enabled: Arc<AtomicBool>,
+    /// Writes (`PUT`) whose path contains this always fail.
+    failing: Arc<std::sync::Mutex<Option<String>>>,
     counts: Arc<Counts>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -55,7 +57,8 @@ impl HttpFaultProxy {
         let enabled = Arc::new(AtomicBool::new(true));
         let counts = Arc::new(Counts::default());
         let rng = Arc::new(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
-        let (target, on, n) = (target.to_owned(), enabled.clone(), counts.clone());
+        let failing: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let (target, on, n, writes) = (target.to_owned(), enabled.clone(), counts.clone(), failing.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let roll: f64 = rng.lock().map(|mut r| r.random()).unwrap_or(1.0);
@@ -69,12 +72,13 @@ impl HttpFaultProxy {
                     Fault::None
                 };
                 let (target, n) = (target.clone(), n.clone());
+                let failing = writes.lock().ok().and_then(|f| f.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &target, fault, &n).await;
+                    let _ = serve(client, &target, fault, failing.as_deref(), &n).await;
                 });
             }
         });
-        Ok(HttpFaultProxy { addr, enabled, counts, task })
+        Ok(HttpFaultProxy { addr, enabled, failing, counts, task })
     }
 
     /// `http://127.0.0.1:port`.
@@ -85,6 +89,15 @@ impl HttpFaultProxy {
     /// Stops (or resumes) injecting; requests are forwarded meanwhile.
     pub fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on every `PUT` whose path contains `path` is answered with
+    /// an error (`None`: none), whatever the rates — e.g. one tenant's
+    /// prefix in the lake, to fail that tenant's writes only.
+    pub fn fail_writes_to(&self, path: Option<&str>) {
+        if let Ok(mut f) = self.failing.lock() {
+            *f = path.map(str::to_owned);
+        }
     }
 
     /// `(requests, error responses, resets after applying)` so far.
@@ -107,10 +120,21 @@ enum Fault {
     ResetAfter,
 }
 
-async fn serve(mut client: TcpStream, target: &str, fault: Fault, n: &Counts) -> std::io::Result<()> {
+async fn serve(
+    mut client: TcpStream,
+    target: &str,
+    fault: Fault,
+    failing: Option<&str>,
+    n: &Counts,
+) -> std::io::Result<()> {
     let Some((head, body_start)) = read_head(&mut client).await? else { return Ok(()) };
     n.requests.fetch_add(1, Ordering::SeqCst);
     let text = String::from_utf8_lossy(&head).into_owned();
+    let request_line = text.lines().next().unwrap_or_default();
+    let fault = match failing {
+        Some(path) if request_line.starts_with("PUT ") && request_line.contains(path) => Fault::Error,
+        _ => fault,
+    };
     let lower = text.to_ascii_lowercase();
     let length = header(&lower, "content-length").and_then(|v| v.parse::<usize>().ok());
     let chunked = header(&lower, "transfer-encoding").is_some_and(|v| v.contains("chunked"));

@@ -144,6 +144,53 @@ pub const CRASH_WINDOWS: &[(&str, u32)] = &[
     ("curate.after_commit", 2),
 ];
 
+/// Runs `statements` in one transaction in `database` of a `kind` source
+/// (MariaDB through `pool`, PostgreSQL on a new connection to [`pg_url`]).
+pub async fn exec_on(kind: Kind, pool: &mysql_async::Pool, database: &str, statements: &[&str]) -> anyhow::Result<()> {
+    match kind {
+        Kind::Mysql => {
+            let mut c = pool.get_conn().await?;
+            c.query_drop(format!("USE {database}")).await?;
+            c.query_drop("START TRANSACTION").await?;
+            for s in statements {
+                c.query_drop(*s).await.with_context(|| s.to_string())?;
+            }
+            c.query_drop("COMMIT").await?;
+        }
+        Kind::Postgres => {
+            let sql = format!("BEGIN; SET LOCAL search_path = {database}; {}; COMMIT", statements.join("; "));
+            pg_client().await?.batch_execute(&sql).await.with_context(|| sql.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// `GET /metrics` of a pipeline serving them at `addr` (`metrics.listen`).
+pub fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lablake\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The samples of metric `name` in Prometheus text `text`, by the value of
+/// their label `label` (e.g. `tenant`).
+pub fn metric_by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let needle = format!("{label}=\"");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter_map(|l| {
+            let at = l.find(&needle)? + needle.len();
+            let value = &l[at..at + l[at..].find('"')?];
+            let number = l.rsplit(' ').next()?.parse().ok()?;
+            Some((value.to_owned(), number))
+        })
+        .collect()
+}
+
 /// A child process killed (and reaped) when dropped, so a failing test
 /// leaves no `lablake` behind.
 pub struct Reaped(pub Child);
@@ -407,22 +454,7 @@ start = {{ file = "{file}", pos = {pos} }}
 
     /// Runs `statements` in one transaction in `database` of the world's source.
     pub async fn exec_in(&self, database: &str, statements: &[&str]) -> anyhow::Result<()> {
-        match self.kind {
-            Kind::Mysql => {
-                let mut c = self.pool.get_conn().await?;
-                c.query_drop(format!("USE {database}")).await?;
-                c.query_drop("START TRANSACTION").await?;
-                for s in statements {
-                    c.query_drop(*s).await.with_context(|| s.to_string())?;
-                }
-                c.query_drop("COMMIT").await?;
-            }
-            Kind::Postgres => {
-                let sql = format!("BEGIN; SET LOCAL search_path = {database}; {}; COMMIT", statements.join("; "));
-                pg_client().await?.batch_execute(&sql).await.with_context(|| sql.clone())?;
-            }
-        }
-        Ok(())
+        exec_on(self.kind, &self.pool, database, statements).await
     }
 
     /// Runs `statements` in one transaction in `tenant`'s database (`lab_<tenant>`).
@@ -677,6 +709,7 @@ heartbeat_interval = "1s"
             region: "us-east-1".into(),
             allow_http: true,
             zstd_level: 3,
+            max_retries: 3,
         })?)
     }
 

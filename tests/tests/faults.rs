@@ -9,7 +9,8 @@
 //!   the answer (an HTTP fault proxy; the seed is printed to replay a run);
 //! - the Kafka API broker is killed (SIGKILL) and started again on its
 //!   durable storage, three times, while the source keeps changing;
-//! - the link to the broker goes silent for 30 s, then slow.
+//! - the link to the broker goes silent for 30 s, then slow;
+//! - one tenant's lake writes fail while another tenant's land.
 //!
 //! The stages retry in-process (the process must not exit), resume from their
 //! checkpoints when the service is back, and the lake ends exact with every
@@ -219,9 +220,9 @@ async fn a_silent_then_slow_broker_link_is_survived(kind: Kind) -> anyhow::Resul
     let broker = PrivateBroker::start_on(port, &proxy.addr().to_string())?;
     let mut w = World::with_source(kind, 2, &[DDL], "").await?;
     w.set_kafka_brokers(&broker.brokers())?;
-    // 50 ms per chunk each way; with 200 ms the curator's consumer, created
-    // again during the blackhole, sent no fetch for minutes (docs/reliability.md).
-    silent_then_slow(&mut w, &proxy, Duration::from_millis(50), "broker link", kind).await?;
+    // 200 ms per chunk each way: slow metadata requests once starved the
+    // curator's reading (its discovery timer burst; docs/reliability.md).
+    silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "broker link", kind).await?;
     drop(broker);
     Ok(())
 }
@@ -234,6 +235,52 @@ async fn a_silent_then_slow_broker_link_is_survived_mysql() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_then_slow_broker_link_is_survived_postgres() -> anyhow::Result<()> {
     a_silent_then_slow_broker_link_is_survived(Kind::Postgres).await
+}
+
+/// Every lake write of one tenant fails (each `PUT` under its prefix answered
+/// `503 SlowDown`) for a while, the other tenant's keep landing: only the
+/// failing tenant's partitions are held back and read again from their
+/// checkpoints after a backoff; the curator stage never restarts, the
+/// process never exits, and once the writes succeed the held tenant lands
+/// exact too, each change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenants_failing_lake_writes_hold_back_only_that_tenant() -> anyhow::Result<()> {
+    let target = lablake_tests::proxy::host_port(&lablake_tests::s3_endpoint());
+    let proxy = HttpFaultProxy::start(&target, Rates { error: 0.0, reset_after: 0.0 }, 1).await?;
+    let mut w = World::new(2, &[DDL], "").await?;
+    w.set_aws_endpoint(&proxy.url())?;
+    w.start()?;
+    write(&w, 0).await?;
+    await_exact(&mut w, Duration::from_secs(120)).await?;
+    let (bad, good) = (w.tenants[0].clone(), w.tenants[1].clone());
+    proxy.fail_writes_to(Some(&format!("/{bad}/curated/")));
+    let failing = std::time::Instant::now();
+    // For at least 30 s the other tenant keeps landing, each round within
+    // 20 s, while the failing one's writes still fail.
+    let mut round = 1;
+    while failing.elapsed() < Duration::from_secs(30) {
+        write(&w, round).await?;
+        round += 1;
+        let expected = w.source_state(&good, "orders", COLS).await?;
+        w.await_curated_state(&good, "orders", "id", &expected, Duration::from_secs(20)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let held = w.source_state(&bad, "orders", COLS).await?;
+    anyhow::ensure!(w.curated_state(&bad, "orders", "id").await? != held, "the failing tenant cannot have landed");
+    let log = std::fs::read_to_string(&w.log_path)?;
+    anyhow::ensure!(log.contains("holding back this partition"), "no partition held back:\n{}", w.log_tail());
+    proxy.fail_writes_to(None);
+    let healed = std::time::Instant::now();
+    write(&w, round).await?;
+    await_exact(&mut w, Duration::from_secs(120)).await?;
+    recovered("one tenant's lake writes failing 30 s", Kind::Mysql, healed);
+    let log = std::fs::read_to_string(&w.log_path)?;
+    let held_lines: Vec<&str> = log.lines().filter(|l| l.contains("holding back this partition")).collect();
+    assert!(held_lines.iter().all(|l| l.contains(&*bad)), "only the failing tenant is held back: {held_lines:#?}");
+    assert_eq!(log.matches("stage failed; starting it again").count(), 0, "no stage restarted:\n{}", w.log_tail());
+    assert_never_exited(&mut w)?;
+    let _ = w.stop();
+    Ok(())
 }
 
 /// S3 and DynamoDB fail, throttle and reset after applying while the

@@ -7,7 +7,6 @@
 //! step; until then the row is missing from the lake and named in the DLQ.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -50,16 +49,6 @@ async fn source_state(w: &World, tenant: &str) -> anyhow::Result<BTreeMap<String
             pg_source_rows(&pg_client().await?, tenant, "reports", &cols).await
         }
     }
-}
-
-/// `GET /metrics` of the running pipeline.
-fn metrics(addr: &str) -> anyhow::Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lablake\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 async fn oversized_row_is_dead_lettered_and_everything_else_flows(kind: Kind) -> anyhow::Result<()> {
@@ -129,7 +118,7 @@ async fn oversized_row_is_dead_lettered_and_everything_else_flows(kind: Kind) ->
     let dlq_b = consume_all(&format!("{}-dlq.{b}", w.prefix), Duration::from_secs(2))?;
     assert!(dlq_b.values().all(Vec::is_empty), "dead letters of {b}: {:?}", dlq_b.keys());
     // Counted, and logged by table and position, never by value.
-    let m = metrics(&metrics_addr)?;
+    let m = lablake_tests::scrape_metrics(&metrics_addr)?;
     let source = match kind {
         Kind::Mysql => "main",
         Kind::Postgres => "pg",

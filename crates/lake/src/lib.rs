@@ -62,12 +62,22 @@ pub struct LakeConfig {
     /// Zstd level of Parquet pages.
     #[serde(default = "default_zstd")]
     pub zstd_level: i32,
+    /// Retries of a failed S3 request inside the object-store client
+    /// (backoff 100 ms doubling to 2 s, at most 20 s in all) before the
+    /// error reaches the caller. Kept low: the curator retries a failed
+    /// batch itself, per partition, so one tenant's failing writes do not
+    /// hold the others for long.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
 }
 
 fn default_region() -> String {
     "us-east-1".into()
 }
 fn default_zstd() -> i32 {
+    3
+}
+fn default_max_retries() -> usize {
     3
 }
 
@@ -215,7 +225,15 @@ impl Lake {
         if let Some(e) = &self.config.endpoint {
             b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
-        b = b.with_allow_http(self.config.allow_http);
+        b = b.with_allow_http(self.config.allow_http).with_retry(object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: std::time::Duration::from_millis(100),
+                max_backoff: std::time::Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: self.config.max_retries,
+            retry_timeout: std::time::Duration::from_secs(20),
+        });
         let store: Arc<dyn ObjectStore> = Arc::new(b.build()?);
         stores.insert(bucket, store.clone());
         Ok(store)
@@ -283,6 +301,7 @@ mod tests {
             region: "us-east-1".into(),
             allow_http: false,
             zstd_level: 3,
+            max_retries: 3,
         };
         assert!(Lake::new(base.clone()).is_ok());
         let e = Lake::new(LakeConfig { endpoint: Some("http://x".into()), ..base.clone() }).err().unwrap();

@@ -232,6 +232,22 @@ struct Partition {
     /// With group assignment: a write was fenced, another member owns the
     /// partition now; it is dropped here.
     lost: bool,
+    /// A batch failed with a retryable error (the lake, the checkpoint store
+    /// or the dead-letter topic briefly failing): the partition is dropped and
+    /// read again from its checkpoint after a backoff, the others go on.
+    held: bool,
+    /// Consecutive failed batches of this partition (0 after a commit).
+    failures: u32,
+}
+
+/// A partition waiting out its backoff before it is read again.
+struct Reopen {
+    at: std::time::Instant,
+    topic: String,
+    partition: i32,
+    tenant: String,
+    fence: Fence,
+    failures: u32,
 }
 
 impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
@@ -272,20 +288,43 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         let mut parts: HashMap<(Arc<str>, i32), Partition> = HashMap::new();
         let mut decoder = Decoder::new();
         let prefix = format!("{}.", self.bus.topic_prefix);
+        // Delay, not burst: a discovery slower than its interval (a metadata
+        // request over a slow broker link) must not run back to back and
+        // starve the reading of records — the curator then read nothing for
+        // minutes after a broker link went silent and came back slow.
         let mut discovery = tokio::time::interval(self.curate.discovery_interval);
+        discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_check = tokio::time::interval(crate::supervise::LEASE_CHECK);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, group_mode, lost: AtomicU32::new(0) };
+        let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, group_mode, dropped: AtomicU32::new(0) };
         let mut since_budget_check = 0u32;
+        let mut reopen: Vec<Reopen> = Vec::new();
         loop {
-            if ctx.lost.swap(0, Ordering::Relaxed) > 0 {
-                let lost: Vec<_> = parts.iter().filter(|(_, p)| p.lost).map(|(k, _)| k.clone()).collect();
-                for (t, p) in lost {
-                    tracing::info!(group, topic = %t, partition = p, "partition taken over by another member; dropped here");
-                    metrics::CURATE_PARTITIONS_LOST.with_label_values(&[&group]).inc();
-                    parts.remove(&(t.clone(), p));
+            if ctx.dropped.swap(0, Ordering::Relaxed) > 0 {
+                let gone: Vec<_> = parts.iter().filter(|(_, p)| p.lost || p.held).map(|(k, _)| k.clone()).collect();
+                for (t, p) in gone {
+                    let Some(part) = parts.remove(&(t.clone(), p)) else { continue };
                     consumer.unassign(&t, p)?;
+                    if part.lost {
+                        tracing::info!(group, topic = %t, partition = p, "partition taken over by another member; dropped here");
+                        metrics::CURATE_PARTITIONS_LOST.with_label_values(&[&group]).inc();
+                        continue;
+                    }
+                    let failures = part.failures + 1;
+                    let wait = crate::supervise::backoff(failures);
+                    tracing::warn!(group, tenant = part.tenant, topic = %t, partition = p, failures,
+                        retry_in_ms = wait.as_millis() as u64, "partition held back; reading it again from its checkpoint");
+                    metrics::CURATE_PARTITION_RETRIES.with_label_values(&[&part.tenant]).inc();
+                    reopen.push(Reopen {
+                        at: std::time::Instant::now() + wait,
+                        topic: t.to_string(),
+                        partition: p,
+                        tenant: part.tenant,
+                        fence: part.fence,
+                        failures,
+                    });
                 }
             }
             tokio::select! {
@@ -305,6 +344,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             if parts.contains_key(&key) {
                                 continue;
                             }
+                            reopen.retain(|r| !(r.topic == t && r.partition == p));
                             let lease = LeaseName::partition(&group, &t, p);
                             let generation = self.store.acquire_lease(&lease).await.context("taking a partition lease")?;
                             let part = self.open_partition(&mut consumer, &group, &t, p, tenant, Fence { lease, generation }).await?;
@@ -317,6 +357,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         // the committed checkpoint.
                         for (t, p) in list {
                             let key: (Arc<str>, i32) = (t.as_str().into(), p);
+                            reopen.retain(|r| !(r.topic == t && r.partition == p));
                             if parts.remove(&key).is_some() {
                                 consumer.unassign(&t, p)?;
                             }
@@ -334,7 +375,8 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         let Some(tenant) = self.wanted(&t) else { continue };
                         for p in 0..n {
                             let key: (Arc<str>, i32) = (t.as_str().into(), p);
-                            if parts.contains_key(&key) {
+                            // Held back partitions wait for their backoff.
+                            if parts.contains_key(&key) || reopen.iter().any(|r| r.topic == t && r.partition == p) {
                                 continue;
                             }
                             let part = self.open_partition(&mut consumer, &group, &t, p, tenant, fence.clone()).await?;
@@ -351,6 +393,16 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             ctx.close(t, *p, part, CloseReason::Idle).await?;
                         }
                     }
+                    if reopen.iter().any(|r| r.at <= std::time::Instant::now()) {
+                        let now = std::time::Instant::now();
+                        let (due, waiting): (Vec<Reopen>, Vec<Reopen>) = reopen.drain(..).partition(|r| r.at <= now);
+                        reopen = waiting;
+                        for r in due {
+                            let mut part = self.open_partition(&mut consumer, &group, &r.topic, r.partition, &r.tenant, r.fence).await?;
+                            part.failures = r.failures;
+                            parts.insert((r.topic.as_str().into(), r.partition), part);
+                        }
+                    }
                 }
                 rec = consumer.recv() => {
                     let rec = match rec {
@@ -364,7 +416,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                     };
                     let key = (rec.topic.clone(), rec.partition);
                     let Some(part) = parts.get_mut(&key) else { continue };
-                    if part.stopped || part.lost {
+                    if part.stopped || part.lost || part.held {
                         continue;
                     }
                     match arrival(rec.offset, part.next, part.fetched_from, part.rewind) {
@@ -480,6 +532,8 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
             high,
             fence,
             lost: false,
+            held: false,
+            failures: 0,
         })
     }
 }
@@ -555,7 +609,8 @@ struct Ctx<'a, S> {
     /// to another member (it is marked lost and counted in `lost`), not that
     /// this process was superseded.
     group_mode: bool,
-    lost: AtomicU32,
+    /// Partitions marked lost or held since the loop last dropped them.
+    dropped: AtomicU32,
 }
 
 impl<S: BatchStore> Ctx<'_, S> {
@@ -632,6 +687,10 @@ impl<S: BatchStore> Ctx<'_, S> {
                 self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
             } else if open.acc.too_old_for(policy, ev.source.ts_ms) {
                 self.close(&topic, rec.partition, part, CloseReason::Age).await?;
+            }
+            if part.held {
+                // Read again from the checkpoint later, this record too.
+                return Ok(());
             }
         }
         let open = part.open.get_or_insert_with(|| Open {
@@ -749,11 +808,43 @@ impl<S: BatchStore> Ctx<'_, S> {
         part.lost = true;
         part.open = None;
         part.replay = None;
-        self.lost.fetch_add(1, Ordering::Relaxed);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Makes the open batch durable and commits its offsets.
+    /// Makes the open batch durable and commits its offsets. A retryable
+    /// failure (the lake, the checkpoint store or the dead-letter topic
+    /// briefly failing) holds back only this partition: it is read again
+    /// from its checkpoint after a backoff — what a restart of the stage
+    /// would do, without pausing the other partitions and tenants.
     async fn close(
+        &self,
+        topic: &str,
+        partition: i32,
+        part: &mut Partition,
+        reason: CloseReason,
+    ) -> Result<(), PipelineError> {
+        if part.held {
+            return Ok(());
+        }
+        match self.close_batch(topic, partition, part, reason).await {
+            Err(e) if e.is_retryable() && !e.is_fenced() => {
+                tracing::warn!(tenant = part.tenant, topic, partition, error = %crate::supervise::chain(&e),
+                    "curated batch failed; holding back this partition");
+                part.held = true;
+                part.open = None;
+                part.replay = None;
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(()) => {
+                part.failures = 0;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn close_batch(
         &self,
         topic: &str,
         partition: i32,
@@ -868,6 +959,7 @@ impl<S: BatchStore> Ctx<'_, S> {
         metrics::CURATE_LAG
             .with_label_values(&[&table.tenant])
             .set((metrics::now_secs() - max_commit_ms as f64 / 1000.0).max(0.0));
+        metrics::CURATE_COMMITTED_TS.with_label_values(&[&table.tenant]).set(metrics::now_secs());
         metrics::CURATE_CHECKPOINT_TS.with_label_values(&[self.group]).set(metrics::now_secs());
         tracing::debug!(
             topic,

@@ -106,6 +106,13 @@ pub static STANDBY: LazyLock<GaugeVec> = LazyLock::new(|| {
         &["lease"],
     )
 });
+pub static CURATE_PARTITION_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_curate_partition_retries_total",
+        "Partitions held back after a retryable batch failure and read again from their checkpoint",
+        &["tenant"],
+    )
+});
 pub static CURATE_PARTITIONS_OWNED: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_curate_partitions_owned", "Partitions this instance curates, per consumer group", &["group"])
 });
@@ -143,6 +150,13 @@ pub static CURATE_BATCH_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
 });
 pub static CURATE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_curate_lag_seconds", "Now minus newest commit time in the last committed batch", &["tenant"])
+});
+pub static CURATE_COMMITTED_TS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_curate_committed_timestamp_seconds",
+        "Unix time of the tenant's last committed curated batch (with lablake_curate_lag_seconds: how fresh the lake is)",
+        &["tenant"],
+    )
 });
 pub static CURATE_CHECKPOINT_TS: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge(
