@@ -3,8 +3,8 @@
 //! after the heal whose newest change is under 5 s old
 //! (`lablake_curate_lag_seconds{tenant}` and
 //! `lablake_curate_committed_timestamp_seconds{tenant}` from `/metrics`).
-//! A steady writer (ROWS_PER_S over 2 tenants, one statement per tenant every
-//! 100 ms) runs throughout; each fault starts from a fresh lake (lag < 5 s).
+//! A steady writer (ROWS_PER_S over 2 tenants, one transaction per tenant every
+//! 500 ms) runs throughout; each fault starts from a fresh lake (lag < 5 s).
 //! Faults: `lablake` SIGKILLed and started again; the source link cut 10 s;
 //! the source link silent 30 s; the broker crashed at rest and down 5 s
 //! (writer paused meanwhile: tansu's S3 engine is not crash-consistent
@@ -17,7 +17,7 @@
 //! ```text
 //! eval "$(dev/services env)"; dev/services up
 //! cargo build --release -p lablake-cli -p lablake-benches
-//! LABLAKE_BIN=target/release/lablake target/release/recovery [mysql|postgres] [rows_per_s=1000]
+//! LABLAKE_BIN=target/release/lablake target/release/recovery [mysql|postgres] [rows_per_s=300]
 //! ```
 
 use std::collections::BTreeMap;
@@ -78,9 +78,11 @@ fn spawn_writer(
     written: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let per = (rows_per_s / 10 / tenants.len() as u64).max(1);
+        // Few, larger transactions: the local broker stores every produced
+        // batch in moto's S3, which many small ones saturate.
+        let per = (rows_per_s / 2 / tenants.len() as u64).max(1);
         let mut id = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
         while !stop.load(Ordering::SeqCst) {
             tick.tick().await;
             if paused.load(Ordering::SeqCst) {
@@ -107,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
         Some("postgres") => Kind::Postgres,
         Some(other) => bail!("unknown source {other} (mysql or postgres)"),
     };
-    let rows_per_s: u64 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let rows_per_s: u64 = std::env::args().nth(2).map(|s| s.parse()).transpose()?.unwrap_or(300);
     let port = PrivateBroker::free_port()?;
     let metrics_addr = format!("127.0.0.1:{}", PrivateBroker::free_port()?);
     let extra = format!("\n[metrics]\nlisten = \"{metrics_addr}\"\n");
@@ -217,9 +219,18 @@ async fn main() -> anyhow::Result<()> {
         }
         let healed = (Instant::now(), unix_now());
         w.assert_running()?;
-        let secs = time_to_fresh(&metrics_addr, &affected, healed, limit).await.with_context(|| fault.to_owned())?;
-        eprintln!("recovery bench ({kind:?}): {fault}: fresh {secs:.1} s after the heal");
-        let mut entry = serde_json::json!({ "fault": fault, "recovery_s": (secs * 10.0).round() / 10.0 });
+        // A fault not recovered from within the limit is reported, and the
+        // run goes on with the next one (still from a fresh lake).
+        let mut entry = match time_to_fresh(&metrics_addr, &affected, healed, limit).await {
+            Ok(secs) => {
+                eprintln!("recovery bench ({kind:?}): {fault}: fresh {secs:.1} s after the heal");
+                serde_json::json!({ "fault": fault, "recovery_s": (secs * 10.0).round() / 10.0 })
+            }
+            Err(e) => {
+                eprintln!("recovery bench ({kind:?}): {fault}: NOT recovered: {e:#}");
+                serde_json::json!({ "fault": fault, "recovered": false, "error": format!("{e:#}") })
+            }
+        };
         if let Some(worst) = other_worst {
             entry["other_tenant_worst_age_s"] = serde_json::json!((worst * 10.0).round() / 10.0);
         }
