@@ -18,10 +18,11 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use lablake_tests::broker::PrivateBroker;
 use lablake_tests::http_fault::{HttpFaultProxy, Rates};
 use lablake_tests::proxy::{FaultProxy, host_port, via};
-use lablake_tests::{Kind, World};
+use lablake_tests::{Kind, World, scrape_metrics};
 
 const DDL: &str = "CREATE TABLE orders (id BIGINT NOT NULL PRIMARY KEY, status VARCHAR(20), amount DECIMAL(12,2), \
                    note TEXT)";
@@ -113,7 +114,8 @@ async fn a_cut_postgres_link_is_retried_in_process() -> anyhow::Result<()> {
 /// written), which the curator rightly refuses to skip (docs/reliability.md).
 async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
     let mut broker = PrivateBroker::start()?;
-    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    let metrics = format!("127.0.0.1:{}", PrivateBroker::free_port()?);
+    let mut w = World::with_source(kind, 2, &[DDL], &format!("\n[metrics]\nlisten = \"{metrics}\"\n")).await?;
     w.set_kafka_brokers(&broker.brokers())?;
     w.start()?;
     for round in 0..3 {
@@ -162,26 +164,38 @@ async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Res
     let mut w = World::with_source(kind, 2, &[DDL], "").await?;
     let proxy = FaultProxy::start(&host_port(&w.source_url())).await?;
     w.set_source_url(&via(&w.source_url(), proxy.addr()))?;
-    silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "source link", kind).await
+    silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "source link", kind, None).await
 }
 
 /// Starts the pipeline, then the link through `proxy` goes silent for 30 s
 /// while the source keeps changing, then slow (`latency` per chunk each
-/// way): no exit, the lake exact with each change once.
+/// way): no exit, the lake exact with each change once. With `metrics` (the
+/// pipeline's `metrics.listen`), `/metrics` answers throughout: the fault is
+/// when an operator looks.
 async fn silent_then_slow(
     w: &mut World,
     proxy: &FaultProxy,
     latency: Duration,
     link: &str,
     kind: Kind,
+    metrics: Option<&str>,
 ) -> anyhow::Result<()> {
+    let observable = |when: &str| -> anyhow::Result<()> {
+        if let Some(addr) = metrics {
+            let text = scrape_metrics(addr).with_context(|| format!("/metrics does not answer {when}"))?;
+            anyhow::ensure!(text.contains("lablake_"), "/metrics answered {when} without metrics");
+        }
+        Ok(())
+    };
     w.start()?;
     write(w, 0).await?;
     await_exact(w, Duration::from_secs(120)).await?;
+    observable("before the fault")?;
     proxy.blackhole();
     for round in 1..=6 {
         write(w, round).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
+        observable(&format!("{}s into the {link} blackhole", round * 5))?;
     }
     w.assert_running()?;
     proxy.heal();
@@ -189,6 +203,7 @@ async fn silent_then_slow(
     let healed = std::time::Instant::now();
     write(w, 7).await?;
     await_exact(w, Duration::from_secs(180)).await?;
+    observable("after the heal")?;
     recovered(&format!("{link} silent 30 s, then {} ms per chunk", latency.as_millis()), kind, healed);
     assert_never_exited(w)?;
     let _ = w.stop();
@@ -218,11 +233,20 @@ async fn a_silent_then_slow_broker_link_is_survived(kind: Kind) -> anyhow::Resul
     let port = PrivateBroker::free_port()?;
     let proxy = FaultProxy::start(&format!("127.0.0.1:{port}")).await?;
     let broker = PrivateBroker::start_on(port, &proxy.addr().to_string())?;
-    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
+    let metrics = format!("127.0.0.1:{}", PrivateBroker::free_port()?);
+    let mut w = World::with_source(kind, 2, &[DDL], &format!("\n[metrics]\nlisten = \"{metrics}\"\n")).await?;
     w.set_kafka_brokers(&broker.brokers())?;
     // 200 ms per chunk each way: slow metadata requests once starved the
     // curator's reading (its discovery timer burst; docs/reliability.md).
-    silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "broker link", kind).await?;
+    silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "broker link", kind, Some(&metrics)).await?;
+    // A failed topic discovery is tried again at the next interval; it once
+    // restarted the curator stage every 10 s of the blackhole.
+    let log = std::fs::read_to_string(&w.log_path)?;
+    anyhow::ensure!(
+        !log.lines().any(|l| l.contains("stage failed") && l.contains("curator")),
+        "the curator stage restarted during the broker-link blackhole:\n{}",
+        w.log_tail()
+    );
     drop(broker);
     Ok(())
 }

@@ -13,6 +13,8 @@
 //! other tenant's worst lag meanwhile is reported too); the source
 //! database crashed. Prints one JSON report; ends by checking the lake
 //! exact. Crashes the shared source database: run it alone.
+//! `LABLAKE_RECOVERY_FAULTS="broker link,database"` runs only the faults
+//! whose names contain one of these.
 //!
 //! ```text
 //! eval "$(dev/services env)"; dev/services up
@@ -43,8 +45,11 @@ fn unix_now() -> f64 {
 
 /// Per tenant: (lag of its last committed batch, when it was committed), or
 /// `None` while `/metrics` does not answer (the process restarting).
-fn freshness(addr: &str) -> Option<BTreeMap<String, (f64, f64)>> {
-    let text = scrape_metrics(addr).ok()?;
+async fn freshness(addr: &str) -> Option<BTreeMap<String, (f64, f64)>> {
+    // Off the runtime: a blocking scrape on a worker would stall the fault
+    // proxies this process runs.
+    let addr = addr.to_owned();
+    let text = tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.ok()?.ok()?;
     let lag = metric_by_label(&text, "lablake_curate_lag_seconds", "tenant");
     let at = metric_by_label(&text, "lablake_curate_committed_timestamp_seconds", "tenant");
     Some(lag.into_iter().filter_map(|(t, l)| Some((t.clone(), (l, *at.get(&t)?)))).collect())
@@ -54,13 +59,13 @@ fn freshness(addr: &str) -> Option<BTreeMap<String, (f64, f64)>> {
 /// `tenants` committed a fresh batch after it; fails after `limit`.
 async fn time_to_fresh(addr: &str, tenants: &[String], healed: (Instant, f64), limit: Duration) -> anyhow::Result<f64> {
     loop {
-        if let Some(f) = freshness(addr)
+        if let Some(f) = freshness(addr).await
             && tenants.iter().all(|t| f.get(t).is_some_and(|&(lag, at)| at > healed.1 && lag < FRESH_S))
         {
             return Ok(healed.0.elapsed().as_secs_f64());
         }
         if healed.0.elapsed() > limit {
-            bail!("not fresh {limit:?} after the heal: {:?}", freshness(addr));
+            bail!("not fresh {limit:?} after the heal: {:?}", freshness(addr).await);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -148,7 +153,12 @@ async fn main() -> anyhow::Result<()> {
         "one tenant's lake writes failing 30 s",
         "source database crashed",
     ];
-    for fault in faults {
+    // LABLAKE_RECOVERY_FAULTS="broker link,database": only the faults whose
+    // name contains one of these.
+    let only: Vec<String> = std::env::var("LABLAKE_RECOVERY_FAULTS")
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    for fault in faults.into_iter().filter(|f| only.is_empty() || only.iter().any(|o| f.contains(o.as_str()))) {
         // Steady and fresh before each fault.
         tokio::time::sleep(Duration::from_secs(10)).await;
         time_to_fresh(&metrics_addr, &tenants, (Instant::now(), unix_now()), limit)
@@ -197,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
                 while Instant::now() < until {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     // The other tenant's age of its newest curated change.
-                    if let Some(f) = freshness(&metrics_addr)
+                    if let Some(f) = freshness(&metrics_addr).await
                         && let Some(&(lag, at)) = f.get(&good)
                     {
                         worst = worst.max(lag + (unix_now() - at));

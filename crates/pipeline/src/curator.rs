@@ -371,7 +371,20 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                 },
                 _ = discovery.tick(), if !group_mode => {
                     let Some(fence) = &shard_fence else { continue };
-                    for (t, n) in consumer.topics(&prefix).await? {
+                    // A failed metadata request (the broker unreachable or
+                    // slow) is tried again at the next tick; the partitions
+                    // already open keep being read. Restarting the stage for
+                    // it would re-read them from their checkpoints each time.
+                    let topics = match consumer.topics(&prefix).await {
+                        Ok(topics) => topics,
+                        Err(e) if !matches!(e, lablake_bus::BusError::Config(_)) => {
+                            metrics::CURATE_DISCOVERY_FAILURES.with_label_values(&[&group]).inc();
+                            tracing::warn!(group, error = %e, "topic discovery failed; trying again at the next interval");
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    for (t, n) in topics {
                         let Some(tenant) = self.wanted(&t) else { continue };
                         for p in 0..n {
                             let key: (Arc<str>, i32) = (t.as_str().into(), p);

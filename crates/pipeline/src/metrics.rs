@@ -148,6 +148,13 @@ pub static CURATE_BATCH_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
         vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
     )
 });
+pub static CURATE_DISCOVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_curate_discovery_failures_total",
+        "Topic discoveries that failed (the broker unreachable or slow) and were tried again at the next interval",
+        &["group"],
+    )
+});
 pub static CURATE_LAG: LazyLock<GaugeVec> = LazyLock::new(|| {
     gauge("lablake_curate_lag_seconds", "Now minus newest commit time in the last committed batch", &["tenant"])
 });
@@ -180,15 +187,29 @@ pub fn render() -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
-/// Serves `GET /metrics` until the task is dropped.
+/// Serves `GET /metrics` until the task is dropped; fails only when `addr`
+/// cannot be bound.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
     loop {
-        let (mut sock, _) = listener.accept().await?;
+        // An accept error (out of file descriptors, a connection aborted
+        // before it was taken) ends only that connection, never the endpoint.
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed, trying again in 100 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let mut req = [0u8; 1024];
-            let n = sock.read(&mut req).await.unwrap_or(0);
+            // A client that connects and says nothing is dropped after 5 s.
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut req)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
             let ok = req[..n].starts_with(b"GET /metrics");
             let (status, body) = if ok { ("200 OK", render()) } else { ("404 Not Found", String::new()) };
             let resp = format!(
