@@ -58,7 +58,20 @@ async fn a_failed_delivery_stops_every_later_marker() {
     tx.delivery(name.clone(), ok).await.expect("queue");
     tx.marker(1).await.expect("marker");
     // Partition 7 does not exist in a one-partition topic: the delivery fails.
-    let bad = p.send_raw(&t, Some(7), b"k", b"lost").await.expect("enqueue");
+    // librdkafka fails it either later (the future) or at once, when it has
+    // the topic's metadata already (seen once in CI); at once, there is no
+    // future to queue and the caller stops there, so only the first marker
+    // may come out.
+    let bad = match p.send_raw(&t, Some(7), b"k", b"lost").await {
+        Ok(bad) => bad,
+        Err(BusError::Delivery { topic, .. }) => {
+            assert_eq!(topic, t);
+            drop(tx);
+            assert_eq!(rx.next().await.expect("first marker"), Some(1));
+            return;
+        }
+        Err(other) => panic!("enqueue: {other:?}"),
+    };
     tx.delivery(name.clone(), bad).await.expect("queue");
     tx.marker(2).await.expect("marker");
     drop(tx);
