@@ -165,15 +165,19 @@ pub async fn exec_on(kind: Kind, pool: &mysql_async::Pool, database: &str, state
     Ok(())
 }
 
-/// `GET /metrics` of a pipeline serving them at `addr` (`metrics.listen`).
-pub fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lablake\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out)
+/// `GET /metrics` of a pipeline serving them at `addr` (`metrics.listen`),
+/// within 10 s. Async: the callers' runtimes also run the fault proxies,
+/// which a blocking read would stall.
+pub async fn scrape_metrics(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lablake\r\n\r\n").await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        anyhow::Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(10), scrape).await.context("/metrics did not answer within 10 s")?
 }
 
 /// The samples of metric `name` in Prometheus text `text`, by the value of

@@ -114,8 +114,7 @@ async fn a_cut_postgres_link_is_retried_in_process() -> anyhow::Result<()> {
 /// written), which the curator rightly refuses to skip (docs/reliability.md).
 async fn a_crashed_broker_loses_nothing(kind: Kind) -> anyhow::Result<()> {
     let mut broker = PrivateBroker::start()?;
-    let metrics = format!("127.0.0.1:{}", PrivateBroker::free_port()?);
-    let mut w = World::with_source(kind, 2, &[DDL], &format!("\n[metrics]\nlisten = \"{metrics}\"\n")).await?;
+    let mut w = World::with_source(kind, 2, &[DDL], "").await?;
     w.set_kafka_brokers(&broker.brokers())?;
     w.start()?;
     for round in 0..3 {
@@ -167,6 +166,16 @@ async fn a_silent_source_link_is_noticed_and_survived(kind: Kind) -> anyhow::Res
     silent_then_slow(&mut w, &proxy, Duration::from_millis(200), "source link", kind, None).await
 }
 
+/// With `metrics` (a pipeline's `metrics.listen`): `/metrics` answers, with
+/// metrics, at `when`.
+async fn observable(metrics: Option<&str>, when: &str) -> anyhow::Result<()> {
+    if let Some(addr) = metrics {
+        let text = scrape_metrics(addr).await.with_context(|| format!("/metrics does not answer {when}"))?;
+        anyhow::ensure!(text.contains("lablake_"), "/metrics answered {when} without metrics");
+    }
+    Ok(())
+}
+
 /// Starts the pipeline, then the link through `proxy` goes silent for 30 s
 /// while the source keeps changing, then slow (`latency` per chunk each
 /// way): no exit, the lake exact with each change once. With `metrics` (the
@@ -180,22 +189,15 @@ async fn silent_then_slow(
     kind: Kind,
     metrics: Option<&str>,
 ) -> anyhow::Result<()> {
-    let observable = |when: &str| -> anyhow::Result<()> {
-        if let Some(addr) = metrics {
-            let text = scrape_metrics(addr).with_context(|| format!("/metrics does not answer {when}"))?;
-            anyhow::ensure!(text.contains("lablake_"), "/metrics answered {when} without metrics");
-        }
-        Ok(())
-    };
     w.start()?;
     write(w, 0).await?;
     await_exact(w, Duration::from_secs(120)).await?;
-    observable("before the fault")?;
+    observable(metrics, "before the fault").await?;
     proxy.blackhole();
     for round in 1..=6 {
         write(w, round).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
-        observable(&format!("{}s into the {link} blackhole", round * 5))?;
+        observable(metrics, &format!("{}s into the {link} blackhole", round * 5)).await?;
     }
     w.assert_running()?;
     proxy.heal();
@@ -203,7 +205,7 @@ async fn silent_then_slow(
     let healed = std::time::Instant::now();
     write(w, 7).await?;
     await_exact(w, Duration::from_secs(180)).await?;
-    observable("after the heal")?;
+    observable(metrics, "after the heal").await?;
     recovered(&format!("{link} silent 30 s, then {} ms per chunk", latency.as_millis()), kind, healed);
     assert_never_exited(w)?;
     let _ = w.stop();

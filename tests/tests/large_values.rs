@@ -118,7 +118,7 @@ async fn oversized_row_is_dead_lettered_and_everything_else_flows(kind: Kind) ->
     let dlq_b = consume_all(&format!("{}-dlq.{b}", w.prefix), Duration::from_secs(2))?;
     assert!(dlq_b.values().all(Vec::is_empty), "dead letters of {b}: {:?}", dlq_b.keys());
     // Counted, and logged by table and position, never by value.
-    let m = lablake_tests::scrape_metrics(&metrics_addr)?;
+    let m = lablake_tests::scrape_metrics(&metrics_addr).await?;
     let source = match kind {
         Kind::Mysql => "main",
         Kind::Postgres => "pg",

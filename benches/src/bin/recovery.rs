@@ -46,10 +46,7 @@ fn unix_now() -> f64 {
 /// Per tenant: (lag of its last committed batch, when it was committed), or
 /// `None` while `/metrics` does not answer (the process restarting).
 async fn freshness(addr: &str) -> Option<BTreeMap<String, (f64, f64)>> {
-    // Off the runtime: a blocking scrape on a worker would stall the fault
-    // proxies this process runs.
-    let addr = addr.to_owned();
-    let text = tokio::task::spawn_blocking(move || scrape_metrics(&addr)).await.ok()?.ok()?;
+    let text = scrape_metrics(addr).await.ok()?;
     let lag = metric_by_label(&text, "lablake_curate_lag_seconds", "tenant");
     let at = metric_by_label(&text, "lablake_curate_committed_timestamp_seconds", "tenant");
     Some(lag.into_iter().filter_map(|(t, l)| Some((t.clone(), (l, *at.get(&t)?)))).collect())

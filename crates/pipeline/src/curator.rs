@@ -375,14 +375,14 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                     // slow) is tried again at the next tick; the partitions
                     // already open keep being read. Restarting the stage for
                     // it would re-read them from their checkpoints each time.
-                    let topics = match consumer.topics(&prefix).await {
+                    let topics = match consumer.topics(&prefix).await.map_err(PipelineError::from) {
                         Ok(topics) => topics,
-                        Err(e) if !matches!(e, lablake_bus::BusError::Config(_)) => {
+                        Err(e) if e.is_retryable() => {
                             metrics::CURATE_DISCOVERY_FAILURES.with_label_values(&[&group]).inc();
-                            tracing::warn!(group, error = %e, "topic discovery failed; trying again at the next interval");
+                            tracing::warn!(group, error = %crate::supervise::chain(&e), "topic discovery failed; trying again at the next interval");
                             continue;
                         }
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     };
                     for (t, n) in topics {
                         let Some(tenant) = self.wanted(&t) else { continue };
