@@ -1,8 +1,10 @@
 //! A private Kafka API broker for one fault test, so killing it touches no
 //! other test: tansu (the binary `dev/services` built, `LABLAKE_TANSU_BIN`)
-//! on its own port and cluster id, with its log in the S3 bucket the shared
-//! broker uses (`LABLAKE_KAFKA_BUCKET`, prefix `clusters/<id>/`). A restart
-//! keeps its topics, records and group offsets; [`PrivateBroker::crash`] is
+//! on its own port and cluster id, on the storage engine the shared broker
+//! uses (`LABLAKE_KAFKA_STORAGE`): its own SQLite database in a temporary
+//! folder (`sqlite`, the default), or the shared broker's S3 bucket
+//! (`s3`: `LABLAKE_KAFKA_BUCKET`, prefix `clusters/<id>/`). A restart keeps
+//! its topics, records and group offsets; [`PrivateBroker::crash`] is
 //! SIGKILL.
 
 use std::net::TcpListener;
@@ -22,6 +24,8 @@ pub struct PrivateBroker {
     advertised: String,
     cluster: String,
     log: PathBuf,
+    /// The SQLite engine's folder (its working directory), or `None` on S3.
+    data: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -51,7 +55,16 @@ impl PrivateBroker {
         let bin = Self::binary().context("LABLAKE_TANSU_BIN is not set (run `eval \"$(dev/services env)\"`)")?;
         let cluster = format!("fault-{}", rand_id(8));
         let log = std::env::temp_dir().join(format!("lablake-broker-{cluster}.log"));
-        let mut b = PrivateBroker { bin, port, advertised: advertised.to_owned(), cluster, log, child: None };
+        let data = match env_or("LABLAKE_KAFKA_STORAGE", "sqlite").as_str() {
+            "sqlite" => {
+                let dir = std::env::temp_dir().join(format!("lablake-broker-{cluster}"));
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                Some(dir)
+            }
+            "s3" => None,
+            other => bail!("LABLAKE_KAFKA_STORAGE is '{other}': sqlite or s3"),
+        };
+        let mut b = PrivateBroker { bin, port, advertised: advertised.to_owned(), cluster, log, data, child: None };
         b.spawn()?;
         Ok(b)
     }
@@ -70,11 +83,16 @@ impl PrivateBroker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = format!("tcp://{}", self.advertised);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&self.bin)
-            .args(["broker", "--cluster-id", &self.cluster, "--listener-url", &url])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["broker", "--cluster-id", &self.cluster, "--listener-url", &url])
             .args(["--advertised-listener-url", &advertised])
-            .arg("--storage-engine")
-            .arg(format!("s3://{}/", env_or("LABLAKE_KAFKA_BUCKET", "lablake-kafka")))
+            .arg("--storage-engine");
+        match &self.data {
+            // tansu opens a sqlite:// path relative to its working directory.
+            Some(dir) => cmd.arg("sqlite://tansu.db").current_dir(dir),
+            None => cmd.arg(format!("s3://{}/", env_or("LABLAKE_KAFKA_BUCKET", "lablake-kafka"))),
+        };
+        let child = cmd
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env("AWS_ENDPOINT", s3_endpoint())
@@ -119,5 +137,8 @@ impl PrivateBroker {
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.crash();
+        if let Some(dir) = &self.data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -200,8 +200,23 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
     }
 }
 
+/// Connects to the checkpoint table. A retryable failure (a reset, a 5xx, a throttle: the
+/// service is there but answered badly once) is tried again with backoff for up to a minute
+/// before the process gives up; a configuration or permission error fails at once.
 async fn store(cfg: &Config) -> anyhow::Result<Arc<DynamoStore>> {
-    Ok(Arc::new(DynamoStore::connect(&cfg.checkpoint).await.context("connecting to DynamoDB")?))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match DynamoStore::connect(&cfg.checkpoint).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(e) if e.is_retryable() && std::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "connecting to DynamoDB failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("connecting to DynamoDB")),
+        }
+    }
 }
 
 /// `lablake status`: the status table, its JSON, or what the lake holds.
