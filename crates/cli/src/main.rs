@@ -205,14 +205,15 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
 /// before the process gives up; a configuration or permission error fails at once.
 async fn store(cfg: &Config) -> anyhow::Result<Arc<DynamoStore>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut backoff = std::time::Duration::from_millis(200);
+    let mut failures = 0;
     loop {
         match DynamoStore::connect(&cfg.checkpoint).await {
             Ok(store) => return Ok(Arc::new(store)),
-            Err(e) if e.is_retryable() && std::time::Instant::now() + backoff < deadline => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "connecting to DynamoDB failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                failures += 1;
+                let wait = lablake_pipeline::supervise::backoff(failures);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "connecting to DynamoDB failed; retrying");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(anyhow::Error::new(e).context("connecting to DynamoDB")),
         }
