@@ -74,6 +74,14 @@ impl PrivateBroker {
         self.advertised.clone()
     }
 
+    /// Whether a SIGKILL while records are being produced is part of what
+    /// this broker's storage survives: SQLite writes each produce in one
+    /// transaction (a killed one rolls back whole, offsets stay dense);
+    /// tansu 0.6's S3 engine can leave an offset hole (docs/reliability.md).
+    pub fn survives_crash_mid_produce(&self) -> bool {
+        self.data.is_some()
+    }
+
     /// Where the broker's output goes.
     pub fn log_path(&self) -> &PathBuf {
         &self.log

@@ -969,6 +969,25 @@ pub fn batch_rows(batch: &RecordBatch) -> anyhow::Result<Vec<BTreeMap<String, St
     Ok(out)
 }
 
+/// Every partition of the topics starting with `prefix` on `brokers`, with
+/// its log start and end offsets (`(topic, partition) → (low, high)`): a
+/// log that keeps the full history starts at 0.
+pub fn log_bounds(brokers: &str, prefix: &str) -> anyhow::Result<BTreeMap<(String, i32), (i64, i64)>> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{prefix}-bounds"))
+        .create()?;
+    let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut out = BTreeMap::new();
+    for t in md.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for p in t.partitions() {
+            let bounds = consumer.fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))?;
+            out.insert((t.name().to_owned(), p.id()), bounds);
+        }
+    }
+    Ok(out)
+}
+
 /// Records per topic: key, payload and headers (values as text), in order.
 pub type Consumed = BTreeMap<String, Vec<(Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, String)>)>>;
 

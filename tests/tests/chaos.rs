@@ -4,9 +4,10 @@
 //! multiplies the changes and every fault count, for longer manual runs):
 //! - 30 SIGKILLs of `lablake` at random moments, and an abort at every
 //!   crash-window failpoint (the snapshot's first, the others in between);
-//! - 3 crashes of the Kafka API broker (a private tansu on durable storage),
-//!   each at rest: tansu 0.6's S3 engine killed mid-produce leaves an offset
-//!   hole the curator rightly refuses (docs/reliability.md);
+//! - 3 crashes of the Kafka API broker (a private tansu on durable storage):
+//!   on the SQLite engine while the source produces a step's changes; on
+//!   tansu 0.6's S3 engine at rest, because killed mid-produce it can leave
+//!   an offset hole the curator rightly refuses (docs/reliability.md);
 //! - 2 crashes of the source database;
 //! - one 30 s blackhole of each link: source database, broker (it advertises
 //!   the proxy, so every connection goes through it), S3 + DynamoDB;
@@ -267,8 +268,19 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
                 );
                 w.start()?;
             }
+            Fault::BrokerCrash if broker.survives_crash_mid_produce() => {
+                // Under load: the step's changes are being produced (and
+                // earlier ones fetched) when the broker dies.
+                work.step(&w).await?;
+                tokio::time::sleep(Duration::from_millis(work.rng.random_range(20..400))).await;
+                broker.crash();
+                work.step(&w).await?;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                w.assert_running()?;
+                broker.restart()?;
+            }
             Fault::BrokerCrash => {
-                // At rest (see the module documentation).
+                // At rest on the S3 engine (see the module documentation).
                 w.await_exact("results", "id", COLS, Duration::from_secs(300))
                     .await
                     .with_context(|| format!("before broker crash (fault {i}, seed {})", plan.seed))?;
@@ -333,8 +345,11 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    // Everything healed: the last changes, then the oracle.
+    // Everything healed: the last changes, then the oracle. The injected
+    // share is counted over the faulty part of the run (the catch-up after
+    // it runs on healthy services).
     http.set_enabled(false);
+    let (requests, errors, resets) = http.counts();
     while work.steps < steps {
         work.step(&w).await?;
     }
@@ -358,10 +373,9 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(changes >= plan.changes, "only {changes} changes made (≥ {} planned)", plan.changes);
-    let (requests, errors, resets) = http.counts();
     anyhow::ensure!(
-        requests > 1000 && errors * 100 >= requests && resets > 0,
-        "≥ 1 % injected HTTP faults: {errors} errors, {resets} resets over {requests} requests (seed {})",
+        requests > 500 && errors * 100 >= requests && resets > 0,
+        "≥ 1 % injected HTTP faults while injecting: {errors} errors, {resets} resets over {requests} requests (seed {})",
         plan.seed
     );
     w.assert_running()?;
@@ -381,11 +395,12 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
     eprintln!(
         "chaos summary ({kind:?}, seed {}, scale {}): {} in {:.0} s; {errors} HTTP errors/throttles and {resets} resets \
          after applying over {requests} requests; {restarts} in-process stage restarts; {changes} changes on {TENANTS} \
-         tenants → 0 lost, 0 phantom, 0 divergent, 0 duplicated",
+         tenants → 0 lost, 0 phantom, 0 divergent, 0 duplicated (broker crashes {})",
         plan.seed,
         plan.scale,
         summary.join(", "),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if broker.survives_crash_mid_produce() { "under load" } else { "at rest" }
     );
     let _ = w.stop();
     drop(broker);

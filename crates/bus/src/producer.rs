@@ -177,10 +177,14 @@ impl ChangeProducer {
         let retention = self.config.retention_ms.to_string();
         // The full history by default (replay rebuilds from it); never compacted
         // (offsets stay contiguous and every change stays, not only the last per key).
+        // `cleanup.policy` is left to the broker's default (`delete` on Kafka, MSK and
+        // Redpanda; a broker that compacts by default is named by `retention_problems`):
+        // tansu 0.6's SQLite engine, our local broker, reads an explicit `delete` with
+        // `retention.ms = -1` as "older than -1 ms" and deletes every record at each
+        // start and every 10 minutes (docs/reliability.md).
         let new = NewTopic::new(topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor))
             .set("retention.ms", &retention)
-            .set("retention.bytes", "-1")
-            .set("cleanup.policy", "delete");
+            .set("retention.bytes", "-1");
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = self.admin.create_topics([&new], &opts).await?;
         for r in results {
