@@ -178,7 +178,8 @@ impl ChangeProducer {
         // The full history by default (replay rebuilds from it); never compacted
         // (offsets stay contiguous and every change stays, not only the last per key).
         // `cleanup.policy` is left to the broker's default (`delete` on Kafka, MSK and
-        // Redpanda; a broker that compacts by default is named by `retention_problems`):
+        // Redpanda; a topic a compacting default made is named by `retention_problems`
+        // at the next start, not when it is created):
         // tansu 0.6's SQLite engine, our local broker, reads an explicit `delete` with
         // `retention.ms = -1` as "older than -1 ms" and deletes every record at each
         // start and every 10 minutes (docs/reliability.md).
