@@ -1,9 +1,9 @@
 //! A private Kafka API broker for one fault test, so killing it touches no
 //! other test: tansu (the binary `dev/services` built, `LABLAKE_TANSU_BIN`)
 //! on its own port and cluster id, on the storage engine the shared broker
-//! uses (`LABLAKE_KAFKA_STORAGE`): the shared broker's S3 bucket (`s3`,
-//! the default: `LABLAKE_KAFKA_BUCKET`, prefix `clusters/<id>/`), or its
-//! own SQLite database in a temporary folder (`sqlite`). A restart keeps
+//! uses (`LABLAKE_KAFKA_STORAGE`): its own SQLite database in a temporary
+//! folder (`sqlite`, the default), or the shared broker's S3 bucket (`s3`:
+//! `LABLAKE_KAFKA_BUCKET`, prefix `clusters/<id>/`). A restart keeps
 //! its topics, records and group offsets; [`PrivateBroker::crash`] is
 //! SIGKILL.
 
@@ -55,7 +55,7 @@ impl PrivateBroker {
         let bin = Self::binary().context("LABLAKE_TANSU_BIN is not set (run `eval \"$(dev/services env)\"`)")?;
         let cluster = format!("fault-{}", rand_id(8));
         let log = std::env::temp_dir().join(format!("lablake-broker-{cluster}.log"));
-        let data = match env_or("LABLAKE_KAFKA_STORAGE", "s3").as_str() {
+        let data = match env_or("LABLAKE_KAFKA_STORAGE", "sqlite").as_str() {
             "sqlite" => {
                 let dir = std::env::temp_dir().join(format!("lablake-broker-{cluster}"));
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

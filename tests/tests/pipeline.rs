@@ -361,3 +361,42 @@ async fn mysql_truncate_empties_the_curated_table() -> anyhow::Result<()> {
     let _ = w.stop();
     Ok(())
 }
+
+/// A backlog is curated in few, large batches. With `max_age = 2s`, changes
+/// committed over 12 s while `lablake` was down land in at most two new files
+/// per partition once it is back: a batch ages by how long it has been open,
+/// not by its records' commit times. (Aged by record time, as before, the
+/// backlog became one batch per 2 s of source time — six per partition here —
+/// and catching up after an outage was bounded by one commit per slice: the
+/// recovery bench never caught up after a 30 s silent source link.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_curated_in_few_large_batches() -> anyhow::Result<()> {
+    let mut w = World::new(1, &[ORDERS_DDL], "").await?;
+    let config = std::fs::read_to_string(&w.config_path)?.replace("max_age = \"30s\"", "max_age = \"2s\"");
+    std::fs::write(&w.config_path, config)?;
+    let t = w.tenants[0].clone();
+    async fn files(w: &World, t: &str) -> anyhow::Result<usize> {
+        Ok(w.lake()?.list(t, &format!("{t}/curated/lab_{t}/orders/")).await?.len())
+    }
+    w.start()?;
+    w.exec(&t, &["INSERT INTO orders VALUES (0, 'P0', 'new', 1.00, NOW(6), NULL)"]).await?;
+    let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
+    w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    w.stop()?;
+    let before = files(&w, &t).await?;
+    // 24 transactions 500 ms apart: 12 s of source time, read back at once.
+    for i in 1..=24u64 {
+        let values: Vec<String> =
+            (0..10).map(|j| format!("({}, 'P{i}', 'new', 1.00, NOW(6), NULL)", i * 10 + j)).collect();
+        w.exec(&t, &[&format!("INSERT INTO orders VALUES {}", values.join(", "))]).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    w.start()?;
+    let expected = source_rows(&w.pool, &t, "orders", ORDERS_COLUMNS).await?;
+    w.await_curated_state(&t, "orders", "id", &expected, Duration::from_secs(60)).await?;
+    let new = files(&w, &t).await? - before;
+    // Two partitions; one split each (an idle flush while the source reconnects) is allowed.
+    assert!(new <= 4, "the 12 s backlog became {new} curated files (at most 4 expected)");
+    let _ = w.stop();
+    Ok(())
+}

@@ -12,8 +12,12 @@ pub struct BatchPolicy {
     /// Close after this many bytes of (approximate, in-memory) row data.
     #[serde(default = "default_bytes")]
     pub max_bytes: usize,
-    /// Close when a record's commit time is this far past the batch's first
-    /// record (record time, not wall-clock time), e.g. `"60s"`.
+    /// Close when the batch's first record was read this long ago
+    /// (wall-clock), e.g. `"60s"`: the longest a change waits in the curator.
+    /// A backlog (after an outage, a restart, a replay) is worked off in
+    /// batches as large as `max_rows`/`max_bytes` allow, not in slices of
+    /// `max_age` of source time, so the curator catches up instead of paying
+    /// a commit per slice.
     #[serde(default = "default_age", with = "humantime_serde")]
     pub max_age: Duration,
     /// Close when no record arrived for this long (wall-clock), so quiet
@@ -80,7 +84,10 @@ pub struct OpenBatch {
     pub last_offset: i64,
     pub rows: usize,
     pub bytes: usize,
+    /// Commit time of the batch's first row (names its day in the object key).
     pub first_commit_ms: Option<i64>,
+    /// When the batch's first record was read (wall-clock).
+    pub opened: Option<Instant>,
     pub last_seen: Instant,
 }
 
@@ -92,17 +99,16 @@ impl OpenBatch {
             rows: 0,
             bytes: 0,
             first_commit_ms: None,
+            opened: None,
             last_seen: Instant::now(),
         }
     }
 
-    /// Whether a record with commit time `commit_ms` must start a new batch
-    /// because this one is old enough (record time).
-    pub fn too_old_for(&self, policy: &BatchPolicy, commit_ms: i64) -> bool {
-        match self.first_commit_ms {
-            Some(first) => commit_ms.saturating_sub(first) >= policy.max_age.as_millis() as i64,
-            None => false,
-        }
+    /// Whether the batch is old enough to close: its first record was read
+    /// `max_age` ago or longer (wall-clock, whatever the records' commit
+    /// times).
+    pub fn too_old(&self, policy: &BatchPolicy) -> bool {
+        self.opened.is_some_and(|at| at.elapsed() >= policy.max_age)
     }
 
     /// Accounts for a record at `offset` (a row when `row_bytes` is `Some`,
@@ -110,6 +116,7 @@ impl OpenBatch {
     pub fn add(&mut self, offset: i64, row: Option<(usize, i64)>) {
         self.last_offset = offset;
         self.last_seen = Instant::now();
+        self.opened.get_or_insert(self.last_seen);
         if let Some((bytes, commit_ms)) = row {
             self.rows += 1;
             self.bytes += bytes;
@@ -143,7 +150,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn closes_on_rows_bytes_and_record_age() {
+    fn closes_on_rows_bytes_and_age() {
         let p = BatchPolicy {
             max_rows: 3,
             max_bytes: 1000,
@@ -155,9 +162,12 @@ mod tests {
         b.add(5, Some((10, 1_000)));
         b.add(6, None);
         assert_eq!(b.full(&p), None);
-        assert!(!b.too_old_for(&p, 10_999));
-        assert!(b.too_old_for(&p, 11_000));
-        b.add(7, Some((10, 2_000)));
+        // Record times far apart (a backlog read at once) do not age a batch.
+        b.add(7, Some((10, 1_000_000)));
+        assert!(!b.too_old(&p));
+        b.opened = Instant::now().checked_sub(Duration::from_secs(10));
+        assert!(b.too_old(&p));
+        assert!(!OpenBatch::new(0).too_old(&p), "an empty batch never ages");
         b.add(8, Some((10, 3_000)));
         assert_eq!(b.full(&p), Some(CloseReason::Rows));
         assert_eq!((b.first_offset, b.last_offset, b.rows), (5, 8, 3));

@@ -400,10 +400,20 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                 }
                 _ = tick.tick() => {
                     for ((t, p), part) in parts.iter_mut() {
-                        let idle = part.replay.is_none()
-                            && part.open.as_ref().is_some_and(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty()) && o.acc.idle(&self.curate.batch));
-                        if idle {
-                            ctx.close(t, *p, part, CloseReason::Idle).await?;
+                        let policy = &self.curate.batch;
+                        let due = if part.replay.is_some() {
+                            None
+                        } else {
+                            part.open.as_ref().filter(|o| o.builder.as_ref().is_some_and(|b| !b.is_empty())).and_then(|o| {
+                                if o.acc.idle(policy) {
+                                    Some(CloseReason::Idle)
+                                } else {
+                                    o.acc.too_old(policy).then_some(CloseReason::Age)
+                                }
+                            })
+                        };
+                        if let Some(reason) = due {
+                            ctx.close(t, *p, part, reason).await?;
                         }
                     }
                     if reopen.iter().any(|r| r.at <= std::time::Instant::now()) {
@@ -698,7 +708,7 @@ impl<S: BatchStore> Ctx<'_, S> {
                 open.builder.as_ref().and_then(|b| b.summary()).is_some_and(|first| first.table != ev.table);
             if schema_change || table_change {
                 self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
-            } else if open.acc.too_old_for(policy, ev.source.ts_ms) {
+            } else if open.acc.too_old(policy) {
                 self.close(&topic, rec.partition, part, CloseReason::Age).await?;
             }
             if part.held {
