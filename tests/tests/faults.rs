@@ -10,7 +10,9 @@
 //! - the Kafka API broker is killed (SIGKILL) and started again on its
 //!   durable storage, three times, while the source keeps changing;
 //! - the link to the broker goes silent for 30 s, then slow;
-//! - one tenant's lake writes fail while another tenant's land.
+//! - one tenant's lake writes fail while another tenant's land;
+//! - S3 and DynamoDB answer every request with an error for the first
+//!   seconds of the process (start-up waits, it does not exit).
 //!
 //! The stages retry in-process (the process must not exit), resume from their
 //! checkpoints when the service is back, and the lake ends exact with every
@@ -350,4 +352,30 @@ async fn failing_and_throttling_aws_services_lose_nothing_mysql() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_and_throttling_aws_services_lose_nothing_postgres() -> anyhow::Result<()> {
     failing_and_throttling_aws_services_lose_nothing(Kind::Postgres).await
+}
+
+/// S3 and DynamoDB answer every request with a retryable error (`503`,
+/// throttling) for the first 10 s of the process: start-up (the checkpoint
+/// table, the first resume and lake writes) waits with backoff instead of
+/// exiting, and once the services answer the lake ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_services_failing_at_start_up_are_waited_for() -> anyhow::Result<()> {
+    let target = lablake_tests::proxy::host_port(&lablake_tests::s3_endpoint());
+    let proxy = HttpFaultProxy::start(&target, Rates { error: 1.0, reset_after: 0.0 }, 1).await?;
+    let mut w = World::with_source(Kind::Mysql, 2, &[DDL], "").await?;
+    w.set_aws_endpoint(&proxy.url())?;
+    write(&w, 0).await?;
+    w.start()?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    w.assert_running()?;
+    let (requests, errors, _) = proxy.counts();
+    anyhow::ensure!(requests >= 2 && errors == requests, "every request failed: {errors} of {requests}");
+    proxy.set_enabled(false);
+    let healed = std::time::Instant::now();
+    write(&w, 1).await?;
+    await_exact(&mut w, Duration::from_secs(120)).await?;
+    recovered("S3 and DynamoDB failing from start-up for 10 s", Kind::Mysql, healed);
+    assert_never_exited(&mut w)?;
+    let _ = w.stop();
+    Ok(())
 }
