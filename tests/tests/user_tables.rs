@@ -93,7 +93,8 @@ async fn a_user_table_created_while_running_is_loaded_streamed_and_retired() -> 
 }
 
 /// While a large user-defined table is snapshotted (rate-capped so it runs
-/// for ~25 s), core-table changes still reach the lake within the normal
+/// for ~50 s: the measurements below must end before it does, and took up
+/// to ~35 s in CI), core-table changes still reach the lake within the normal
 /// bound, and an on-demand snapshot of a core table runs and finishes beside
 /// it instead of queueing behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +108,7 @@ async fn core_tables_are_not_delayed_by_a_large_user_table_snapshot() -> anyhow:
         ddl.push(rows("udt_big", start..(start + 5000).min(BIG + 1), false));
     }
     let ddl: Vec<&str> = ddl.iter().map(String::as_str).collect();
-    let extra = "[user_tables]\npatterns = [\"udt_*\"]\nchunk_rows = 2000\nmax_rows_per_second = 8000\n\
+    let extra = "[user_tables]\npatterns = [\"udt_*\"]\nchunk_rows = 2000\nmax_rows_per_second = 4000\n\
                  [snapshot]\npoll_interval = \"500ms\"";
     let mut w = World::new(1, &ddl, extra).await?;
     let t = w.tenants[0].clone();
@@ -158,7 +159,7 @@ async fn core_tables_are_not_delayed_by_a_large_user_table_snapshot() -> anyhow:
 
     // The big one finishes too, exactly.
     let big = source_rows(&w.pool, &t, "udt_big", UDT_COLS).await?;
-    w.await_curated_state(&t, "udt_big", "id", &big, Duration::from_secs(90)).await?;
+    w.await_curated_state(&t, "udt_big", "id", &big, Duration::from_secs(120)).await?;
     let _ = w.stop();
     Ok(())
 }
