@@ -706,10 +706,10 @@ impl<S: BatchStore> Ctx<'_, S> {
             let schema_change = ev.op != Op::Truncate && open.builder.as_ref().is_some_and(|b| !b.accepts(&ev.schema));
             let table_change =
                 open.builder.as_ref().and_then(|b| b.summary()).is_some_and(|first| first.table != ev.table);
+            // (Age is wall-clock: the 200 ms tick closes aged batches, which
+            // the biased loop serves before the next record.)
             if schema_change || table_change {
                 self.close(&topic, rec.partition, part, CloseReason::Schema).await?;
-            } else if open.acc.too_old(policy) {
-                self.close(&topic, rec.partition, part, CloseReason::Age).await?;
             }
             if part.held {
                 // Read again from the checkpoint later, this record too.
