@@ -20,6 +20,7 @@ use rand::Rng;
 pub mod broker;
 pub mod http_fault;
 pub mod proxy;
+pub mod snowflake;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;

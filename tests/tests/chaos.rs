@@ -10,9 +10,14 @@
 //!   an offset hole the curator rightly refuses (docs/reliability.md);
 //! - 2 crashes of the source database;
 //! - one 30 s blackhole of each link: source database, broker (it advertises
-//!   the proxy, so every connection goes through it), S3 + DynamoDB;
+//!   the proxy, so every connection goes through it), S3 + DynamoDB,
+//!   Snowflake;
 //! - S3 and DynamoDB answering 3 % of requests `503`/throttling and
-//!   resetting 0.5 % after applying them, throughout;
+//!   resetting 0.5 % after applying them, throughout; Snowflake (the local
+//!   emulator) 5 % and 2 %;
+//! - the Snowflake sink runs in the pipeline throughout: its crash windows
+//!   (COPY done, MERGE not; MERGE done, checkpoint not) are failpoints of
+//!   the schedule like the others;
 //! - 3 zombie rounds: the whole pipeline SIGSTOPped, a new one takes every
 //!   lease and carries on, the old one woken — it must exit fenced;
 //! - each step's changes in one transaction: on PostgreSQL over
@@ -23,7 +28,8 @@
 //! The oracle checks every change, not only the final state: a version
 //! column starts at 1 and each update adds one, so per key the curated
 //! changes must carry 1, 2, 3, … in source order, none missing or repeated;
-//! no (key, position) twice; the final state equal to the source's. The seed
+//! no (key, position) twice; the final state equal to the source's, in the
+//! lake and in each tenant's Snowflake table (every column of every row). The seed
 //! is printed: `LABLAKE_CHAOS_SEED=<seed>` replays the schedule and the
 //! injected HTTP faults (timings and the services' own behaviour still vary).
 //!
@@ -37,7 +43,7 @@ use anyhow::{Context, bail};
 use lablake_tests::broker::PrivateBroker;
 use lablake_tests::http_fault::{HttpFaultProxy, Rates};
 use lablake_tests::proxy::{FaultProxy, host_port, via};
-use lablake_tests::{CRASH_WINDOWS, Kind, Reaped, World, services, version_violations};
+use lablake_tests::{CRASH_WINDOWS, Kind, Reaped, World, services, snowflake, version_violations};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -48,12 +54,15 @@ const COLS: &[&str] = &["id", "analyte", "value", "flag", "version"];
 /// Rows per tenant before the first start: the first snapshot's input.
 const SEED_ROWS: u64 = 5_000;
 const TENANTS: usize = 3;
+/// The sink's crash windows, beside the pipeline's [`CRASH_WINDOWS`].
+const SINK_WINDOWS: &[(&str, u32)] = &[("sink.after_copy", 2), ("sink.after_merge", 2)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Link {
     Source,
     Broker,
     Aws,
+    Snowflake,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +91,7 @@ impl Plan {
         let mut rng = StdRng::seed_from_u64(seed);
         let (snapshot, windows): (Vec<_>, Vec<_>) = CRASH_WINDOWS
             .iter()
+            .chain(SINK_WINDOWS)
             .map(|&(p, h)| Fault::Failpoint(p, h))
             .partition(|f| matches!(f, Fault::Failpoint(p, _) if p.starts_with("snapshot.")));
         let mut rest = Vec::new();
@@ -90,7 +100,7 @@ impl Plan {
             rest.extend(windows.iter().copied());
             rest.extend(std::iter::repeat_n(Fault::BrokerCrash, 3));
             rest.extend(std::iter::repeat_n(Fault::DatabaseCrash, 2));
-            rest.extend([Link::Source, Link::Broker, Link::Aws].map(Fault::Blackhole));
+            rest.extend([Link::Source, Link::Broker, Link::Aws, Link::Snowflake].map(Fault::Blackhole));
             rest.extend(std::iter::repeat_n(Fault::Zombie, 3));
         }
         rest.shuffle(&mut rng);
@@ -198,11 +208,24 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
         Kind::Mysql => "mysql",
         Kind::Postgres => "postgres",
     };
-    let extra = match kind {
-        Kind::Mysql => "",
-        Kind::Postgres => "spill_memory_bytes = 65536",
-    };
-    let mut w = World::with_source(kind, TENANTS, &[DDL], extra).await?;
+    // Snowflake through an HTTP fault proxy and a TCP fault proxy.
+    let sf_http = HttpFaultProxy::start(
+        &host_port(&snowflake::url()),
+        Rates { error: 0.05, reset_after: 0.02 },
+        plan.seed ^ 0x5f,
+    )
+    .await?;
+    let sf_link = FaultProxy::start(&host_port(&sf_http.url())).await?;
+    let sf_prefix = format!("LLC{}_", lablake_tests::rand_id(6).to_uppercase());
+    let extra = format!(
+        "{}\n{}",
+        match kind {
+            Kind::Mysql => "",
+            Kind::Postgres => "spill_memory_bytes = 65536",
+        },
+        snowflake::sink_config_at(&sf_prefix, &via(&sf_http.url(), sf_link.addr()))
+    );
+    let mut w = World::with_source(kind, TENANTS, &[DDL], &extra).await?;
 
     // Every link through a fault proxy.
     let source_link = FaultProxy::start(&host_port(&w.source_url())).await?;
@@ -302,6 +325,7 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
                     Link::Source => &source_link,
                     Link::Broker => &broker_link,
                     Link::Aws => &aws_link,
+                    Link::Snowflake => &sf_link,
                 };
                 proxy.blackhole();
                 for _ in 0..3 {
@@ -349,7 +373,9 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
     // share is counted over the faulty part of the run (the catch-up after
     // it runs on healthy services).
     http.set_enabled(false);
+    sf_http.set_enabled(false);
     let (requests, errors, resets) = http.counts();
+    let (sf_requests, sf_errors, sf_resets) = sf_http.counts();
     while work.steps < steps {
         work.step(&w).await?;
     }
@@ -363,6 +389,13 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
         .with_context(|| format!("the final state (seed {})", plan.seed))?;
     eprintln!(
         "recovery: chaos run ({kind:?}): lake exact {:.1} s after the last change",
+        healed.elapsed().as_secs_f64()
+    );
+    await_snowflake_exact(&mut w, &sf_prefix, Duration::from_secs(300))
+        .await
+        .with_context(|| format!("Snowflake's final state (seed {})", plan.seed))?;
+    eprintln!(
+        "recovery: chaos run ({kind:?}): Snowflake exact {:.1} s after the last change",
         healed.elapsed().as_secs_f64()
     );
     let mut changes = 0;
@@ -382,6 +415,12 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
         "≥ 1 % injected HTTP faults while injecting: {errors} errors, {resets} resets over {requests} requests (seed {})",
         plan.seed
     );
+    anyhow::ensure!(
+        sf_requests > 200 && sf_errors * 100 >= sf_requests && sf_resets > 0,
+        "≥ 1 % injected Snowflake faults while injecting: {sf_errors} errors, {sf_resets} resets over {sf_requests} \
+         requests (seed {})",
+        plan.seed
+    );
     w.assert_running()?;
     // The process exited on its own only as a woken zombie, fenced.
     let log = std::fs::read_to_string(&w.log_path)?;
@@ -398,7 +437,8 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
     let summary: Vec<String> = done.by_fault.iter().map(|(f, n)| format!("{n}× {f}")).collect();
     eprintln!(
         "chaos summary ({kind:?}, seed {}, scale {}): {} in {:.0} s; {errors} HTTP errors/throttles and {resets} resets \
-         after applying over {requests} requests; {restarts} in-process stage restarts; {changes} changes on {TENANTS} \
+         after applying over {requests} S3/DynamoDB requests, {sf_errors} and {sf_resets} over {sf_requests} Snowflake \
+         requests; {restarts} in-process stage restarts; {changes} changes on {TENANTS} \
          tenants → 0 lost, 0 phantom, 0 divergent, 0 duplicated (broker crashes {})",
         plan.seed,
         plan.scale,
@@ -408,6 +448,51 @@ async fn chaos(kind: Kind) -> anyhow::Result<()> {
     );
     let _ = w.stop();
     drop(broker);
+    Ok(())
+}
+
+/// Waits until every tenant's Snowflake `results` equals the source's, every
+/// column of every row: polled by row count and version sum, then compared
+/// row by row.
+async fn await_snowflake_exact(w: &mut World, prefix: &str, timeout: Duration) -> anyhow::Result<()> {
+    let mut c = snowflake::client()?;
+    let deadline = Instant::now() + timeout;
+    for t in w.tenants.clone() {
+        let database = format!("{prefix}{}", t.to_uppercase());
+        loop {
+            w.assert_running()?;
+            let expected = w.source_state(&t, "results", COLS).await?;
+            let sums = format!(
+                "SELECT COUNT(*) AS N, SUM(\"VERSION\") AS V FROM \"{database}\".\"LAB_{}\".\"RESULTS\"",
+                t.to_uppercase()
+            );
+            let (n, v) = match c.query(&sums, &[]).await {
+                Ok(r) => (r.get(0, "n").unwrap_or("0").to_owned(), r.get(0, "v").unwrap_or("0").to_owned()),
+                Err(lablake_snowflake::SnowflakeError::Query { .. }) => ("0".to_owned(), "0".to_owned()),
+                Err(e) => return Err(e.into()),
+            };
+            let want: u64 = expected.values().filter_map(|r| r["version"].parse::<u64>().ok()).sum();
+            if n == expected.len().to_string() && v == want.to_string() {
+                let got =
+                    snowflake::table_rows(&mut c, &database, &format!("lab_{t}"), "results", COLS, "TRUE").await?;
+                if got == expected {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let diff = lablake_tests::state_diff(&expected, &got, "snowflake");
+                    bail!("{t}: Snowflake differs from the source in content:\n{diff}\n{}", w.log_tail());
+                }
+            } else if Instant::now() > deadline {
+                bail!(
+                    "{t}: Snowflake has {n} rows (version sum {v}), the source {} ({want}) after {} s:\n{}",
+                    expected.len(),
+                    timeout.as_secs(),
+                    w.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lablake_snowflake::{Client, SnowflakeConfig};
-use lablake_tests::{ORDERS_DDL, World, env_or, source_rows};
+use lablake_tests::snowflake::{sink_config_at, table_rows};
+use lablake_tests::{ORDERS_DDL, World, source_rows};
 use mysql_async::prelude::Queryable;
 
 /// PostgreSQL `orders`, like the MariaDB one.
@@ -14,30 +15,18 @@ const PG_DDL: &str = "CREATE TABLE orders (id int PRIMARY KEY, patient text NOT 
                       amount numeric(12,2), updated timestamptz NOT NULL DEFAULT now(), note text)";
 
 fn snowflake_url() -> String {
-    env_or("LABLAKE_SNOWFLAKE_URL", "http://127.0.0.1:28080")
+    lablake_tests::snowflake::url()
 }
 
 fn sink_config(prefix: &str) -> String {
     sink_config_at(prefix, &snowflake_url())
 }
 
-fn sink_config_at(prefix: &str, url: &str) -> String {
-    format!(
-        "[snowflake]\ndatabase_prefix = \"{prefix}\"\ninterval = \"500ms\"\n\
-         [snowflake.connection]\naccount = \"lablaketest\"\nuser = \"lablake\"\npassword = \"test\"\n\
-         base_url = \"{url}\"\nallow_http = true\nmax_retries = 2\nretry_backoff = \"200ms\"\n"
-    )
-}
-
 async fn client() -> anyhow::Result<Client> {
-    let mut c = SnowflakeConfig::new("lablaketest", "lablake");
-    c.base_url = Some(snowflake_url());
-    c.allow_http = true;
-    c.password = Some("test".to_owned().into());
-    Ok(Client::new(c)?)
+    lablake_tests::snowflake::client()
 }
 
-/// Rows of a tenant's Snowflake table, keyed by `ID`, as column → text
+/// Rows of a tenant's Snowflake `orders`, keyed by `ID`, as column → text
 /// (`NULL` for nulls, names lower case), only `columns`, rows matching `filter`.
 async fn snowflake_rows(
     c: &mut Client,
@@ -46,45 +35,7 @@ async fn snowflake_rows(
     columns: &[&str],
     filter: &str,
 ) -> anyhow::Result<BTreeMap<String, BTreeMap<String, String>>> {
-    let select: Vec<String> = columns.iter().map(|c| format!("\"{}\"", c.to_uppercase())).collect();
-    let sql = format!(
-        "SELECT {} FROM \"{database}\".\"LAB_{}\".\"ORDERS\" WHERE {filter}",
-        select.join(", "),
-        tenant.to_uppercase()
-    );
-    let r = match c.query(&sql, &[]).await {
-        Ok(r) => r,
-        // Not created yet.
-        Err(lablake_snowflake::SnowflakeError::Query { .. }) => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = BTreeMap::new();
-    for row in r.rows {
-        let m: BTreeMap<String, String> = columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| ((*c).to_owned(), v.map_or_else(|| "NULL".into(), |v| micros(&v))))
-            .collect();
-        out.insert(m["id"].clone(), m);
-    }
-    Ok(out)
-}
-
-/// A timestamp read as `seconds.fraction` with the server's fraction digits
-/// (the emulator reports nine for a TIMESTAMP(6) column), at microseconds;
-/// other values unchanged.
-fn micros(v: &str) -> String {
-    match v.split_once('.') {
-        Some((secs, frac))
-            if frac.len() > 6
-                && frac[6..].bytes().all(|b| b == b'0')
-                && secs.bytes().all(|b| b.is_ascii_digit())
-                && frac.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            format!("{secs}.{}", &frac[..6])
-        }
-        _ => v.to_owned(),
-    }
+    table_rows(c, database, &format!("lab_{tenant}"), "orders", columns, filter).await
 }
 
 /// Waits until the sink logged two failed, retried load passes; returns their lines.
@@ -377,10 +328,17 @@ async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exac
     let mut w = World::new(3, &[ORDERS_DDL], &sink_config(&prefix)).await?;
     let tenants = w.tenants.clone();
     let pool = w.pool.clone();
-    // Changes keep arriving across the kills, so there are always new batches.
+    // Changes keep arriving across the kills, so there are always new batches
+    // (a load takes every batch of a table's backlog: a failpoint at the third
+    // load needs batches that arrive after the first pass).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
     let writer = tokio::spawn(async move {
         let mut c = pool.get_conn().await?;
-        for round in 0..40u32 {
+        for round in 0..1000u32 {
+            if round >= 40 && stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             for (n, t) in tenants.iter().enumerate() {
                 let base = round * 20;
                 let values: Vec<String> = (base..base + 20)
@@ -404,6 +362,7 @@ async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exac
         let status = w.wait_exit(Duration::from_secs(90)).await?;
         assert!(!status.success(), "{point}: the failpoint aborts the process");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await??;
     w.start()?;
     let mut c = client().await?;
@@ -420,21 +379,32 @@ async fn killing_the_sink_between_copy_merge_and_checkpoint_keeps_snowflake_exac
 
 /// An unreachable Snowflake endpoint: the sink says which tenant and which
 /// endpoint failed, keeps retrying with backoff while the rest of the
-/// pipeline runs, and once the endpoint is right everything arrives.
+/// pipeline runs, and once the endpoint is right everything arrives — the
+/// backlog of curated files in a few loads (one COPY + MERGE over many
+/// files), not one per file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Result<()> {
     let prefix = format!("LLT{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(1, &[ORDERS_DDL], &sink_config_at(&prefix, "http://127.0.0.1:9")).await?;
+    let metrics = format!("127.0.0.1:{}", lablake_tests::broker::PrivateBroker::free_port()?);
+    let extra = format!("[metrics]\nlisten = \"{metrics}\"\n{}", sink_config_at(&prefix, "http://127.0.0.1:9"));
+    let mut w = World::new(1, &[ORDERS_DDL], &extra).await?;
     let t = w.tenants[0].clone();
     w.start()?;
     let mut conn = w.pool.get_conn().await?;
-    for i in 0..50 {
-        conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({i}, 'p{i}', 'new', 1.{i:02}, NOW(6), NULL)"))
-            .await?;
+    // Twelve rounds, each curated on its own (the batch's idle flush is 500 ms).
+    for round in 0..12 {
+        for i in round * 5..round * 5 + 5 {
+            conn.query_drop(format!("INSERT INTO lab_{t}.orders VALUES ({i}, 'p{i}', 'new', 1.{i:02}, NOW(6), NULL)"))
+                .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
     }
     for l in failed_passes(&mut w).await? {
         assert!(l.contains(&format!("{t}/lab_{t}.orders")) && l.contains("http://127.0.0.1:9"), "{l}");
     }
+    let lake = w.lake()?;
+    let files = lake.list(&t, &format!("{t}/curated/")).await?.iter().filter(|k| k.ends_with(".parquet")).count();
+    anyhow::ensure!(files >= 10, "the rounds were curated into {files} files (≥ 10 expected)");
     // The endpoint fixed (an environment override): nothing was lost.
     w.stop()?;
     w.start_with_env(&[("LABLAKE__SNOWFLAKE__CONNECTION__BASE_URL", &snowflake_url())])?;
@@ -442,6 +412,13 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
     let db = format!("{prefix}{}", t.to_uppercase());
     let cols = [("id", "id"), ("patient", "patient"), ("amount", "amount")];
     await_equal(&mut w, &mut c, &db, &t, &cols, Duration::from_secs(60)).await?;
+    let m = lablake_tests::scrape_metrics(&metrics).await?;
+    let batches: f64 = lablake_tests::metric_by_label(&m, "lablake_sink_batches_total", "table").values().sum();
+    let loads: f64 = lablake_tests::metric_by_label(&m, "lablake_sink_loads_total", "table").values().sum();
+    anyhow::ensure!(
+        batches >= files as f64 && loads <= 2.0,
+        "the backlog of {files} files loads in one or two loads: {loads} loads of {batches} batches"
+    );
     let _ = w.stop();
     Ok(())
 }

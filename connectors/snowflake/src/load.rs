@@ -1,34 +1,42 @@
-//! The loader: one curated batch (one Parquet file of one table) into the
-//! tenant's Snowflake database, idempotently.
+//! The loader: curated batches (Parquet files of one table, in manifest
+//! order) into the tenant's Snowflake database, idempotently — several
+//! files per load, so a backlog costs one `MERGE` per table and load rather
+//! than one per file (warehouse time is what Snowflake bills).
 //!
 //! Layout: database `<prefix><TENANT>` per tenant, schema = the source
 //! database (`LAB_ACME`), table = the source table, identifiers upper-cased
 //! (Snowflake's default); an external stage `LABLAKE_LAKE` per schema over
 //! the tenant's curated prefix; a transient staging table
-//! `<TABLE>__STAGE_<hash of the file>` per batch; the ledger
+//! `<TABLE>__STAGE_<hash of the load's first file>` per load; the ledger
 //! `_LABLAKE_LOADS` per database.
 //!
-//! Per batch ([`Loader::load`]):
-//! 1. the ledger has the file → nothing to do (it was merged before);
+//! Per load ([`Loader::load`]):
+//! 1. files the ledger has are left out (they were merged before; a staging
+//!    table an earlier load starting at the first of them left is dropped);
+//!    nothing left → nothing to do;
 //! 2. the target table has every column of the batch under the column's
 //!    newest name and with a type that holds its newest type — created,
 //!    renamed, added (`ALTER TABLE … ADD COLUMN`), widened or rebuilt before
-//!    the rows that need it load; the batch's staging table is created with
-//!    the file's own columns;
-//! 3. `COPY INTO` the staging table from the stage, this one file (Snowflake's
-//!    load history makes a repeat a no-op);
-//! 4. a truncate in the batch deletes the target rows older than it;
-//! 5. `MERGE` the batch's rows (newest change per key) into the target,
-//!    applying a change only when its source position is newer than the
-//!    row's: inserts, updates (values the source did not send — TOAST — are
-//!    kept from the target), deletes (hard, or a flag column);
-//! 6. the file goes into the ledger, then its staging table is dropped.
+//!    the rows that need it load; the load's staging table is created with
+//!    the files' own columns (every file of a load has the same layout);
+//! 3. `COPY INTO` the staging table from the stage, these files (Snowflake's
+//!    load history makes a repeat a no-op, so a load that starts at the same
+//!    file after a crash adds only the files it did not copy yet);
+//! 4. a truncate in the load deletes the target rows older than it;
+//! 5. `MERGE` the load's rows (newest change per key over all its files)
+//!    into the target, applying a change only when its source position is
+//!    newer than the row's: inserts, updates (values the source did not
+//!    send — TOAST — are kept from the target), deletes (hard, or a flag
+//!    column);
+//! 6. the files go into the ledger in one statement, then the staging
+//!    table is dropped.
 //!
 //! No step needs a multi-statement transaction or key enforcement: a crash
-//! between any two steps is repaired by running the batch again (COPY skips,
+//! between any two steps is repaired by running the load again (COPY skips,
 //! MERGE is guarded, the ledger insert comes last, schema steps are decided
 //! from the table as it is), and the caller advances its checkpoint only
-//! after `load` returned.
+//! after `load` returned. Merging a file's rows early, or twice, is harmless:
+//! the position guard keeps the newest change per key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -90,26 +98,27 @@ impl BatchColumn {
     }
 }
 
-/// One curated batch to load.
+/// Curated batches of one table to load together: files with one layout.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// The tenant's source table the batch belongs to.
+    /// The tenant's source table the files belong to.
     pub table: TableId,
-    /// Columns of the batch's curated schema, and its primary key.
+    /// Columns of the files' curated schema, and its primary key.
     pub columns: Vec<BatchColumn>,
     pub primary_key: Vec<String>,
-    /// Object key in the lake bucket (`<tenant>/curated/…parquet`).
-    pub object_key: String,
-    pub partition: i32,
-    pub first_offset: i64,
-    pub last_offset: i64,
+    /// Object keys in the lake bucket (`<tenant>/curated/…parquet`), in
+    /// manifest order, at least one; the staging table is named after the
+    /// first.
+    pub object_keys: Vec<String>,
 }
 
 /// What a load did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOutcome {
-    /// The ledger already had the batch: nothing was run.
+    /// The ledger already had every file: nothing was run.
     pub already_loaded: bool,
+    /// Files the ledger already had (left out of the load).
+    pub files_skipped: usize,
     /// Rows COPY loaded into staging (0 when load history skipped the file).
     pub staged: u64,
     pub inserted: u64,
@@ -325,8 +334,9 @@ impl Loader {
         format!("{}{}", self.cfg.database_prefix, tenant).to_uppercase()
     }
 
-    /// Loads one batch (see the module documentation). Safe to call again
-    /// for the same batch after any failure or crash.
+    /// Loads the batch's files (see the module documentation). Safe to
+    /// call again for the same files, or for files starting at the same
+    /// first file, after any failure or crash.
     pub async fn load(&mut self, b: &Batch) -> Result<LoadOutcome, SnowflakeError> {
         let r = self.load_once(b).await;
         if r.is_err() {
@@ -359,22 +369,34 @@ impl Loader {
                 ));
             }
         }
+        let Some(first) = b.object_keys.first() else {
+            return Err(SnowflakeError::config("object_keys", "a load needs at least one file".to_owned()));
+        };
         let db = self.database_of(&b.table.tenant);
         let schema = b.table.database.to_uppercase();
         self.prepare(&b.table.tenant, &db, &schema).await?;
+        let marks = vec!["?"; b.object_keys.len()].join(", ");
+        let bindings: Vec<Binding> = b.object_keys.iter().cloned().map(Binding::Text).collect();
         let done = self
             .client
             .query(
-                "SELECT COUNT(*) AS N FROM \"_LABLAKE_LOADS\" WHERE \"OBJECT_KEY\" = ?",
-                &[Binding::Text(b.object_key.clone())],
+                &format!("SELECT \"OBJECT_KEY\" AS K FROM \"_LABLAKE_LOADS\" WHERE \"OBJECT_KEY\" IN ({marks})"),
+                &bindings,
             )
             .await?;
-        let stage = ident(&staging_table(&b.table.table, &b.object_key));
-        if count(&done, "n") > 0 {
-            // A crash after the ledger insert may have left the staging table.
-            self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;
-            return Ok(LoadOutcome { already_loaded: true, ..LoadOutcome::default() });
+        let loaded: HashSet<String> =
+            (0..done.rows.len()).filter_map(|i| done.get(i, "k").map(str::to_owned)).collect();
+        if loaded.contains(first) {
+            // A crash after the ledger insert may have left that load's staging table.
+            let left = ident(&staging_table(&b.table.table, first));
+            self.client.query(&format!("DROP TABLE IF EXISTS {left}"), &[]).await?;
         }
+        let files: Vec<&String> = b.object_keys.iter().filter(|k| !loaded.contains(*k)).collect();
+        let files_skipped = b.object_keys.len() - files.len();
+        let Some(first) = files.first() else {
+            return Ok(LoadOutcome { already_loaded: true, files_skipped, ..LoadOutcome::default() });
+        };
+        let stage = ident(&staging_table(&b.table.table, first));
         let target = ident(&b.table.table);
         self.sync_target(&db, &schema, &b.table.table, &b.columns).await?;
         // 2b. The batch's own staging table, with the file's columns and types.
@@ -386,19 +408,22 @@ impl Loader {
             .collect();
         self.client.query(&format!("CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({})", defs.join(", ")), &[]).await?;
 
-        // 3. COPY this one file; load history makes a repeat a no-op.
+        // 3. COPY these files; load history makes a repeat a no-op.
         let prefix = format!("{}/curated/", b.table.tenant);
-        let relative = b
-            .object_key
-            .strip_prefix(&prefix)
-            .ok_or_else(|| SnowflakeError::config("object_key", format!("{} is not under {prefix}", b.object_key)))?;
+        let mut relative = Vec::with_capacity(files.len());
+        for key in &files {
+            let r = key
+                .strip_prefix(&prefix)
+                .ok_or_else(|| SnowflakeError::config("object_keys", format!("{key} is not under {prefix}")))?;
+            relative.push(literal(r));
+        }
         let copy = self
             .client
             .query(
                 &format!(
                     "COPY INTO {stage} FROM @LABLAKE_LAKE FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) \
                      MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
-                    literal(relative)
+                    relative.join(", ")
                 ),
                 &[],
             )
@@ -517,16 +542,21 @@ impl Loader {
             soft_vals = soft_insert.1,
         );
         let m = self.client.query(&merge, &[]).await?;
-        // 6. Only now is the batch done.
+        // 6. Only now are the files done: all of them in one statement.
+        let table_name = format!("{schema}.{}", b.table.table.to_uppercase());
+        let rows = vec!["SELECT ?, ?, CURRENT_TIMESTAMP()"; files.len()].join(" UNION ALL ");
+        let bindings: Vec<Binding> =
+            files.iter().flat_map(|k| [Binding::Text((*k).clone()), Binding::Text(table_name.clone())]).collect();
         self.client
             .query(
-                "INSERT INTO \"_LABLAKE_LOADS\" (\"OBJECT_KEY\", \"TABLE_NAME\", \"LOADED_AT\") SELECT ?, ?, CURRENT_TIMESTAMP()",
-                &[Binding::Text(b.object_key.clone()), Binding::Text(format!("{schema}.{}", b.table.table.to_uppercase()))],
+                &format!("INSERT INTO \"_LABLAKE_LOADS\" (\"OBJECT_KEY\", \"TABLE_NAME\", \"LOADED_AT\") {rows}"),
+                &bindings,
             )
             .await?;
         self.client.query(&format!("DROP TABLE IF EXISTS {stage}"), &[]).await?;
         Ok(LoadOutcome {
             already_loaded: false,
+            files_skipped,
             staged,
             inserted: count(&m, "number of rows inserted"),
             updated: count(&m, "number of rows updated"),

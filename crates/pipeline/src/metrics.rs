@@ -57,6 +57,13 @@ pub static SNAPSHOT_DONE: LazyLock<GaugeVec> = LazyLock::new(|| {
 pub static SINK_BATCHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_sink_batches_total", "Curated batches loaded into Snowflake", &["tenant", "table"])
 });
+pub static SINK_LOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lablake_sink_loads_total",
+        "Loads (one COPY and one MERGE over one or more batches) into Snowflake",
+        &["tenant", "table"],
+    )
+});
 pub static SINK_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter("lablake_sink_rows_total", "Rows inserted, updated or deleted in Snowflake", &["tenant", "table"])
 });

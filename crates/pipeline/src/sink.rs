@@ -1,11 +1,13 @@
 //! The warehouse stage: curated batches → one Snowflake database per tenant.
 //!
-//! Per table, in manifest order (topic, partition, first offset), every
-//! batch the sink checkpoint does not cover is loaded with
+//! Per table, in manifest order (topic, partition, first offset), the
+//! batches the sink checkpoint does not cover are loaded with
 //! [`lablake_snowflake::Loader`] (staged COPY, position-guarded MERGE, load
-//! ledger) and only then the checkpoint advances (DynamoDB, conditional on
-//! the sink's lease). A crash anywhere repeats at most the last batch, which
-//! the loader makes harmless. Failures (wrong credentials, unreachable
+//! ledger), several files per load (up to `max_files_per_load` files and
+//! `max_rows_per_load` rows, consecutive files of one layout), and only then
+//! the checkpoint advances past them (DynamoDB, conditional on the sink's
+//! lease). A crash anywhere repeats at most the last load, which the loader
+//! makes harmless. Failures (wrong credentials, unreachable
 //! endpoint) are logged with the tenant and the endpoint and retried with
 //! backoff; nothing is skipped.
 
@@ -53,11 +55,24 @@ pub struct SinkConfig {
     /// Only these tenants (empty: all).
     #[serde(default)]
     pub tenants: Vec<String>,
+    /// Most curated files one load (one COPY, one MERGE) takes (1–1000,
+    /// Snowflake's limit for a COPY's file list).
+    #[serde(default = "default_max_files")]
+    pub max_files_per_load: usize,
+    /// Most rows one load takes (a single file larger than this loads alone).
+    #[serde(default = "default_max_rows")]
+    pub max_rows_per_load: u64,
 }
 
 impl SinkConfig {
     /// Checks the connection settings; the error names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(1..=1000).contains(&self.max_files_per_load) {
+            return Err(("snowflake.max_files_per_load".into(), "must be between 1 and 1000".into()));
+        }
+        if self.max_rows_per_load == 0 {
+            return Err(("snowflake.max_rows_per_load".into(), "must be at least 1".into()));
+        }
         self.connection.validate().map_err(|e| match e {
             lablake_snowflake::SnowflakeError::Config { key, reason } => {
                 (format!("snowflake.connection.{key}"), reason)
@@ -72,6 +87,12 @@ fn default_prefix() -> String {
 }
 fn default_interval() -> Duration {
     Duration::from_secs(2)
+}
+fn default_max_files() -> usize {
+    100
+}
+fn default_max_rows() -> u64 {
+    1_000_000
 }
 
 /// Columns and key of a curated file, from its Parquet schema, and the
@@ -264,7 +285,7 @@ async fn load_new_batches<S: SinkStores>(
         if held.get(&table).is_some_and(|(_, until)| Instant::now() < *until) {
             continue;
         }
-        match load_table(store, lake, generation, loader, endpoint, &table).await {
+        match load_table(cfg, store, lake, generation, loader, endpoint, &table).await {
             Ok(()) => {
                 held.remove(&table);
             }
@@ -284,9 +305,30 @@ async fn load_new_batches<S: SinkStores>(
     Ok(())
 }
 
+/// A curated file's layout with its columns pointed at their newest names
+/// (see [`follow_history`]); `history` is read again when the file names a
+/// version it does not have.
+async fn layout_of<S: SinkStores>(
+    store: &S,
+    lake: &Lake,
+    table: &TableId,
+    object_key: &str,
+    history: &mut Vec<SchemaVersion>,
+) -> Result<(Vec<BatchColumn>, Vec<String>), PipelineError> {
+    let (mut columns, primary_key, version) = batch_layout(lake.get(&table.tenant, object_key).await?)
+        .with_context(|| format!("reading curated file {object_key}"))?;
+    if version.is_some_and(|v| !history.iter().any(|h| h.version == v)) {
+        *history = store.schema_history(table).await?;
+    }
+    follow_history(&mut columns, history, version)?;
+    Ok((columns, primary_key))
+}
+
 /// Loads every batch of one table the sink checkpoint does not cover, in
-/// manifest order, advancing the checkpoint after each.
+/// manifest order, several per load, advancing the checkpoint after each
+/// load.
 async fn load_table<S: SinkStores>(
+    cfg: &SinkConfig,
     store: &S,
     lake: &Lake,
     generation: u64,
@@ -295,52 +337,69 @@ async fn load_table<S: SinkStores>(
     table: &TableId,
 ) -> Result<(), PipelineError> {
     let (tenant, table_name) = (&*table.tenant, &*table.table);
-    {
-        let mut cp = store.load_sink(SINK, table).await?.unwrap_or_else(|| SinkCheckpoint::new(table));
-        // Read once per pass and table (and again when a batch names a newer version).
-        let mut history: Vec<SchemaVersion> = Vec::new();
-        for entry in store.manifest(table).await? {
-            if cp.has_loaded(&entry.topic, entry.partition, entry.first_offset) {
-                continue;
+    let mut cp = store.load_sink(SINK, table).await?.unwrap_or_else(|| SinkCheckpoint::new(table));
+    let entries: Vec<_> = store
+        .manifest(table)
+        .await?
+        .into_iter()
+        .filter(|e| !cp.has_loaded(&e.topic, e.partition, e.first_offset))
+        .collect();
+    // Read once per pass and table (and again when a batch names a newer version).
+    let mut history: Vec<SchemaVersion> = Vec::new();
+    // The layout of the file that ended the previous load (it starts the next).
+    let mut next_layout = None;
+    let mut i = 0;
+    while i < entries.len() {
+        let (columns, primary_key) = match next_layout.take() {
+            Some(l) => l,
+            None => layout_of(store, lake, table, &entries[i].object_key, &mut history).await?,
+        };
+        // Consecutive files of the same layout, within the load's budget.
+        let mut end = i + 1;
+        let mut rows = entries[i].rows;
+        while end < entries.len()
+            && end - i < cfg.max_files_per_load
+            && rows + entries[end].rows <= cfg.max_rows_per_load
+        {
+            let l = layout_of(store, lake, table, &entries[end].object_key, &mut history).await?;
+            if l.0 != columns || l.1 != primary_key {
+                next_layout = Some(l);
+                break;
             }
-            let (mut columns, primary_key, version) = batch_layout(lake.get(tenant, &entry.object_key).await?)
-                .with_context(|| format!("reading curated file {}", entry.object_key))?;
-            if version.is_some_and(|v| !history.iter().any(|h| h.version == v)) {
-                history = store.schema_history(table).await?;
-            }
-            follow_history(&mut columns, &history, version)?;
-            let batch = Batch {
-                table: table.clone(),
-                columns,
-                primary_key,
-                object_key: entry.object_key.clone(),
-                partition: entry.partition,
-                first_offset: entry.first_offset,
-                last_offset: entry.last_offset,
-            };
-            let out = loader.load(&batch).await.with_context(|| format!("loading {table} into {endpoint}"))?;
-            cp.next.insert(format!("{}#{}", entry.topic, entry.partition), entry.last_offset + 1);
-            cp.files += 1;
-            cp.rows += entry.rows;
-            if let Some(ts) = out.max_commit_ts_ms {
-                cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
-            }
-            cp.updated_ms = metrics::now_ms();
-            lablake_failpoint::failpoint("sink.after_merge");
-            // Only after the MERGE: a crash before this repeats the batch harmlessly.
-            store.save_sink(SINK, generation, &cp).await?;
-            let labels = [tenant, table_name];
-            metrics::SINK_BATCHES.with_label_values(&labels).inc();
-            metrics::SINK_ROWS.with_label_values(&labels).inc_by(out.inserted + out.updated + out.deleted);
-            if cp.max_commit_ts_ms > 0 {
-                metrics::SINK_LAG
-                    .with_label_values(&labels)
-                    .set(metrics::now_secs() - cp.max_commit_ts_ms as f64 / 1000.0);
-            }
-            tracing::debug!(tenant = %tenant, table = %table_name, file = %entry.object_key,
-                already = out.already_loaded, staged = out.staged, inserted = out.inserted, updated = out.updated,
-                deleted = out.deleted, "batch loaded into snowflake");
+            rows += entries[end].rows;
+            end += 1;
         }
+        let group = &entries[i..end];
+        let batch = Batch {
+            table: table.clone(),
+            columns,
+            primary_key,
+            object_keys: group.iter().map(|e| e.object_key.clone()).collect(),
+        };
+        let out = loader.load(&batch).await.with_context(|| format!("loading {table} into {endpoint}"))?;
+        for e in group {
+            cp.next.insert(format!("{}#{}", e.topic, e.partition), e.last_offset + 1);
+            cp.files += 1;
+            cp.rows += e.rows;
+        }
+        if let Some(ts) = out.max_commit_ts_ms {
+            cp.max_commit_ts_ms = cp.max_commit_ts_ms.max(ts);
+        }
+        cp.updated_ms = metrics::now_ms();
+        lablake_failpoint::failpoint("sink.after_merge");
+        // Only after the MERGE: a crash before this repeats the load harmlessly.
+        store.save_sink(SINK, generation, &cp).await?;
+        let labels = [tenant, table_name];
+        metrics::SINK_BATCHES.with_label_values(&labels).inc_by(group.len() as u64);
+        metrics::SINK_LOADS.with_label_values(&labels).inc();
+        metrics::SINK_ROWS.with_label_values(&labels).inc_by(out.inserted + out.updated + out.deleted);
+        if cp.max_commit_ts_ms > 0 {
+            metrics::SINK_LAG.with_label_values(&labels).set(metrics::now_secs() - cp.max_commit_ts_ms as f64 / 1000.0);
+        }
+        tracing::debug!(tenant = %tenant, table = %table_name, files = group.len(), first = %group[0].object_key,
+            skipped = out.files_skipped, staged = out.staged, inserted = out.inserted, updated = out.updated,
+            deleted = out.deleted, "batches loaded into snowflake");
+        i = end;
     }
     Ok(())
 }
