@@ -412,9 +412,17 @@ async fn an_unreachable_snowflake_is_retried_and_nothing_is_lost() -> anyhow::Re
     let db = format!("{prefix}{}", t.to_uppercase());
     let cols = [("id", "id"), ("patient", "patient"), ("amount", "amount")];
     await_equal(&mut w, &mut c, &db, &t, &cols, Duration::from_secs(60)).await?;
-    let m = lablake_tests::scrape_metrics(&metrics).await?;
-    let batches: f64 = lablake_tests::metric_by_label(&m, "lablake_sink_batches_total", "table").values().sum();
-    let loads: f64 = lablake_tests::metric_by_label(&m, "lablake_sink_loads_total", "table").values().sum();
+    // The counters move after the checkpoint, a moment after the rows are visible.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (batches, loads) = loop {
+        let m = lablake_tests::scrape_metrics(&metrics).await?;
+        let sum = |name| -> f64 { lablake_tests::metric_by_label(&m, name, "table").values().sum() };
+        let (batches, loads) = (sum("lablake_sink_batches_total"), sum("lablake_sink_loads_total"));
+        if batches >= files as f64 || Instant::now() > deadline {
+            break (batches, loads);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     anyhow::ensure!(
         batches >= files as f64 && loads <= 2.0,
         "the backlog of {files} files loads in one or two loads: {loads} loads of {batches} batches"
