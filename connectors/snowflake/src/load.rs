@@ -119,7 +119,7 @@ pub struct LoadOutcome {
     pub already_loaded: bool,
     /// Files the ledger already had (left out of the load).
     pub files_skipped: usize,
-    /// Rows COPY loaded into staging (0 when load history skipped the file).
+    /// Rows COPY loaded into staging (none for files load history skipped).
     pub staged: u64,
     pub inserted: u64,
     pub updated: u64,

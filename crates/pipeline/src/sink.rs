@@ -65,7 +65,7 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// Checks the connection settings; the error names the key.
+    /// Checks the load bounds and the connection settings; the error names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if !(1..=1000).contains(&self.max_files_per_load) {
             return Err(("snowflake.max_files_per_load".into(), "must be between 1 and 1000".into()));
