@@ -782,6 +782,17 @@ heartbeat_interval = "1s"
         }
     }
 
+    /// The world's checkpoint store (its own DynamoDB table).
+    pub async fn checkpoint_store(&self) -> anyhow::Result<lablake_checkpoint::DynamoStore> {
+        Ok(lablake_checkpoint::DynamoStore::connect(&lablake_checkpoint::DynamoConfig {
+            table: format!("lablake_test_{}", self.id),
+            endpoint: Some(dynamodb_endpoint()),
+            region: Some("us-east-1".into()),
+            create_table: true,
+        })
+        .await?)
+    }
+
     /// A `kB` field (`VmHWM:`, `VmRSS:`) of the running pipeline's `/proc/<pid>/status`.
     pub fn proc_status_kb(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
@@ -812,7 +823,19 @@ pub async fn curated_rows_at(
     database: &str,
     table: &str,
 ) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
-    let prefix = format!("{tenant}/curated/{database}/{table}/");
+    curated_rows_of_generation(lake, tenant, database, table, 0).await
+}
+
+/// Every curated row of a tenant's `database.table` in generation
+/// `data_gen` (ADR 0013), in file order.
+pub async fn curated_rows_of_generation(
+    lake: &Lake,
+    tenant: &str,
+    database: &str,
+    table: &str,
+    data_gen: u32,
+) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let prefix = lablake_lake::curated_prefix(&lablake_model::TableId::new(tenant, database, table), data_gen);
     let mut rows = Vec::new();
     for key in lake.list(tenant, &prefix).await? {
         let bytes = lake.get(tenant, &key).await?;

@@ -82,3 +82,55 @@ pub fn micros(v: &str) -> String {
         _ => v.to_owned(),
     }
 }
+
+/// Waits until every tenant's Snowflake `table` (database `<prefix><TENANT>`,
+/// schema `LAB_<TENANT>`) equals the source's in `cols`, every column of every
+/// row: polled by row count and sum of the `version` column, then compared row
+/// by row. The first of `cols` is the key.
+pub async fn await_exact(
+    w: &mut crate::World,
+    prefix: &str,
+    table: &str,
+    cols: &[&str],
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut c = client()?;
+    let deadline = std::time::Instant::now() + timeout;
+    for t in w.tenants.clone() {
+        let database = format!("{prefix}{}", t.to_uppercase());
+        loop {
+            w.assert_running()?;
+            let expected = w.source_state(&t, table, cols).await?;
+            let sums = format!(
+                "SELECT COUNT(*) AS N, SUM(\"VERSION\") AS V FROM \"{database}\".\"LAB_{}\".\"{}\"",
+                t.to_uppercase(),
+                table.to_uppercase()
+            );
+            let (n, v) = match c.query(&sums, &[]).await {
+                Ok(r) => (r.get(0, "n").unwrap_or("0").to_owned(), r.get(0, "v").unwrap_or("0").to_owned()),
+                Err(lablake_snowflake::SnowflakeError::Query { .. }) => ("0".to_owned(), "0".to_owned()),
+                Err(e) => return Err(e.into()),
+            };
+            let want: u64 = expected.values().filter_map(|r| r["version"].parse::<u64>().ok()).sum();
+            if n == expected.len().to_string() && v == want.to_string() {
+                let got = table_rows(&mut c, &database, &format!("lab_{t}"), table, cols, "TRUE").await?;
+                if got == expected {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let diff = crate::state_diff(&expected, &got, "snowflake");
+                    anyhow::bail!("{t}: Snowflake differs from the source in content:\n{diff}\n{}", w.log_tail());
+                }
+            } else if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "{t}: Snowflake has {n} rows (version sum {v}), the source {} ({want}) after {} s:\n{}",
+                    expected.len(),
+                    timeout.as_secs(),
+                    w.log_tail()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        }
+    }
+    Ok(())
+}

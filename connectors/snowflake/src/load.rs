@@ -301,6 +301,18 @@ const REBUILD_SUFFIX: &str = "__LABLAKE_RETYPE";
 
 /// Staging table of one batch: deterministic, so a repeated COPY meets
 /// its load history.
+/// The generation of a curated key of `tenant`: `<tenant>/curated/…` is 0,
+/// `<tenant>/g<N>/curated/…` is N; `None` for anything else.
+fn generation_of_key(tenant: &str, key: &str) -> Option<u32> {
+    let rest = key.strip_prefix(tenant)?.strip_prefix('/')?;
+    if rest.starts_with("curated/") {
+        return Some(0);
+    }
+    let (g, rest) = rest.split_once('/')?;
+    let n: u32 = g.strip_prefix('g')?.parse().ok()?;
+    (n > 0 && rest.starts_with("curated/")).then_some(n)
+}
+
 fn staging_table(table: &str, object_key: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, object_key.as_bytes());
     let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02X}")).collect();
@@ -408,8 +420,9 @@ impl Loader {
             .collect();
         self.client.query(&format!("CREATE TRANSIENT TABLE IF NOT EXISTS {stage} ({})", defs.join(", ")), &[]).await?;
 
-        // 3. COPY these files; load history makes a repeat a no-op.
-        let prefix = format!("{}/curated/", b.table.tenant);
+        // 3. COPY these files (from the stage over their generation's
+        // prefix); load history makes a repeat a no-op.
+        let (lake_stage, prefix) = self.generation_stage(&b.table.tenant, &db, &schema, first).await?;
         let mut relative = Vec::with_capacity(files.len());
         for key in &files {
             let r = key
@@ -421,7 +434,7 @@ impl Loader {
             .client
             .query(
                 &format!(
-                    "COPY INTO {stage} FROM @LABLAKE_LAKE FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) \
+                    "COPY INTO {stage} FROM @{lake_stage} FILES = ({}) FILE_FORMAT = (TYPE = PARQUET) \
                      MATCH_BY_COLUMN_NAME = CASE_INSENSITIVE",
                     relative.join(", ")
                 ),
@@ -565,6 +578,47 @@ impl Loader {
         })
     }
 
+    /// An external stage `name` over `<lake>/<prefix>` in the current schema.
+    async fn create_stage(&mut self, name: &str, prefix: &str, tenant: &str) -> Result<(), SnowflakeError> {
+        let credentials = match &self.cfg.storage_integration {
+            Some(i) => format!(" STORAGE_INTEGRATION = {}", ident(i)),
+            None => String::new(),
+        };
+        let url = format!("{}/{prefix}", self.cfg.lake_url.replace("{tenant}", tenant).trim_end_matches('/'));
+        let stage = format!("CREATE STAGE IF NOT EXISTS {name} URL = {}{credentials}", literal(&url));
+        match self.client.query(&stage, &[]).await {
+            // The emulator answers "already exists" despite IF NOT EXISTS.
+            Err(SnowflakeError::Query { code, .. }) if code == "002002" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// The stage a curated file is copied from, and the key prefix it is
+    /// over: `LABLAKE_LAKE` over `<tenant>/curated/` (generation 0), or
+    /// `LABLAKE_LAKE_G<N>` over `<tenant>/g<N>/curated/` (ADR 0013), created
+    /// on first use.
+    async fn generation_stage(
+        &mut self,
+        tenant: &str,
+        db: &str,
+        schema: &str,
+        key: &str,
+    ) -> Result<(String, String), SnowflakeError> {
+        let Some(data_gen) = generation_of_key(tenant, key) else {
+            return Err(SnowflakeError::config("object_keys", format!("{key} is not a curated file of {tenant}")));
+        };
+        if data_gen == 0 {
+            return Ok(("LABLAKE_LAKE".into(), format!("{tenant}/curated/")));
+        }
+        let (name, prefix) = (format!("LABLAKE_LAKE_G{data_gen}"), format!("{tenant}/g{data_gen}/curated/"));
+        let key = (db.to_owned(), format!("{schema}.{name}"));
+        if !self.prepared.contains(&key) {
+            self.create_stage(&name, &prefix, tenant).await?;
+            self.prepared.insert(key);
+        }
+        Ok((name, prefix))
+    }
+
     /// Database, schema, stage and ledger of a tenant's source database, and
     /// the session's current database and schema (MERGE needs them on the
     /// emulator; they are harmless on Snowflake).
@@ -575,20 +629,7 @@ impl Loader {
             self.client.query(&format!("USE DATABASE {}", ident(db)), &[]).await?;
             self.client.query(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)), &[]).await?;
             self.client.query(&format!("USE SCHEMA {}", ident(schema)), &[]).await?;
-            let credentials = match &self.cfg.storage_integration {
-                Some(i) => format!(" STORAGE_INTEGRATION = {}", ident(i)),
-                None => String::new(),
-            };
-            let url =
-                format!("{}/{tenant}/curated/", self.cfg.lake_url.replace("{tenant}", tenant).trim_end_matches('/'));
-            let stage = format!("CREATE STAGE IF NOT EXISTS LABLAKE_LAKE URL = {}{credentials}", literal(&url));
-            match self.client.query(&stage, &[]).await {
-                // The emulator answers "already exists" despite IF NOT EXISTS.
-                Err(SnowflakeError::Query { code, .. }) if code == "002002" => {}
-                other => {
-                    other?;
-                }
-            }
+            self.create_stage("LABLAKE_LAKE", &format!("{tenant}/curated/"), tenant).await?;
             self.client
                 .query(
                     "CREATE TABLE IF NOT EXISTS \"_LABLAKE_LOADS\" (\"OBJECT_KEY\" VARCHAR, \"TABLE_NAME\" VARCHAR, \
@@ -771,6 +812,17 @@ impl Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_curated_key_names_its_generation() {
+        assert_eq!(generation_of_key("acme", "acme/curated/lab/results/dt=2026-01-01/f.parquet"), Some(0));
+        assert_eq!(generation_of_key("acme", "acme/g12/curated/lab/results/dt=2026-01-01/f.parquet"), Some(12));
+        assert_eq!(generation_of_key("acme", "acme/g0/curated/x"), None);
+        assert_eq!(generation_of_key("acme", "acme/gx/curated/x"), None);
+        assert_eq!(generation_of_key("acme", "acmex/curated/x"), None);
+        assert_eq!(generation_of_key("acme", "other/curated/x"), None);
+        assert_eq!(generation_of_key("acme", "acme/g1/transformed/x"), None);
+    }
 
     #[test]
     fn type_mapping() {

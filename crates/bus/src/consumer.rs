@@ -68,6 +68,16 @@ impl ChangeConsumer {
         .map_err(|_| BusError::Closed)?
     }
 
+    /// The log start and end of a partition (`(low, high)`: the first offset
+    /// still held and the offset the next record gets), asked of the broker.
+    pub async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), BusError> {
+        let c = self.consumer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || Ok(c.fetch_watermarks(&topic, partition, Duration::from_secs(10))?))
+            .await
+            .map_err(|_| BusError::Closed)?
+    }
+
     /// Adds `(topic, partition)` to the assignment, reading from `offset`.
     /// Other assigned partitions are not touched (incremental assignment:
     /// re-assigning everything would drop their prefetched records and, with

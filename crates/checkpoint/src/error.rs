@@ -18,6 +18,11 @@ pub enum CheckpointError {
     /// A stored item cannot be read (names the item, not its contents).
     #[error("corrupt checkpoint item `{0}`")]
     Corrupt(String),
+    /// A requested change the stored state does not allow (a cut-over to a
+    /// generation that is not verified): nothing is written; an operator
+    /// decides.
+    #[error("{what} {reason}")]
+    Invalid { what: String, reason: String },
     /// Invalid configuration (names the key).
     #[error("invalid checkpoint configuration `{key}`: {reason}")]
     Config { key: String, reason: String },

@@ -16,8 +16,9 @@
 //! | [`SnapshotStore`] | `request_snapshot`, `snapshots`, `save_snapshot` |
 //! | [`SchemaStore`] | `register_schema`, `schema_history` |
 //! | [`SinkStore`] | `load_sink`, `sinks`, `save_sink` |
+//! | [`GenerationStore`] | `in_generation`, `data_generation`, `load_generations`, `save_generations` |
 //!
-//! [`CheckpointStore`] is the facade: every type implementing all six
+//! [`CheckpointStore`] is the facade: every type implementing all seven
 //! implements it. [`prelude`] brings every trait into scope at once.
 //!
 //! Common to every method: all reads are strongly consistent; every write is
@@ -55,6 +56,7 @@
 pub mod conformance;
 mod dynamo;
 mod error;
+mod generations;
 mod memory;
 mod resume_serde;
 mod rules;
@@ -64,9 +66,12 @@ mod table_id_serde;
 
 pub use dynamo::{DynamoConfig, DynamoStore};
 pub use error::CheckpointError;
+pub use generations::{GenerationRecord, GenerationState, Generations};
 pub use memory::MemoryStore;
 pub use schema::{ColumnLineage, SchemaColumn, SchemaVersion, column_lineage};
-pub use store::{BatchStore, CheckpointStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
+pub use store::{
+    BatchStore, CheckpointStore, GenerationStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore,
+};
 
 use std::fmt;
 
@@ -76,8 +81,15 @@ use lablake_model::{Resume, TableId};
 /// trait can only be called with the trait in scope, or through a bound).
 pub mod prelude {
     pub use crate::store::{
-        BatchStore, CheckpointStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore,
+        BatchStore, CheckpointStore, GenerationStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore,
     };
+}
+
+/// The consumer group whose partition checkpoints generation `data_gen` of
+/// curated data keeps: `group` itself for generation 0, `<group>-g<N>`
+/// otherwise (ADR 0013).
+pub fn generation_group(group: &str, data_gen: u32) -> String {
+    if data_gen == 0 { group.to_owned() } else { format!("{group}-g{data_gen}") }
 }
 
 /// The name of a lease: who may write what. Built only by the constructors,
@@ -106,6 +118,15 @@ impl LeaseName {
     /// checkpoint; the member Kafka assigned the partition to takes it.
     pub fn partition(group: &str, topic: &str, partition: i32) -> Self {
         LeaseName(format!("curate#{group}#{topic}#{partition}"))
+    }
+
+    /// The lease of generation `data_gen` > 0 of a tenant's curated data for
+    /// the curators of consumer group `group` (ADR 0013):
+    /// `replay#<group>#<tenant>#g<N>`. The replay that builds the generation
+    /// holds it; the live curator takes it over at the cut-over, which fences
+    /// a builder still running.
+    pub fn generation(group: &str, tenant: &str, data_gen: u32) -> Self {
+        LeaseName(format!("replay#{group}#{tenant}#g{data_gen}"))
     }
 
     /// The lease of a warehouse sink (e.g. `snowflake`): `sink#<sink>`. It

@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use lablake_model::TableId;
 
 use crate::rules::{self, ALL_TABLES};
-use crate::store::{BatchStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
+use crate::store::{BatchStore, GenerationStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
 use crate::{
-    BatchCommit, BatchIntent, CheckpointError, Fence, LeaseName, ManifestEntry, PartitionCheckpoint, PartitionRef,
-    SchemaVersion, SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
+    BatchCommit, BatchIntent, CheckpointError, Fence, Generations, LeaseName, ManifestEntry, PartitionCheckpoint,
+    PartitionRef, SchemaVersion, SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
 };
 
 /// A [`crate::CheckpointStore`] held in process memory. Cloning shares the
@@ -21,10 +21,15 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<State>>,
+    /// The generation of curated data this handle reads and writes.
+    data_gen: u32,
 }
 
 /// `(tenant, source, database, table)`; table `*` for the database aggregate.
-type StatusKey = (String, String, String, String);
+type StatusKey = (u32, String, String, String, String);
+
+/// A table's manifest entries by `(topic, partition, first offset)`.
+type Manifest = BTreeMap<(String, i32, i64), ManifestEntry>;
 
 #[derive(Debug, Default)]
 struct State {
@@ -33,11 +38,12 @@ struct State {
     renewed: HashMap<LeaseName, i64>,
     sources: HashMap<String, SourceCheckpoint>,
     partitions: HashMap<PartitionRef, PartitionCheckpoint>,
-    manifests: HashMap<TableId, BTreeMap<(String, i32, i64), ManifestEntry>>,
+    manifests: HashMap<(u32, TableId), Manifest>,
     status: BTreeMap<StatusKey, TableStatus>,
     snapshots: BTreeMap<(String, TableId), SnapshotProgress>,
     schemas: HashMap<TableId, Vec<SchemaVersion>>,
-    sinks: BTreeMap<(String, TableId), SinkCheckpoint>,
+    sinks: BTreeMap<(u32, String, TableId), SinkCheckpoint>,
+    generations: HashMap<String, Generations>,
 }
 
 impl State {
@@ -154,14 +160,15 @@ impl BatchStore for MemoryStore {
             rules::plan_commit(&label, state.partitions.get(partition), expected_version, fence.generation, commit)?;
 
         let entry_key = (partition.topic.clone(), partition.partition, commit.intent.first_offset);
-        if state.manifests.get(&commit.table).is_some_and(|m| m.contains_key(&entry_key)) {
+        let mkey = (self.data_gen, commit.table.clone());
+        if state.manifests.get(&mkey).is_some_and(|m| m.contains_key(&entry_key)) {
             return Err(rules::already_listed(&commit.table, &label, commit.intent.first_offset));
         }
 
         // All checks passed: apply every part of the commit.
         let now = rules::now_ms();
         state.partitions.insert(partition.clone(), next.clone());
-        state.manifests.entry(commit.table.clone()).or_default().insert(
+        state.manifests.entry(mkey).or_default().insert(
             entry_key,
             ManifestEntry {
                 topic: partition.topic.clone(),
@@ -175,6 +182,7 @@ impl BatchStore for MemoryStore {
         );
         for table in [&*commit.table.table, ALL_TABLES] {
             let skey = (
+                self.data_gen,
                 commit.table.tenant.to_string(),
                 commit.source.clone(),
                 commit.table.database.to_string(),
@@ -204,12 +212,18 @@ impl BatchStore for MemoryStore {
     }
 
     async fn manifest(&self, table: &TableId) -> Result<Vec<ManifestEntry>, CheckpointError> {
-        Ok(self.lock().manifests.get(table).map(|m| m.values().cloned().collect()).unwrap_or_default())
+        let key = (self.data_gen, table.clone());
+        Ok(self.lock().manifests.get(&key).map(|m| m.values().cloned().collect()).unwrap_or_default())
     }
 
     async fn status(&self, tenant: Option<&str>) -> Result<Vec<TableStatus>, CheckpointError> {
-        let mut rows: Vec<TableStatus> =
-            self.lock().status.values().filter(|s| tenant.is_none_or(|t| s.tenant == t)).cloned().collect();
+        let mut rows: Vec<TableStatus> = self
+            .lock()
+            .status
+            .iter()
+            .filter(|(k, s)| k.0 == self.data_gen && tenant.is_none_or(|t| s.tenant == t))
+            .map(|(_, s)| s.clone())
+            .collect();
         rules::sort_status(&mut rows);
         Ok(rows)
     }
@@ -269,18 +283,53 @@ impl SchemaStore for MemoryStore {
 
 impl SinkStore for MemoryStore {
     async fn load_sink(&self, sink: &str, table: &TableId) -> Result<Option<SinkCheckpoint>, CheckpointError> {
-        Ok(self.lock().sinks.get(&(sink.to_owned(), table.clone())).cloned())
+        Ok(self.lock().sinks.get(&(self.data_gen, sink.to_owned(), table.clone())).cloned())
     }
 
     async fn sinks(&self, sink: &str) -> Result<Vec<SinkCheckpoint>, CheckpointError> {
-        Ok(self.lock().sinks.iter().filter(|((s, _), _)| s == sink).map(|(_, c)| c.clone()).collect())
+        Ok(self
+            .lock()
+            .sinks
+            .iter()
+            .filter(|((g, s, _), _)| *g == self.data_gen && s == sink)
+            .map(|(_, c)| c.clone())
+            .collect())
     }
 
     async fn save_sink(&self, sink: &str, generation: u64, checkpoint: &SinkCheckpoint) -> Result<(), CheckpointError> {
         let mut state = self.lock();
         state.check_fence(&rules::sink_fence(sink, generation))?;
-        state.sinks.insert((sink.to_owned(), checkpoint.table.clone()), checkpoint.clone());
+        state.sinks.insert((self.data_gen, sink.to_owned(), checkpoint.table.clone()), checkpoint.clone());
         Ok(())
+    }
+}
+
+impl GenerationStore for MemoryStore {
+    fn in_generation(&self, data_gen: u32) -> Self {
+        MemoryStore { inner: self.inner.clone(), data_gen }
+    }
+
+    fn data_generation(&self) -> u32 {
+        self.data_gen
+    }
+
+    async fn load_generations(&self, tenant: &str) -> Result<Generations, CheckpointError> {
+        Ok(self.lock().generations.get(tenant).cloned().unwrap_or_else(|| Generations::initial(tenant)))
+    }
+
+    async fn save_generations(&self, g: &Generations) -> Result<u64, CheckpointError> {
+        let mut state = self.lock();
+        let stored = state.generations.get(&g.tenant).map_or(0, |s| s.version);
+        if stored != g.version {
+            return Err(CheckpointError::Fenced(format!(
+                "generations of tenant `{}`: changed by another writer since version {}",
+                g.tenant, g.version
+            )));
+        }
+        let mut next = g.clone();
+        next.version = g.version + 1;
+        state.generations.insert(g.tenant.clone(), next);
+        Ok(g.version + 1)
     }
 }
 

@@ -23,9 +23,50 @@ use crate::{
 ///
 /// Implemented for every type implementing all the capability traits; bound
 /// on the narrower traits where a stage needs less.
-pub trait CheckpointStore: LeaseStore + SourceStore + BatchStore + SnapshotStore + SchemaStore + SinkStore {}
+pub trait CheckpointStore:
+    LeaseStore + SourceStore + BatchStore + SnapshotStore + SchemaStore + SinkStore + GenerationStore
+{
+}
 
-impl<T> CheckpointStore for T where T: LeaseStore + SourceStore + BatchStore + SnapshotStore + SchemaStore + SinkStore {}
+impl<T> CheckpointStore for T where
+    T: LeaseStore + SourceStore + BatchStore + SnapshotStore + SchemaStore + SinkStore + GenerationStore
+{
+}
+
+/// Generations of curated data (ADR 0013). A handle reads and writes one
+/// generation's manifest, status and sink checkpoints ([`BatchStore::manifest`],
+/// [`BatchStore::commit_batch`], [`BatchStore::status`], the [`SinkStore`]
+/// methods); generation 0 has the keys written before generations existed.
+/// Leases, source checkpoints, partition checkpoints (a generation's curator
+/// has a consumer group of its own), snapshots and schema histories are
+/// shared by every generation.
+pub trait GenerationStore: Send + Sync {
+    /// A handle on the same store for generation `data_gen` (cheap: shares
+    /// the connection).
+    fn in_generation(&self, data_gen: u32) -> Self
+    where
+        Self: Sized;
+
+    /// The generation this handle reads and writes.
+    fn data_generation(&self) -> u32;
+
+    /// A tenant's generations; [`crate::Generations::initial`] (generation 0
+    /// active, `version` 0) when nothing was stored.
+    fn load_generations(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<crate::Generations, CheckpointError>> + Send;
+
+    /// Saves a tenant's generations in one conditional write: only while the
+    /// stored version is still `generations.version` (0: nothing stored).
+    /// Returns the new version. Another writer's save in between is
+    /// [`CheckpointError::Fenced`] (reload, decide again); a retried request
+    /// whose first attempt was applied is recognised as the caller's.
+    fn save_generations(
+        &self,
+        generations: &crate::Generations,
+    ) -> impl Future<Output = Result<u64, CheckpointError>> + Send;
+}
 
 /// Leases: who may write. See [`LeaseName`] for the leases there are.
 pub trait LeaseStore: Send + Sync {

@@ -8,11 +8,12 @@ use clap::{Parser, Subcommand};
 use lablake::config::{Config, LogFormat};
 use lablake::status;
 use lablake_checkpoint::{
-    BatchStore, DynamoStore, Fence, LeaseName, LeaseStore, PartitionRef, SchemaStore, SinkStore, SnapshotState,
-    SnapshotStore,
+    BatchStore, DynamoStore, Fence, GenerationStore, LeaseName, LeaseStore, PartitionRef, SchemaStore, SinkStore,
+    SnapshotState, SnapshotStore,
 };
 use lablake_lake::Lake;
 use lablake_model::TableId;
+use lablake_pipeline::curator::GenerationMode;
 use lablake_pipeline::source::SourceStage;
 use lablake_pipeline::supervise::{LeaseHeld, supervise};
 use lablake_pipeline::{Curator, SourceConfig, metrics, snapshot};
@@ -122,6 +123,29 @@ enum Command {
         #[arg(long)]
         to: i64,
     },
+    /// Rebuilds a tenant's curated data from its topics (from offset 0) into
+    /// a new generation while the live path goes on, checks it against the
+    /// active generation (row count and content digest per table), then
+    /// makes it the active one in one conditional write (ADR 0013). Run it
+    /// again after a kill: it continues the pending generation.
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        /// Switch even when the rebuilt data differs from the active
+        /// generation's (a replay after a curation fix).
+        #[arg(long)]
+        accept_difference: bool,
+        /// Stop after the verification gate (the generation stays verified;
+        /// run again without it to switch).
+        #[arg(long)]
+        no_cut_over: bool,
+        /// Switch back to the generation active before the last cut-over.
+        #[arg(long, conflicts_with_all = ["accept_difference", "no_cut_over"])]
+        rollback: bool,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 5)]
+        progress_secs: u64,
+    },
     /// Validates the configuration and exits.
     CheckConfig,
 }
@@ -182,6 +206,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<()> {
             let group = group.unwrap_or_else(|| cfg.curate.group.clone());
             move_partition(&cfg, &group, &shard, &topic, partition, to).await
         }
+        Command::Replay { tenant, accept_difference, no_cut_over, rollback, progress_secs } => {
+            if rollback {
+                return rollback_generation(&cfg, &tenant).await;
+            }
+            replay(&cfg, &tenant, accept_difference, no_cut_over, progress_secs).await
+        }
         Command::Snapshot { tenant, table, source, no_wait } => {
             request_snapshots(&cfg, &tenant, table.as_deref(), source.as_deref(), no_wait).await
         }
@@ -220,25 +250,82 @@ async fn store(cfg: &Config) -> anyhow::Result<Arc<DynamoStore>> {
     }
 }
 
+/// `lablake replay`: builds, verifies and switches on a new generation.
+async fn replay(
+    cfg: &Config,
+    tenant: &str,
+    accept_difference: bool,
+    no_cut_over: bool,
+    progress_secs: u64,
+) -> anyhow::Result<()> {
+    let store = store(cfg).await?;
+    let lanes = cfg.user_tables.curators(&cfg.curate).into_iter().map(|(lane, curate, _)| (lane, curate)).collect();
+    let replay = lablake_pipeline::replay::Replay {
+        bus: cfg.kafka.clone(),
+        lake: Lake::new(cfg.lake.clone())?,
+        store,
+        lanes,
+        tenant: tenant.to_owned(),
+        accept_difference,
+        no_cut_over,
+        code_version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_hash: curation_config_hash(cfg),
+        progress_every: std::time::Duration::from_secs(progress_secs.max(1)),
+    };
+    let report = replay.run(shutdown_on_signal()).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// A hash of the settings that decide what curation writes (`[curate]`,
+/// `[user_tables]`, `[kafka] topic_prefix`), recorded with a generation.
+fn curation_config_hash(cfg: &Config) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{:?}|{:?}|{}", cfg.curate, cfg.user_tables, cfg.kafka.topic_prefix).hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// `lablake replay --rollback`: the generation active before the last
+/// cut-over becomes active again (one conditional write).
+async fn rollback_generation(cfg: &Config, tenant: &str) -> anyhow::Result<()> {
+    let store = store(cfg).await?;
+    let mut g = store.load_generations(tenant).await?;
+    let from = g.active;
+    let to = g.rollback(metrics::now_ms())?;
+    store.save_generations(&g).await.context("switching back (another change came in between: run it again)")?;
+    println!("replay: tenant {tenant}: generation {to} is active again (was {from})");
+    Ok(())
+}
+
 /// `lablake status`: the status table, its JSON, or what the lake holds.
 async fn status(cfg: &Config, tenant: Option<&str>, json: bool, lake: bool) -> anyhow::Result<()> {
     let store = store(cfg).await?;
-    let rows = status::collect(store.as_ref(), tenant).await?;
+    let (rows, gens) = status::collect(store.as_ref(), tenant).await?;
+    let active = |t: &str| gens.iter().find(|g| g.tenant == t).map_or(0, |g| g.active);
     if lake {
         let l = Lake::new(cfg.lake.clone())?;
         let mut out = Vec::new();
         for r in rows.iter().filter(|r| r.table != "*") {
-            out.push(status::lake_table(&l, &TableId::new(&r.tenant, &r.database, &r.table)).await?);
+            let t = TableId::new(&r.tenant, &r.database, &r.table);
+            out.push(status::lake_table(&l, &t, active(&r.tenant)).await?);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        let sinks = match cfg.snowflake {
-            Some(_) => store.sinks(lablake_pipeline::sink::SINK).await?,
-            None => Vec::new(),
-        };
+        let mut sinks = Vec::new();
+        if cfg.snowflake.is_some() {
+            let mut seen = std::collections::BTreeSet::new();
+            for g in gens.iter().map(|g| g.active).chain([0]) {
+                if seen.insert(g) {
+                    let loaded = store.in_generation(g).sinks(lablake_pipeline::sink::SINK).await?;
+                    sinks.extend(loaded.into_iter().filter(|s| active(&s.table.tenant) == g));
+                }
+            }
+        }
         print!("{}", status::render(&rows, &sinks, metrics::now_ms()));
+        print!("{}", status::render_generations(&gens));
     }
     Ok(())
 }
@@ -371,6 +458,7 @@ async fn run_stages(cfg: &Config, stages: Stages) -> anyhow::Result<()> {
                     lane: lane.clone(),
                     inherit_group: inherit_group.clone(),
                     lease: lease.clone(),
+                    generations: GenerationMode::Follow,
                 };
                 curator.run(stop.clone())
             }));

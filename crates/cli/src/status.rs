@@ -1,7 +1,7 @@
 //! `lablake status`: per tenant and table, what is curated and how far behind.
 
 use anyhow::Context;
-use lablake_checkpoint::{CheckpointStore, SinkCheckpoint, TableStatus};
+use lablake_checkpoint::{CheckpointStore, Generations, SinkCheckpoint, TableStatus};
 
 /// Renders status rows as an aligned text table: what is curated and how far
 /// behind the source, and — with a warehouse sink — what is loaded into
@@ -38,13 +38,55 @@ pub fn render(rows: &[TableStatus], sinks: &[SinkCheckpoint], now_ms: i64) -> St
     out
 }
 
-/// Status rows of a tenant (or all), sorted.
-pub async fn collect<S: CheckpointStore>(store: &S, tenant: Option<&str>) -> anyhow::Result<Vec<TableStatus>> {
-    let mut rows = store.status(tenant).await?;
+/// Status rows of a tenant (or all), sorted, each tenant's from its active
+/// generation; and the generations of every tenant listed.
+pub async fn collect<S: CheckpointStore>(
+    store: &S,
+    tenant: Option<&str>,
+) -> anyhow::Result<(Vec<TableStatus>, Vec<Generations>)> {
+    // Every tenant starts in generation 0, so its rows there list them all.
+    let first = store.in_generation(0).status(tenant).await?;
+    let mut tenants: Vec<String> = first.iter().map(|r| r.tenant.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    let mut rows = Vec::new();
+    let mut gens = Vec::new();
+    for t in tenants {
+        let g = store.load_generations(&t).await?;
+        if g.active == 0 {
+            rows.extend(first.iter().filter(|r| r.tenant == t).cloned());
+        } else {
+            rows.extend(store.in_generation(g.active).status(Some(&t)).await?);
+        }
+        gens.push(g);
+    }
     rows.sort_by(|a, b| {
         (&a.tenant, &a.source, &a.database, &a.table).cmp(&(&b.tenant, &b.source, &b.database, &b.table))
     });
-    Ok(rows)
+    Ok((rows, gens))
+}
+
+/// The generations of the tenants that have more than generation 0: which is
+/// active, and each one's state, code version and configuration hash.
+pub fn render_generations(gens: &[Generations]) -> String {
+    let mut out = String::new();
+    for g in gens.iter().filter(|g| !g.records.is_empty()) {
+        if out.is_empty() {
+            out.push_str("\nTENANT           GEN    STATE      VERSION    CONFIG            SINCE\n");
+        }
+        for r in &g.records {
+            out.push_str(&format!(
+                "{:<16} {:<6} {:<10} {:<10} {:<17} {}\n",
+                g.tenant,
+                if r.generation == g.active { format!("{}*", r.generation) } else { r.generation.to_string() },
+                r.state.as_str(),
+                if r.code_version.is_empty() { "-" } else { &r.code_version },
+                if r.config_hash.is_empty() { "-" } else { &r.config_hash },
+                r.updated_ms
+            ));
+        }
+    }
+    out
 }
 
 /// What the curated lake holds for one table: files, change rows, and live
@@ -63,12 +105,16 @@ pub struct LakeTable {
 
 /// Reads every curated file of a table (test/demo sized tables; it loads the
 /// key columns of all files into memory).
-pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableId) -> anyhow::Result<LakeTable> {
+pub async fn lake_table(
+    lake: &lablake_lake::Lake,
+    table: &lablake_model::TableId,
+    data_gen: u32,
+) -> anyhow::Result<LakeTable> {
     use arrow::array::AsArray;
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     use std::collections::HashMap;
 
-    let prefix = lablake_lake::curated_prefix(table);
+    let prefix = lablake_lake::curated_prefix(table, data_gen);
     let keys = lake.list(&table.tenant, &prefix).await?;
     let mut latest: HashMap<String, (String, bool)> = HashMap::new();
     let mut change_rows = 0;
@@ -76,11 +122,7 @@ pub async fn lake_table(lake: &lablake_lake::Lake, table: &lablake_model::TableI
         let bytes = lake.get(&table.tenant, key).await?;
         for batch in lablake_lake::decode_parquet(bytes)? {
             let schema = batch.schema();
-            let pk: Vec<usize> = schema
-                .metadata()
-                .get("lablake.primary_key")
-                .map(|s| s.split(',').filter_map(|c| schema.index_of(c).ok()).collect())
-                .unwrap_or_default();
+            let pk = lablake_curate::primary_key_indices(&schema);
             let pos = batch.column_by_name(lablake_curate::meta::POSITION).context("file without _position")?;
             let op = batch.column_by_name(lablake_curate::meta::OP).context("file without _op")?;
             let (pos, op) = (pos.as_string::<i32>(), op.as_string::<i32>());

@@ -25,6 +25,17 @@ pub mod meta {
     pub const UNCHANGED: &str = "_unchanged";
 }
 
+/// The indices of a curated schema's primary-key columns, in key order, as
+/// its `lablake.primary_key` metadata names them (a name the schema lacks is
+/// left out; empty without the metadata).
+pub fn primary_key_indices(schema: &Schema) -> Vec<usize> {
+    schema
+        .metadata()
+        .get("lablake.primary_key")
+        .map(|s| s.split(',').filter_map(|c| schema.index_of(c).ok()).collect())
+        .unwrap_or_default()
+}
+
 /// Errors of curation. A row error sends that record to the dead-letter topic.
 #[derive(Debug, Error)]
 #[non_exhaustive]

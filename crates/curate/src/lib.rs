@@ -29,5 +29,5 @@ mod batch;
 mod policy;
 pub mod toast;
 
-pub use batch::{BatchBuilder, BatchSummary, CurateError, arrow_type, curated_schema, meta};
+pub use batch::{BatchBuilder, BatchSummary, CurateError, arrow_type, curated_schema, meta, primary_key_indices};
 pub use policy::{BatchPolicy, CloseReason, OpenBatch};

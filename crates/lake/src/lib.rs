@@ -89,16 +89,22 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
-/// The deterministic key of a curated batch:
+/// The deterministic key of a curated batch of generation `data_gen` (ADR
+/// 0013):
 /// `<tenant>/curated/<db>/<table>/dt=YYYY-MM-DD/<topic>-p<partition>-<first>-<last>.parquet`
-/// with zero-padded partition and offsets so keys sort by offset.
-pub fn curated_key(table: &TableId, date: Date, topic: &str, partition: i32, first: i64, last: i64) -> String {
-    format!(
-        "{}/curated/{}/{}/dt={date}/{topic}-p{partition:05}-{first:020}-{last:020}.parquet",
-        table.tenant,
-        path_segment(&table.database),
-        path_segment(&table.table)
-    )
+/// for generation 0 (the keys written before generations existed), with
+/// `<tenant>/g<N>/curated/…` for generation N > 0; zero-padded partition and
+/// offsets so keys sort by offset.
+pub fn curated_key(
+    table: &TableId,
+    data_gen: u32,
+    date: Date,
+    topic: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+) -> String {
+    format!("{}dt={date}/{topic}-p{partition:05}-{first:020}-{last:020}.parquet", curated_prefix(table, data_gen))
 }
 
 /// What a curated key says about its file: topic, partition, first and last
@@ -130,9 +136,22 @@ pub fn parse_curated_key(key: &str) -> Option<CuratedFile<'_>> {
     })
 }
 
-/// The prefix of a tenant's curated table.
-pub fn curated_prefix(table: &TableId) -> String {
-    format!("{}/curated/{}/{}/", table.tenant, path_segment(&table.database), path_segment(&table.table))
+/// The prefix of a tenant's curated table in generation `data_gen`. No
+/// generation's prefix is a prefix of another's, so a listing never mixes
+/// two generations.
+pub fn curated_prefix(table: &TableId, data_gen: u32) -> String {
+    format!(
+        "{}curated/{}/{}/",
+        generation_prefix(&table.tenant, data_gen),
+        path_segment(&table.database),
+        path_segment(&table.table)
+    )
+}
+
+/// What a generation's keys start with: `<tenant>/` for generation 0 (its
+/// curated data is under `<tenant>/curated/`), `<tenant>/g<N>/` otherwise.
+pub fn generation_prefix(tenant: &str, data_gen: u32) -> String {
+    if data_gen == 0 { format!("{tenant}/") } else { format!("{tenant}/g{data_gen}/") }
 }
 
 fn path_segment(s: &str) -> String {
@@ -275,17 +294,21 @@ mod tests {
     fn keys_are_deterministic_and_sort_by_offset() {
         let t = TableId { tenant: "acme".into(), database: "lab_acme".into(), table: "results".into() };
         let d = Date { year: 2026, month: 11, day: 27 };
-        let a = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 0, 99);
-        let b = curated_key(&t, d, "lablake.acme.lab_acme.results", 1, 100, 1000);
+        let a = curated_key(&t, 0, d, "lablake.acme.lab_acme.results", 1, 0, 99);
+        let b = curated_key(&t, 0, d, "lablake.acme.lab_acme.results", 1, 100, 1000);
         assert_eq!(
             a,
             "acme/curated/lab_acme/results/dt=2026-11-27/lablake.acme.lab_acme.results-p00001-00000000000000000000-00000000000000000099.parquet"
         );
         assert!(a < b);
-        assert!(a.starts_with(&curated_prefix(&t)));
+        assert!(a.starts_with(&curated_prefix(&t, 0)));
+        let g2 = curated_key(&t, 2, d, "lablake.acme.lab_acme.results", 1, 0, 99);
+        assert!(g2.starts_with("acme/g2/curated/lab_acme/results/dt=") && g2.ends_with(a.rsplit('/').next().unwrap()));
+        assert!(!g2.starts_with(&curated_prefix(&t, 0)) && !a.starts_with(&curated_prefix(&t, 2)));
+        assert_eq!(parse_curated_key(&g2), parse_curated_key(&a));
         let f = parse_curated_key(&b).unwrap();
         assert_eq!(f, CuratedFile { topic: "lablake.acme.lab_acme.results", partition: 1, first: 100, last: 1000 });
-        let odd = curated_key(&t, d, "lablake.a-p00001-b.c", 12, 7, 9);
+        let odd = curated_key(&t, 0, d, "lablake.a-p00001-b.c", 12, 7, 9);
         assert_eq!(parse_curated_key(&odd).unwrap().topic, "lablake.a-p00001-b.c");
         assert_eq!(parse_curated_key(&odd).unwrap().partition, 12);
         assert!(parse_curated_key("acme/curated/x/y/dt=2026-01-01/notes.parquet").is_none());

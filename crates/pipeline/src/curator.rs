@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use lablake_bus::{BusConfig, ChangeConsumer, ChangeProducer, DeadLetter, DeliveryFuture, Record};
-use lablake_checkpoint::{BatchCommit, BatchIntent, BatchStore, Fence, HighWater, LeaseName, LeaseStore, PartitionRef};
+use lablake_checkpoint::{
+    BatchCommit, BatchIntent, BatchStore, Fence, GenerationStore, HighWater, LeaseName, LeaseStore, PartitionRef,
+    generation_group,
+};
 use lablake_curate::toast::Resolution;
 use lablake_curate::{BatchBuilder, BatchPolicy, BatchSummary, CloseReason, CurateError, OpenBatch};
 use lablake_lake::{Lake, PutOutcome, curated_key, curated_prefix, decode_parquet, encode_parquet, parse_curated_key};
@@ -198,6 +201,23 @@ pub struct Curator<S> {
     pub inherit_group: Option<String>,
     /// The curation lease across in-process restarts.
     pub lease: crate::supervise::LeaseHeld,
+    /// Which generation of each tenant's curated data this curator writes.
+    pub generations: GenerationMode,
+}
+
+/// Which generation of a tenant's curated data a curator writes (ADR 0013).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationMode {
+    /// The live path: each tenant's active generation, read at every
+    /// discovery; a tenant whose active generation moved (a cut-over, a
+    /// rollback) is dropped and read again in the new one from that
+    /// generation's checkpoints.
+    Follow,
+    /// A replay: generation `N` (> 0) of the one tenant in `curate.tenants`,
+    /// from each partition's first offset, under the generation's lease
+    /// ([`LeaseName::generation`]), which the live curator takes over at the
+    /// cut-over.
+    Build(u32),
 }
 
 struct Open {
@@ -209,6 +229,10 @@ struct Open {
 
 struct Partition {
     tenant: String,
+    /// The generation of curated data this partition's batches belong to.
+    data_gen: u32,
+    /// The consumer group its checkpoint is kept under (per generation).
+    group: String,
     version: Option<u64>,
     /// Next offset expected from Kafka (records below it are duplicates after a seek).
     next: i64,
@@ -246,11 +270,12 @@ struct Reopen {
     topic: String,
     partition: i32,
     tenant: String,
+    data_gen: u32,
     fence: Fence,
     failures: u32,
 }
 
-impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
+impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Curator<S> {
     /// Runs until `shutdown` turns true (then closes open batches) or an error
     /// occurs (then stops without committing anything partial).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PipelineError> {
@@ -261,7 +286,18 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         let shard_fence = if group_mode {
             None
         } else {
-            let lease = LeaseName::curator(&group, &self.shard);
+            let lease = match self.generations {
+                GenerationMode::Follow => LeaseName::curator(&group, &self.shard),
+                GenerationMode::Build(n) => match self.curate.tenants.as_slice() {
+                    [tenant] if n > 0 => LeaseName::generation(&group, tenant, n),
+                    _ => {
+                        return Err(PipelineError::Invariant(format!(
+                            "a replay builds generation {n} (> 0) of exactly one tenant, not of {:?}",
+                            self.curate.tenants
+                        )));
+                    }
+                },
+            };
             let Some(generation) =
                 self.lease.acquire(self.store.as_ref(), &lease).await.context("acquiring the curation lease")?
             else {
@@ -296,11 +332,17 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         discovery.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // With group assignment, a tenant whose generation moved restarts the
+        // stage: it joins the group again and opens what Kafka assigns in
+        // the new generation.
+        let mut gen_check = tokio::time::interval(self.curate.discovery_interval);
+        gen_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut lease_check = tokio::time::interval(crate::supervise::LEASE_CHECK);
         lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ctx = Ctx { store: &self.store, lake: &self.lake, group: &group, group_mode, dropped: AtomicU32::new(0) };
         let mut since_budget_check = 0u32;
         let mut reopen: Vec<Reopen> = Vec::new();
+        let mut gens = Gens::default();
         loop {
             if ctx.dropped.swap(0, Ordering::Relaxed) > 0 {
                 let gone: Vec<_> = parts.iter().filter(|(_, p)| p.lost || p.held).map(|(k, _)| k.clone()).collect();
@@ -322,6 +364,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         topic: t.to_string(),
                         partition: p,
                         tenant: part.tenant,
+                        data_gen: part.data_gen,
                         fence: part.fence,
                         failures,
                     });
@@ -336,6 +379,21 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         crate::supervise::still_held(self.store.as_ref(), &f.lease, f.generation).await?;
                     }
                 }
+                _ = gen_check.tick(), if group_mode && self.generations == GenerationMode::Follow => {
+                    match gens.refresh(&self).await {
+                        Ok(moved) if !moved.is_empty() => {
+                            return Err(PipelineError::Restart(format!(
+                                "the active generation of tenant(s) {} moved; curating them in the new one",
+                                moved.join(", ")
+                            )));
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.is_retryable() => {
+                            tracing::warn!(group, error = %crate::supervise::chain(&e), "reading the tenants' generations failed; trying again");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 change = next_membership(member.as_mut()) => match change {
                     Ok(lablake_bus::Membership::Assigned(list)) => {
                         for (t, p) in list {
@@ -345,9 +403,10 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                                 continue;
                             }
                             reopen.retain(|r| !(r.topic == t && r.partition == p));
-                            let lease = LeaseName::partition(&group, &t, p);
+                            let data_gen = gens.of(&self, tenant).await?;
+                            let lease = LeaseName::partition(&generation_group(&group, data_gen), &t, p);
                             let generation = self.store.acquire_lease(&lease).await.context("taking a partition lease")?;
-                            let part = self.open_partition(&mut consumer, &group, &t, p, tenant, Fence { lease, generation }).await?;
+                            let part = self.open_partition(&mut consumer, &t, p, tenant, data_gen, Fence { lease, generation }).await?;
                             parts.insert(key, part);
                         }
                         metrics::CURATE_PARTITIONS_OWNED.with_label_values(&[&group]).set(parts.len() as f64);
@@ -384,6 +443,32 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         }
                         Err(e) => return Err(e),
                     };
+                    // Which generation each tenant is in, read again: a tenant
+                    // whose active generation moved is dropped here and
+                    // opened again below in the new one.
+                    if self.generations == GenerationMode::Follow {
+                        let moved = match gens.refresh(&self).await {
+                            Ok(moved) => moved,
+                            Err(e) if e.is_retryable() => {
+                                metrics::CURATE_DISCOVERY_FAILURES.with_label_values(&[&group]).inc();
+                                tracing::warn!(group, error = %crate::supervise::chain(&e), "reading the tenants' generations failed; trying again at the next interval");
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        if !moved.is_empty() {
+                            let gone: Vec<_> = parts.iter().filter(|(_, p)| moved.contains(&p.tenant)).map(|(k, _)| k.clone()).collect();
+                            for (t, p) in gone {
+                                parts.remove(&(t.clone(), p));
+                                consumer.unassign(&t, p)?;
+                            }
+                            reopen.retain(|r| !moved.contains(&r.tenant));
+                            for tenant in &moved {
+                                tracing::info!(group, tenant, generation = gens.active.get(tenant).copied().unwrap_or(0),
+                                    "tenant's active generation moved; curating it in that generation");
+                            }
+                        }
+                    }
                     for (t, n) in topics {
                         let Some(tenant) = self.wanted(&t) else { continue };
                         for p in 0..n {
@@ -392,8 +477,24 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                             if parts.contains_key(&key) || reopen.iter().any(|r| r.topic == t && r.partition == p) {
                                 continue;
                             }
-                            let part = self.open_partition(&mut consumer, &group, &t, p, tenant, fence.clone()).await?;
-                            parts.insert(key, part);
+                            let opened = async {
+                                let data_gen = gens.of(&self, tenant).await?;
+                                let fence = gens.fence(&self, fence, tenant, data_gen).await?;
+                                self.open_partition(&mut consumer, &t, p, tenant, data_gen, fence).await
+                            };
+                            match opened.await {
+                                Ok(part) => {
+                                    parts.insert(key, part);
+                                }
+                                // The checkpoint store briefly failing: the
+                                // next discovery opens the partition.
+                                Err(e) if e.is_retryable() => {
+                                    metrics::CURATE_DISCOVERY_FAILURES.with_label_values(&[&group]).inc();
+                                    tracing::warn!(group, topic = %t, partition = p, error = %crate::supervise::chain(&e),
+                                        "opening a partition failed; trying again at the next interval");
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                     }
                     metrics::CURATE_PARTITIONS_OWNED.with_label_values(&[&group]).set(parts.len() as f64);
@@ -421,7 +522,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                         let (due, waiting): (Vec<Reopen>, Vec<Reopen>) = reopen.drain(..).partition(|r| r.at <= now);
                         reopen = waiting;
                         for r in due {
-                            let mut part = self.open_partition(&mut consumer, &group, &r.topic, r.partition, &r.tenant, r.fence).await?;
+                            let mut part = self.open_partition(&mut consumer, &r.topic, r.partition, &r.tenant, r.data_gen, r.fence).await?;
                             part.failures = r.failures;
                             parts.insert((r.topic.as_str().into(), r.partition), part);
                         }
@@ -500,23 +601,26 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         topic::table_of_topic(&self.bus.topic_prefix, topic).is_some_and(|n| self.lane.owns(n)).then_some(tenant)
     }
 
-    /// Starts reading a partition from its checkpoint.
+    /// Starts reading a partition of generation `data_gen` from its checkpoint.
     async fn open_partition(
         &self,
         consumer: &mut ChangeConsumer,
-        group: &str,
         t: &str,
         p: i32,
         tenant: &str,
+        data_gen: u32,
         fence: Fence,
     ) -> Result<Partition, PipelineError> {
+        let group = generation_group(&self.curate.group, data_gen);
+        let group = group.as_str();
         let cp = self.store.load_partition(&partition_ref(group, t, p)).await?;
         let (start, version, replay, high) = match cp {
             Some(cp) => match cp.pending {
                 Some(i) => (i.first_offset, Some(cp.version), Some(i), cp.high_water),
                 None => (cp.next_offset, Some(cp.version), None, cp.high_water),
             },
-            None => match &self.inherit_group {
+            // A later generation starts from offset 0 (a replay).
+            None => match self.inherit_group.as_ref().filter(|_| data_gen == 0) {
                 // Everything the other group committed is curated already; a batch it
                 // has pending is rebuilt here from its first offset (same object key).
                 Some(g) => match self.store.load_partition(&partition_ref(g, t, p)).await? {
@@ -526,7 +630,7 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
                 None => (0, None, None, None),
             },
         };
-        tracing::info!(group, topic = %t, partition = p, start, replay = replay.is_some(), "assigned");
+        tracing::info!(group, topic = %t, partition = p, start, generation = data_gen, replay = replay.is_some(), "assigned");
         // Fetch from a little before `start` (records before it are skipped):
         // tansu 0.6 answers a fetch from inside a record batch with the *next*
         // batch, which at the end of the log means nothing at all until more
@@ -545,6 +649,8 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
         };
         Ok(Partition {
             tenant: tenant.to_owned(),
+            data_gen,
+            group: group.to_owned(),
             version,
             next: start,
             open: None,
@@ -558,6 +664,77 @@ impl<S: LeaseStore + BatchStore + 'static> Curator<S> {
             held: false,
             failures: 0,
         })
+    }
+}
+
+/// Which generation each tenant is in, as the curator last read it, and the
+/// generation leases it holds.
+#[derive(Default)]
+struct Gens {
+    active: HashMap<String, u32>,
+    fences: HashMap<(String, u32), Fence>,
+}
+
+impl Gens {
+    /// The generation a partition of `tenant` is curated in.
+    async fn of<S: LeaseStore + BatchStore + GenerationStore + 'static>(
+        &mut self,
+        c: &Curator<S>,
+        tenant: &str,
+    ) -> Result<u32, PipelineError> {
+        match c.generations {
+            GenerationMode::Build(n) => Ok(n),
+            GenerationMode::Follow => {
+                if let Some(g) = self.active.get(tenant) {
+                    return Ok(*g);
+                }
+                let g = c.store.load_generations(tenant).await.context("reading a tenant's generations")?.active;
+                self.active.insert(tenant.to_owned(), g);
+                Ok(g)
+            }
+        }
+    }
+
+    /// Reads the active generation of every tenant seen again; returns the
+    /// tenants whose generation moved.
+    async fn refresh<S: LeaseStore + BatchStore + GenerationStore + 'static>(
+        &mut self,
+        c: &Curator<S>,
+    ) -> Result<Vec<String>, PipelineError> {
+        let mut moved = Vec::new();
+        for (tenant, g) in self.active.iter_mut() {
+            let now = c.store.load_generations(tenant).await.context("reading a tenant's generations")?.active;
+            if now != *g {
+                *g = now;
+                moved.push(tenant.clone());
+            }
+        }
+        Ok(moved)
+    }
+
+    /// What guards a partition of `tenant` in generation `data_gen`: the
+    /// shard's lease for generation 0 and in a replay; otherwise the
+    /// generation's lease, taken on first use — which fences the replay that
+    /// built the generation, should it still run.
+    async fn fence<S: LeaseStore + BatchStore + GenerationStore + 'static>(
+        &mut self,
+        c: &Curator<S>,
+        shard: &Fence,
+        tenant: &str,
+        data_gen: u32,
+    ) -> Result<Fence, PipelineError> {
+        if data_gen == 0 || matches!(c.generations, GenerationMode::Build(_)) {
+            return Ok(shard.clone());
+        }
+        let key = (tenant.to_owned(), data_gen);
+        if let Some(f) = self.fences.get(&key) {
+            return Ok(f.clone());
+        }
+        let lease = LeaseName::generation(&c.curate.group, tenant, data_gen);
+        let generation = c.store.acquire_lease(&lease).await.context("taking a generation's lease")?;
+        let f = Fence { lease, generation };
+        self.fences.insert(key, f.clone());
+        Ok(f)
     }
 }
 
@@ -636,7 +813,7 @@ struct Ctx<'a, S> {
     dropped: AtomicU32,
 }
 
-impl<S: BatchStore> Ctx<'_, S> {
+impl<S: BatchStore + GenerationStore> Ctx<'_, S> {
     /// Closes the largest open batches while all open batches together hold
     /// more than `budget` bytes.
     async fn enforce_budget(
@@ -788,6 +965,7 @@ impl<S: BatchStore> Ctx<'_, S> {
         &self,
         batch: RecordBatch,
         table: &TableId,
+        data_gen: u32,
         topic: &str,
         partition: i32,
         first_offset: i64,
@@ -798,7 +976,7 @@ impl<S: BatchStore> Ctx<'_, S> {
         }
         let mut earlier: Vec<(i64, String)> = self
             .lake
-            .list(&table.tenant, &curated_prefix(table))
+            .list(&table.tenant, &curated_prefix(table, data_gen))
             .await?
             .into_iter()
             .filter_map(|k| {
@@ -896,6 +1074,7 @@ impl<S: BatchStore> Ctx<'_, S> {
                 let day = open.acc.first_commit_ms.unwrap_or(0).div_euclid(86_400_000) as i32;
                 let key = curated_key(
                     &table,
+                    part.data_gen,
                     Date::from_days_since_epoch(day),
                     topic,
                     partition,
@@ -912,9 +1091,10 @@ impl<S: BatchStore> Ctx<'_, S> {
                 )
             }
         };
-        let at = partition_ref(self.group, topic, partition);
+        let at = partition_ref(&part.group, topic, partition);
+        let store = self.store.in_generation(part.data_gen);
         if !replayed {
-            let begun = self.store.begin_batch(&at, &part.fence, part.version, &intent).await;
+            let begun = store.begin_batch(&at, &part.fence, part.version, &intent).await;
             let cp = match begun {
                 Err(e) if self.group_mode && matches!(e, lablake_checkpoint::CheckpointError::Fenced(_)) => {
                     self.lose(part);
@@ -940,7 +1120,7 @@ impl<S: BatchStore> Ctx<'_, S> {
             .take()
             .ok_or_else(|| PipelineError::Invariant(format!("batch of {topic}/{partition} without rows")))?;
         let batch = builder.finish()?;
-        let batch = self.fill_unchanged(batch, &table, topic, partition, intent.first_offset).await?;
+        let batch = self.fill_unchanged(batch, &table, part.data_gen, topic, partition, intent.first_offset).await?;
         let level = self.lake.config().zstd_level;
         let bytes = tokio::task::spawn_blocking(move || encode_parquet(&batch, level))
             .await
@@ -965,7 +1145,7 @@ impl<S: BatchStore> Ctx<'_, S> {
         let version = part.version.ok_or_else(|| {
             PipelineError::Invariant(format!("commit of {topic}/{partition} without a recorded intent"))
         })?;
-        let committed = self.store.commit_batch(&at, &part.fence, version, &commit).await;
+        let committed = store.commit_batch(&at, &part.fence, version, &commit).await;
         let cp = match committed {
             // The next owner rebuilds the pending batch into the same object key.
             Err(e) if self.group_mode && matches!(e, lablake_checkpoint::CheckpointError::Fenced(_)) => {

@@ -68,6 +68,14 @@ pub enum PipelineError {
     /// contract, or a bug. Names what was expected.
     #[error("{0}")]
     Invariant(String),
+    /// An operation refused because doing it would lose or mix data; the
+    /// message says why and what to do instead.
+    #[error("{0}")]
+    Refused(String),
+    /// The stage must start again with its state read anew (a tenant's
+    /// active generation moved); retryable, nothing is wrong.
+    #[error("{0}")]
+    Restart(String),
     /// A stage's task panicked or was cancelled.
     #[error("{context}: {reason}")]
     Task { context: String, reason: String },
@@ -85,9 +93,11 @@ impl PipelineError {
             PipelineError::Bus { source, .. } => !matches!(**source, BusError::Config(_)),
             PipelineError::Lake { source, .. } => matches!(**source, LakeError::Store(_)),
             PipelineError::Warehouse { source, .. } => source.is_retryable(),
+            PipelineError::Restart(_) => true,
             PipelineError::Curate { .. }
             | PipelineError::Config { .. }
             | PipelineError::Invariant(_)
+            | PipelineError::Refused(_)
             | PipelineError::Task { .. } => false,
         }
     }
@@ -122,7 +132,9 @@ impl PipelineError {
             | PipelineError::Curate { context, .. }
             | PipelineError::Warehouse { context, .. }
             | PipelineError::Task { context, .. } => *context = format!("{outer}: {context}"),
-            PipelineError::Invariant(m) => *m = format!("{outer}: {m}"),
+            PipelineError::Invariant(m) | PipelineError::Refused(m) | PipelineError::Restart(m) => {
+                *m = format!("{outer}: {m}")
+            }
             PipelineError::Config { .. } => {}
         }
         self

@@ -7,6 +7,7 @@
 //! | [`snapshot`] | snapshot workers | chunks between watermarks, emitted by the source stage |
 //! | [`curator`] | curation | Kafka → curated Parquet, two-phase commit with fencing |
 //! | [`sink`] | warehouse | curated batches → Snowflake, checkpoint after MERGE |
+//! | [`replay`] | replay | Kafka from offset 0 → a new generation, verified, one-write cut-over |
 //! | [`lane`] | — | which tables a worker or curator owns (core / user-defined) |
 //! | [`metrics`] | — | Prometheus metrics of every stage and the `/metrics` endpoint |
 //!
@@ -19,6 +20,7 @@ pub mod curator;
 mod error;
 pub mod lane;
 pub mod metrics;
+pub mod replay;
 pub mod sink;
 pub mod snapshot;
 pub mod source;

@@ -155,6 +155,14 @@ pub static CURATE_BATCH_BYTES: LazyLock<HistogramVec> = LazyLock::new(|| {
         vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
     )
 });
+pub static REPLAY_RECORDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    gauge(
+        "lablake_replay_records",
+        "Records of a tenant's topics a running replay has curated into its new generation",
+        &["tenant"],
+    )
+});
+
 pub static CURATE_DISCOVERY_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "lablake_curate_discovery_failures_total",

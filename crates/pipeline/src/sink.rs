@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lablake_checkpoint::{
-    BatchStore, LeaseName, LeaseStore, SchemaStore, SchemaVersion, SinkCheckpoint, SinkStore, column_lineage,
+    BatchStore, GenerationStore, LeaseName, LeaseStore, SchemaStore, SchemaVersion, SinkCheckpoint, SinkStore,
+    column_lineage,
 };
 use lablake_lake::Lake;
 use lablake_model::{ColumnType, TableId};
@@ -28,8 +29,8 @@ use crate::error::{Context, PipelineError};
 use crate::metrics;
 
 /// What the sink stage reads and writes in the checkpoint store.
-pub trait SinkStores: LeaseStore + BatchStore + SchemaStore + SinkStore {}
-impl<T: LeaseStore + BatchStore + SchemaStore + SinkStore> SinkStores for T {}
+pub trait SinkStores: LeaseStore + BatchStore + SchemaStore + SinkStore + GenerationStore {}
+impl<T: LeaseStore + BatchStore + SchemaStore + SinkStore + GenerationStore> SinkStores for T {}
 
 /// The sink's name in checkpoints and leases.
 pub const SINK: &str = "snowflake";
@@ -277,28 +278,49 @@ async fn load_new_batches<S: SinkStores>(
     endpoint: &str,
     held: &mut HashMap<TableId, (u32, Instant)>,
 ) -> Result<(), PipelineError> {
-    for row in store.status(None).await? {
-        if row.table == "*" || (!cfg.tenants.is_empty() && !cfg.tenants.contains(&row.tenant)) {
+    // Every tenant starts in generation 0, so its status rows list every
+    // tenant; each is loaded from its active generation (ADR 0013), whose
+    // manifest and sink checkpoints are its own.
+    let rows = store.status(None).await?;
+    let tenants: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.tenant.as_str()).collect();
+    let mut work = Vec::new();
+    for tenant in tenants {
+        if !cfg.tenants.is_empty() && !cfg.tenants.iter().any(|t| t == tenant) {
             continue;
         }
-        let table = TableId::new(&row.tenant, &row.database, &row.table);
-        if held.get(&table).is_some_and(|(_, until)| Instant::now() < *until) {
-            continue;
-        }
-        match load_table(cfg, store, lake, generation, loader, endpoint, &table).await {
-            Ok(()) => {
-                held.remove(&table);
+        let data_gen = store.load_generations(tenant).await?.active;
+        let scoped = store.in_generation(data_gen);
+        let tables: Vec<TableId> = if data_gen == store.data_generation() {
+            rows.iter().filter(|r| r.tenant == tenant).map(|r| TableId::new(&r.tenant, &r.database, &r.table)).collect()
+        } else {
+            scoped.status(Some(tenant)).await?.iter().map(|r| TableId::new(&r.tenant, &r.database, &r.table)).collect()
+        };
+        work.push((scoped, tables));
+    }
+    for (scoped, tables) in &work {
+        for table in tables {
+            if *table.table == *"*" {
+                continue;
             }
-            Err(e) if e.is_fenced() => return Err(e),
-            // One table's trouble (a value Snowflake refuses, a schema step
-            // that fails) holds back only that table, with its own backoff.
-            Err(e) => {
-                let failures = held.get(&table).map_or(0, |(n, _)| *n) + 1;
-                let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
-                tracing::warn!(table = %table, error = %crate::supervise::chain(&e), retry_in_s = wait.as_secs(),
+            let table = table.clone();
+            if held.get(&table).is_some_and(|(_, until)| Instant::now() < *until) {
+                continue;
+            }
+            match load_table(cfg, scoped, lake, generation, loader, endpoint, &table).await {
+                Ok(()) => {
+                    held.remove(&table);
+                }
+                Err(e) if e.is_fenced() => return Err(e),
+                // One table's trouble (a value Snowflake refuses, a schema step
+                // that fails) holds back only that table, with its own backoff.
+                Err(e) => {
+                    let failures = held.get(&table).map_or(0, |(n, _)| *n) + 1;
+                    let wait = lablake_snowflake::backoff(Duration::from_secs(1), failures.min(6));
+                    tracing::warn!(table = %table, error = %crate::supervise::chain(&e), retry_in_s = wait.as_secs(),
                     "snowflake load failed; retrying");
-                metrics::SINK_FAILURES.inc();
-                held.insert(table, (failures, Instant::now() + wait));
+                    metrics::SINK_FAILURES.inc();
+                    held.insert(table, (failures, Instant::now() + wait));
+                }
             }
         }
     }

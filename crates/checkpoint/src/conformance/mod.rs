@@ -32,6 +32,7 @@
 //! ```
 
 pub mod batches;
+pub mod generations;
 pub mod leases;
 pub mod schemas;
 pub mod sinks;
@@ -59,6 +60,7 @@ pub async fn run_all<S: CheckpointStore>(store: &S) {
     snapshots::run(store, &format!("{p}-snap")).await;
     schemas::run(store, &format!("{p}-schema")).await;
     sinks::run(store, &format!("{p}-sink")).await;
+    generations::run(store, &format!("{p}-gen")).await;
 }
 
 /// A prefix unique to this process and call: lowercase, usable in tenant names.

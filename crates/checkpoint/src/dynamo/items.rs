@@ -37,6 +37,8 @@ pub(super) const FORMAT: u64 = 1;
 
 /// Sort key of a lease item.
 pub(super) const LEASE_SK: &str = "lease";
+/// Sort key of a tenant's generations item.
+pub(super) const GENERATIONS_SK: &str = "generations";
 /// Sort key of a source checkpoint item.
 pub(super) const SOURCE_SK: &str = "checkpoint";
 
@@ -63,16 +65,23 @@ pub(super) fn partition_sk(topic: &str, partition: i32) -> String {
     format!("{}#{partition:010}", esc(topic))
 }
 
-pub(super) fn manifest_pk(t: &TableId) -> String {
-    format!("manifest#{}#{}#{}", esc(&t.tenant), esc(&t.database), esc(&t.table))
+/// `#g<N>` after the keys of generation `N` of a tenant's curated data
+/// (ADR 0013); nothing for generation 0, whose keys are those written before
+/// generations existed.
+fn gen_suffix(data_gen: u32) -> String {
+    if data_gen == 0 { String::new() } else { format!("#g{data_gen}") }
+}
+
+pub(super) fn manifest_pk(t: &TableId, data_gen: u32) -> String {
+    format!("manifest#{}#{}#{}{}", esc(&t.tenant), esc(&t.database), esc(&t.table), gen_suffix(data_gen))
 }
 
 pub(super) fn manifest_sk(topic: &str, partition: i32, first_offset: i64) -> String {
     format!("{}#{partition:010}#{first_offset:020}", esc(topic))
 }
 
-pub(super) fn status_pk(tenant: &str) -> String {
-    format!("status#{tenant}")
+pub(super) fn status_pk(tenant: &str, data_gen: u32) -> String {
+    format!("status#{tenant}{}", gen_suffix(data_gen))
 }
 
 /// Sort key of a status row: `table == "*"` is the database aggregate.
@@ -88,8 +97,13 @@ pub(super) fn snapshot_pk(source: &str) -> String {
     format!("snapshot#{}", esc(source))
 }
 
-pub(super) fn sink_pk(sink: &str) -> String {
-    format!("sink#{}", esc(sink))
+pub(super) fn sink_pk(sink: &str, data_gen: u32) -> String {
+    format!("sink#{}{}", esc(sink), gen_suffix(data_gen))
+}
+
+/// The item of a tenant's generations (ADR 0013).
+pub(super) fn generations_pk(tenant: &str) -> String {
+    format!("generations#{}", esc(tenant))
 }
 
 /// Sort key of the per-table items of a source or sink (snapshot progress,
@@ -182,6 +196,19 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
 }
 
 // ---- items ------------------------------------------------------------------
+
+/// A tenant's generations item (ADR 0013): the record as JSON in
+/// `generations`, its `version` (what every save is conditional on), and the
+/// id of the write.
+pub(super) fn generations_item(g: &crate::Generations, version: u64, write_id: &str) -> Result<Item, CheckpointError> {
+    let json = serde_json::to_string(g).map_err(|e| backend("encoding generations", e))?;
+    let mut item = new_item(generations_pk(&g.tenant), GENERATIONS_SK.into(), "generations");
+    item.insert("generations".into(), s(json));
+    item.insert("version".into(), n(version));
+    item.insert("active".into(), n(g.active));
+    item.insert(super::WRITE_ID.into(), s(write_id));
+    Ok(item)
+}
 
 /// The source checkpoint item. The resume point keeps the attributes of
 /// format 0 (`file`, `pos`, `gtid`), so it reads the same everywhere, plus
@@ -282,9 +309,10 @@ pub(super) fn parse_partition(item: &Item, what: &str) -> Result<PartitionCheckp
 }
 
 /// The manifest entry of a committed batch of `p`.
-pub(super) fn manifest_item(p: &PartitionRef, commit: &BatchCommit, generation: u64, now: i64) -> Item {
+pub(super) fn manifest_item(p: &PartitionRef, commit: &BatchCommit, generation: u64, data_gen: u32, now: i64) -> Item {
     let (t, intent) = (&commit.table, &commit.intent);
-    let mut item = new_item(manifest_pk(t), manifest_sk(&p.topic, p.partition, intent.first_offset), "manifest");
+    let mut item =
+        new_item(manifest_pk(t, data_gen), manifest_sk(&p.topic, p.partition, intent.first_offset), "manifest");
     item.insert("tenant".into(), s(&*t.tenant));
     item.insert("database".into(), s(&*t.database));
     item.insert("table".into(), s(&*t.table));
@@ -345,9 +373,15 @@ pub(super) fn snapshot_item(source: &str, p: &SnapshotProgress, now: i64) -> Res
 }
 
 /// A sink checkpoint: the JSON in `checkpoint`.
-pub(super) fn sink_item(sink: &str, generation: u64, cp: &SinkCheckpoint, now: i64) -> Result<Item, CheckpointError> {
+pub(super) fn sink_item(
+    sink: &str,
+    generation: u64,
+    data_gen: u32,
+    cp: &SinkCheckpoint,
+    now: i64,
+) -> Result<Item, CheckpointError> {
     let json = serde_json::to_string(cp).map_err(|e| backend("encoding a sink checkpoint", e))?;
-    let mut item = new_item(sink_pk(sink), table_sk(&cp.table), "sink");
+    let mut item = new_item(sink_pk(sink, data_gen), table_sk(&cp.table), "sink");
     item.insert("checkpoint".into(), s(json));
     item.insert("generation".into(), n(generation));
     item.insert("updated_at_ms".into(), n(now));
@@ -375,7 +409,8 @@ mod tests {
         assert!(manifest_sk("t", 9, 100) < manifest_sk("t", 10, 0));
         let a = TableId::new("x", "a#b", "c");
         let b = TableId::new("x", "a", "b#c");
-        assert_ne!(manifest_pk(&a), manifest_pk(&b));
+        assert_ne!(manifest_pk(&a, 0), manifest_pk(&b, 0));
+        assert_ne!(manifest_pk(&a, 0), manifest_pk(&a, 1));
         assert_ne!(table_sk(&a), table_sk(&b));
         assert_eq!(esc("50%#"), "50%25%23");
         assert_eq!(status_sk("s", "d", "*"), "db#s#d");
@@ -483,14 +518,14 @@ mod tests {
             high_water: None,
         };
         let snapshot = snapshot_item("s", &SnapshotProgress::requested(&table, 1, 0), 0).expect("snapshot");
-        let sink = sink_item("k", 1, &SinkCheckpoint::new(&table), 0).expect("sink");
+        let sink = sink_item("k", 1, 0, &SinkCheckpoint::new(&table), 0).expect("sink");
         assert_eq!(parse_partition(&partition_item(&p, &cp, 0), "w").expect("partition"), cp);
         assert!(parse_json::<SnapshotProgress>(&snapshot, "progress", "w").is_ok());
         assert!(parse_json::<SinkCheckpoint>(&sink, "checkpoint", "w").is_ok());
         let corrupt =
             |r: Result<(), CheckpointError>| matches!(r, Err(CheckpointError::Corrupt(m)) if m.contains("newer"));
         assert!(corrupt(parse_partition(&newer(partition_item(&p, &cp, 0)), "w").map(|_| ())));
-        assert!(corrupt(parse_manifest(&newer(manifest_item(&p, &commit, 1, 0)), "w").map(|_| ())));
+        assert!(corrupt(parse_manifest(&newer(manifest_item(&p, &commit, 1, 0, 0)), "w").map(|_| ())));
         assert!(corrupt(parse_json::<SnapshotProgress>(&newer(snapshot), "progress", "w").map(|_| ())));
         assert!(corrupt(parse_json::<SinkCheckpoint>(&newer(sink), "checkpoint", "w").map(|_| ())));
         let mut status = Item::new();

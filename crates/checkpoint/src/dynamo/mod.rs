@@ -23,7 +23,7 @@ use lablake_model::TableId;
 pub use setup::DynamoConfig;
 
 use crate::rules::{self, ALL_TABLES};
-use crate::store::{BatchStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
+use crate::store::{BatchStore, GenerationStore, LeaseStore, SchemaStore, SinkStore, SnapshotStore, SourceStore};
 use crate::{
     BatchCommit, BatchIntent, CheckpointError, Fence, LeaseName, ManifestEntry, PartitionCheckpoint, PartitionRef,
     SchemaVersion, SinkCheckpoint, SnapshotProgress, SourceCheckpoint, TableStatus,
@@ -36,6 +36,9 @@ use items::{FORMAT, Item, LEASE_SK, SOURCE_SK, get_n, n, s};
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// The generation of curated data whose manifest, status and sink
+    /// checkpoints this handle reads and writes ([`GenerationStore`]).
+    data_gen: u32,
 }
 
 /// A unique id for one write, stored with the item it writes (attribute
@@ -48,7 +51,7 @@ fn write_id() -> String {
     format!("{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-const WRITE_ID: &str = "write_id";
+pub(super) const WRITE_ID: &str = "write_id";
 
 /// Attempts of a transaction cancelled only by `TransactionConflict` (another
 /// transaction on the same item, e.g. the shared database status row), and of
@@ -233,7 +236,7 @@ impl DynamoStore {
         let t = &commit.table;
         Update::builder()
             .table_name(&self.table)
-            .key("pk", s(items::status_pk(&t.tenant)))
+            .key("pk", s(items::status_pk(&t.tenant, self.data_gen)))
             .key("sk", s(items::status_sk(&commit.source, &t.database, table)))
             .update_expression(
                 "ADD #rows :rows, #files :one, #dl :dl \
@@ -606,7 +609,7 @@ impl BatchStore for DynamoStore {
         // 2. The manifest entry, never listed twice.
         let manifest_put = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(items::manifest_item(partition, commit, generation, now)))
+            .set_item(Some(items::manifest_item(partition, commit, generation, self.data_gen, now)))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", "pk")
             .build()
@@ -692,7 +695,7 @@ impl BatchStore for DynamoStore {
     async fn manifest(&self, table: &TableId) -> Result<Vec<ManifestEntry>, CheckpointError> {
         let what = format!("manifest of {table}");
         let mut entries = self
-            .read_all(Read::Partition(&items::manifest_pk(table)), &what)
+            .read_all(Read::Partition(&items::manifest_pk(table, self.data_gen)), &what)
             .await?
             .iter()
             .map(|item| items::parse_manifest(item, &what))
@@ -705,11 +708,21 @@ impl BatchStore for DynamoStore {
 
     async fn status(&self, tenant: Option<&str>) -> Result<Vec<TableStatus>, CheckpointError> {
         let items = match tenant {
-            Some(t) => self.read_all(Read::Partition(&items::status_pk(t)), &format!("status of tenant `{t}`")).await?,
+            Some(t) => {
+                self.read_all(Read::Partition(&items::status_pk(t, self.data_gen)), &format!("status of tenant `{t}`"))
+                    .await?
+            }
             None => self.read_all(Read::Prefix("status#"), "status rows").await?,
         };
-        let mut rows =
-            items.iter().map(|item| items::parse_status(item, "status row")).collect::<Result<Vec<_>, _>>()?;
+        // A scan sees every generation's rows: keep this handle's.
+        let mut rows = items
+            .iter()
+            .map(|item| Ok((items::get_s(item, "pk", "status row")?, items::parse_status(item, "status row")?)))
+            .filter(|r: &Result<(String, TableStatus), CheckpointError>| {
+                r.as_ref().map_or(true, |(pk, row)| *pk == items::status_pk(&row.tenant, self.data_gen))
+            })
+            .map(|r| r.map(|(_, row)| row))
+            .collect::<Result<Vec<_>, _>>()?;
         // Defensive: a tenant query only ever reads that tenant's partition.
         if let Some(t) = tenant {
             rows.retain(|r| r.tenant == t);
@@ -832,7 +845,7 @@ impl SchemaStore for DynamoStore {
 impl SinkStore for DynamoStore {
     async fn load_sink(&self, sink: &str, table: &TableId) -> Result<Option<SinkCheckpoint>, CheckpointError> {
         let what = format!("sink checkpoint of `{sink}` for {table}");
-        match self.get(items::sink_pk(sink), items::table_sk(table), &what).await? {
+        match self.get(items::sink_pk(sink, self.data_gen), items::table_sk(table), &what).await? {
             None => Ok(None),
             Some(item) => items::parse_json(&item, "checkpoint", &what).map(Some),
         }
@@ -840,7 +853,8 @@ impl SinkStore for DynamoStore {
 
     async fn sinks(&self, sink: &str) -> Result<Vec<SinkCheckpoint>, CheckpointError> {
         let what = format!("sink checkpoints of `{sink}`");
-        let mut out: Vec<SinkCheckpoint> = self.query_json(&items::sink_pk(sink), "checkpoint", &what).await?;
+        let mut out: Vec<SinkCheckpoint> =
+            self.query_json(&items::sink_pk(sink, self.data_gen), "checkpoint", &what).await?;
         out.sort_by(|a, b| a.table.cmp(&b.table));
         Ok(out)
     }
@@ -848,8 +862,65 @@ impl SinkStore for DynamoStore {
     async fn save_sink(&self, sink: &str, generation: u64, checkpoint: &SinkCheckpoint) -> Result<(), CheckpointError> {
         let what = format!("sink checkpoint of `{sink}` for {}", checkpoint.table);
         let fence = rules::sink_fence(sink, generation);
-        let item = items::sink_item(sink, generation, checkpoint, rules::now_ms())?;
+        let item = items::sink_item(sink, generation, self.data_gen, checkpoint, rules::now_ms())?;
         self.guarded_put(&what, &fence, item).await.map_err(|e| e.into_error(&what))
+    }
+}
+
+impl GenerationStore for DynamoStore {
+    fn in_generation(&self, data_gen: u32) -> Self {
+        DynamoStore { client: self.client.clone(), table: self.table.clone(), data_gen }
+    }
+
+    fn data_generation(&self) -> u32 {
+        self.data_gen
+    }
+
+    async fn load_generations(&self, tenant: &str) -> Result<crate::Generations, CheckpointError> {
+        let what = format!("generations of tenant `{tenant}`");
+        match self.get(items::generations_pk(tenant), items::GENERATIONS_SK.into(), &what).await? {
+            None => Ok(crate::Generations::initial(tenant)),
+            Some(item) => {
+                let mut g: crate::Generations = items::parse_json(&item, "generations", &what)?;
+                g.version = get_n(&item, "version", &what)?;
+                Ok(g)
+            }
+        }
+    }
+
+    async fn save_generations(&self, g: &crate::Generations) -> Result<u64, CheckpointError> {
+        let what = format!("generations of tenant `{}`", g.tenant);
+        let id = write_id();
+        let next = g.version + 1;
+        let item = items::generations_item(g, next, &id)?;
+        let put = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let put = if g.version == 0 {
+            put.condition_expression("attribute_not_exists(pk)")
+        } else {
+            put.condition_expression("#version = :version")
+                .expression_attribute_names("#version", "version")
+                .expression_attribute_values(":version", n(g.version))
+        };
+        match put.send().await {
+            Ok(_) => Ok(next),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                // Our own first attempt, applied with its answer lost?
+                let stored = self.get(items::generations_pk(&g.tenant), items::GENERATIONS_SK.into(), &what).await?;
+                let ours = stored.as_ref().is_some_and(|item| {
+                    items::get_s(item, WRITE_ID, &what).is_ok_and(|w| w == id)
+                        && get_n::<u64>(item, "version", &what).is_ok_and(|v| v == next)
+                });
+                if ours {
+                    Ok(next)
+                } else {
+                    Err(CheckpointError::Fenced(format!(
+                        "{what}: changed by another writer since version {}",
+                        g.version
+                    )))
+                }
+            }
+            Err(e) => Err(sdk_error(format!("writing {what}"), e)),
+        }
     }
 }
 

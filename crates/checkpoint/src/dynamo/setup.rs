@@ -69,7 +69,8 @@ impl DynamoStore {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.endpoint_url(endpoint);
         }
-        let store = DynamoStore { client: Client::from_conf(builder.build()), table: config.table.clone() };
+        let store =
+            DynamoStore { client: Client::from_conf(builder.build()), table: config.table.clone(), data_gen: 0 };
         store.ensure_table(config.create_table).await?;
         Ok(store)
     }
