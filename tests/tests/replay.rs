@@ -33,7 +33,7 @@ fn start_writer(
     stop: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    let (pool, tenants) = (w.pool.clone(), w.tenants.clone());
+    let (kind, pool, tenants) = (w.kind, w.pool.clone(), w.tenants.clone());
     tokio::spawn(async move {
         let mut next = next_id.load(Ordering::Relaxed);
         let mut rng = rand::rngs::StdRng::from_os_rng();
@@ -42,27 +42,14 @@ fn start_writer(
                 (next..next + 40).map(|id| format!("({id}, 'K{}', {}.125, NULL, 1)", id % 40, id % 1000)).collect();
             let lo = rng.random_range(next.saturating_sub(200).max(SEED)..=next);
             let gone = rng.random_range(SEED..next.max(SEED + 1));
+            let insert = format!("INSERT INTO results VALUES {}", values.join(", "));
+            let update =
+                format!("UPDATE results SET version = version + 1, flag = 'H' WHERE id >= {lo} AND id < {}", lo + 40);
+            let delete = format!("DELETE FROM results WHERE id >= {gone} AND id < {}", gone + 3);
             for t in &tenants {
-                let db = format!("lab_{t}");
-                exec_on(Kind::Mysql, &pool, &db, &[&format!("INSERT INTO results VALUES {}", values.join(", "))])
-                    .await?;
-                exec_on(
-                    Kind::Mysql,
-                    &pool,
-                    &db,
-                    &[&format!(
-                        "UPDATE results SET version = version + 1, flag = 'H' WHERE id >= {lo} AND id < {}",
-                        lo + 40
-                    )],
-                )
-                .await?;
-                exec_on(
-                    Kind::Mysql,
-                    &pool,
-                    &db,
-                    &[&format!("DELETE FROM results WHERE id >= {gone} AND id < {}", gone + 3)],
-                )
-                .await?;
+                for statement in [&insert, &update, &delete] {
+                    exec_on(kind, &pool, &format!("lab_{t}"), &[statement]).await?;
+                }
             }
             next += 40;
             next_id.store(next, Ordering::Relaxed);
@@ -135,10 +122,19 @@ fn failpoint_fired(log: &std::path::Path, point: &str) -> anyhow::Result<usize> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_is_replayed_into_a_new_generation_while_every_tenant_changes() -> anyhow::Result<()> {
+async fn mysql_a_tenant_is_replayed_into_a_new_generation_while_every_tenant_changes() -> anyhow::Result<()> {
+    replayed_while_every_tenant_changes(Kind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_tenant_is_replayed_into_a_new_generation_while_every_tenant_changes() -> anyhow::Result<()> {
+    replayed_while_every_tenant_changes(Kind::Postgres).await
+}
+
+async fn replayed_while_every_tenant_changes(kind: Kind) -> anyhow::Result<()> {
     // The Snowflake sink runs too: it must follow the pointer.
     let sf_prefix = format!("LLR{}_", lablake_tests::rand_id(6).to_uppercase());
-    let mut w = World::new(3, &[DDL], &snowflake::sink_config_at(&sf_prefix, &snowflake::url())).await?;
+    let mut w = World::with_source(kind, 3, &[DDL], &snowflake::sink_config_at(&sf_prefix, &snowflake::url())).await?;
     for t in w.tenants.clone() {
         for chunk in (0..SEED).collect::<Vec<_>>().chunks(1000) {
             let values: Vec<String> =

@@ -103,6 +103,18 @@ pub struct ReplayReport {
     pub tables: Vec<TableCheck>,
     pub accepted_difference: bool,
     pub cut_over: bool,
+    /// Records this run's builds curated into the generation, and how long
+    /// they took (for the replay rate; 0 when nothing was left to build).
+    pub built_records: i64,
+    pub build_secs: f64,
+}
+
+/// What one build did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Built {
+    caught_up: bool,
+    records: i64,
+    secs: f64,
 }
 
 /// One partition of the tenant's topics, with the lane (consumer group) that curates it.
@@ -140,9 +152,11 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
         println!("replay: tenant {tenant}: building generation {n} (active: {previous})");
         let state = gens.record(n).map(|r| r.state);
         let mut tables = Vec::new();
+        let mut built = Built::default();
         if state == Some(GenerationState::Building) {
             let target = self.log_ends(&parts).await?;
-            if !self.build(n, &parts, &target, shutdown.clone()).await? {
+            built = self.build(n, &parts, &target, shutdown.clone()).await?;
+            if !built.caught_up {
                 return Err(PipelineError::Refused(format!(
                     "replay of tenant `{tenant}` interrupted before generation {n} caught up; run it again to continue"
                 )));
@@ -175,11 +189,14 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
         if !self.no_cut_over && state == Some(GenerationState::Verified) {
             // Verified by an earlier run: catch up with what came since.
             let target = self.log_ends(&parts).await?;
-            if !self.build(n, &parts, &target, shutdown.clone()).await? {
+            let more = self.build(n, &parts, &target, shutdown.clone()).await?;
+            if !more.caught_up {
                 return Err(PipelineError::Refused(format!(
                     "replay of tenant `{tenant}` interrupted before generation {n} caught up; run it again to continue"
                 )));
             }
+            built.records += more.records;
+            built.secs += more.secs;
         }
         if self.no_cut_over {
             return Ok(ReplayReport {
@@ -189,6 +206,8 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
                 tables,
                 accepted_difference: self.accept_difference,
                 cut_over: false,
+                built_records: built.records,
+                build_secs: built.secs,
             });
         }
         lablake_failpoint::failpoint("replay.before_cutover");
@@ -203,6 +222,8 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
             tables,
             accepted_difference: self.accept_difference,
             cut_over: true,
+            built_records: built.records,
+            build_secs: built.secs,
         })
     }
 
@@ -284,7 +305,7 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
     }
 
     /// Runs the builder curators of generation `n` until every partition's
-    /// checkpoint reached `target` (then they drain and stop). `false`:
+    /// checkpoint reached `target` (then they drain and stop); not caught up:
     /// stopped by `shutdown` first.
     async fn build(
         &self,
@@ -292,7 +313,7 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
         parts: &[Part],
         target: &HashMap<(String, i32), i64>,
         mut shutdown: watch::Receiver<bool>,
-    ) -> Result<bool, PipelineError> {
+    ) -> Result<Built, PipelineError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for (lane, curate) in &self.lanes {
@@ -314,7 +335,9 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
         let started = Instant::now();
         let first = self.next_offsets(parts, n).await?;
         let mut last = (Instant::now(), first.clone());
-        let mut tick = tokio::time::interval(self.progress_every);
+        // Caught up is checked every half second; progress is printed every
+        // `progress_every`.
+        let mut tick = tokio::time::interval(Duration::from_millis(500).min(self.progress_every));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let caught_up = loop {
             tokio::select! {
@@ -328,14 +351,19 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
                 },
                 _ = tick.tick() => {
                     let now = self.next_offsets(parts, n).await?;
+                    let all = parts.iter().all(|p| {
+                        let key = (p.topic.clone(), p.partition);
+                        now.get(&key).copied().unwrap_or(0) >= target.get(&key).copied().unwrap_or(0)
+                    });
+                    if !all && last.0.elapsed() < self.progress_every {
+                        continue;
+                    }
                     let secs = last.0.elapsed().as_secs_f64().max(0.001);
-                    let mut all = true;
                     let mut by_table: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
                     for p in parts {
                         let key = (p.topic.clone(), p.partition);
                         let (done, before) = (now.get(&key).copied().unwrap_or(0), last.1.get(&key).copied().unwrap_or(0));
                         let goal = target.get(&key).copied().unwrap_or(0);
-                        all &= done >= goal;
                         let e = by_table.entry(p.topic.as_str()).or_default();
                         e.0 += done.min(goal);
                         e.1 += goal;
@@ -363,14 +391,11 @@ impl<S: LeaseStore + BatchStore + GenerationStore + 'static> Replay<S> {
                 Err(e) => return Err(PipelineError::task("the replay's curator", e)),
             }
         }
-        tracing::info!(
-            tenant = self.tenant,
-            generation = n,
-            secs = started.elapsed().as_secs_f64(),
-            caught_up,
-            "build stopped"
-        );
-        Ok(caught_up)
+        let done = self.next_offsets(parts, n).await?;
+        let records = done.values().sum::<i64>() - first.values().sum::<i64>();
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(tenant = self.tenant, generation = n, secs, records, caught_up, "build stopped");
+        Ok(Built { caught_up, records, secs })
     }
 
     /// Each partition's next offset in generation `data_gen`'s checkpoints
