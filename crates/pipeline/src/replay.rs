@@ -29,6 +29,7 @@
 //!    still run). The Snowflake sink follows the pointer too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -514,8 +515,12 @@ fn fold_batch(
     let pos = col(meta::POSITION)?;
     let op = col(meta::OP)?;
     let offset = col(meta::KAFKA_OFFSET)?;
-    let (pos, op) = (pos.as_string::<i32>(), op.as_string::<i32>());
-    let offset = offset.as_primitive::<arrow::datatypes::Int64Type>();
+    // A file of another shape is an error, never a panic.
+    let mistyped = |name: &str| format!("column {name} has an unexpected type");
+    let pos = pos.as_string_opt::<i32>().ok_or_else(|| mistyped(meta::POSITION))?;
+    let op = op.as_string_opt::<i32>().ok_or_else(|| mistyped(meta::OP))?;
+    let offset =
+        offset.as_primitive_opt::<arrow::datatypes::Int64Type>().ok_or_else(|| mistyped(meta::KAFKA_OFFSET))?;
     let skip = [
         meta::OP,
         meta::COMMIT_TS,
@@ -536,8 +541,9 @@ fn fold_batch(
     let opts = FormatOptions::default();
     let fmt = |i: usize| ArrayFormatter::try_new(batch.column(i).as_ref(), &opts).map_err(|e| e.to_string());
     let keys: Vec<ArrayFormatter<'_>> = pk.iter().map(|i| fmt(*i)).collect::<Result<_, _>>()?;
-    let vals: Vec<(&str, ArrayFormatter<'_>)> =
-        values.iter().map(|(n, i)| fmt(*i).map(|f| (*n, f))).collect::<Result<_, _>>()?;
+    let vals: Vec<(&str, &dyn arrow::array::Array, ArrayFormatter<'_>)> =
+        values.iter().map(|(n, i)| fmt(*i).map(|f| (*n, batch.column(*i).as_ref(), f))).collect::<Result<_, _>>()?;
+    let mut text = String::new();
     for r in 0..batch.num_rows() {
         if offset.value(r) >= limit {
             continue;
@@ -551,13 +557,15 @@ fn fold_batch(
             None
         } else {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            for (name, f) in &vals {
+            for (name, column, f) in &vals {
                 name.hash(&mut h);
-                if batch.column(schema.index_of(name).map_err(|e| e.to_string())?).is_null(r) {
+                if column.is_null(r) {
                     0u8.hash(&mut h);
                 } else {
                     1u8.hash(&mut h);
-                    f.value(r).to_string().hash(&mut h);
+                    text.clear();
+                    write!(text, "{}", f.value(r)).map_err(|e| e.to_string())?;
+                    text.hash(&mut h);
                 }
             }
             Some(h.finish())

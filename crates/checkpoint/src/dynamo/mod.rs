@@ -714,15 +714,14 @@ impl BatchStore for DynamoStore {
             }
             None => self.read_all(Read::Prefix("status#"), "status rows").await?,
         };
-        // A scan sees every generation's rows: keep this handle's.
-        let mut rows = items
-            .iter()
-            .map(|item| Ok((items::get_s(item, "pk", "status row")?, items::parse_status(item, "status row")?)))
-            .filter(|r: &Result<(String, TableStatus), CheckpointError>| {
-                r.as_ref().map_or(true, |(pk, row)| *pk == items::status_pk(&row.tenant, self.data_gen))
-            })
-            .map(|r| r.map(|(_, row)| row))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut rows = Vec::with_capacity(items.len());
+        for item in &items {
+            let row = items::parse_status(item, "status row")?;
+            // A scan sees every generation's rows: keep this handle's.
+            if items::get_s(item, "pk", "status row")? == items::status_pk(&row.tenant, self.data_gen) {
+                rows.push(row);
+            }
+        }
         // Defensive: a tenant query only ever reads that tenant's partition.
         if let Some(t) = tenant {
             rows.retain(|r| r.tenant == t);
